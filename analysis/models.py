@@ -1,0 +1,133 @@
+"""Loading a causal LM and its tokenizer by hub id, local directory, `.gguf` file, or `default`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from analysis.families import Anatomy, UnsupportedModelError
+
+DEFAULT_MODEL = "default"
+ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    anatomy: Anatomy
+    source: str  # what the user asked for
+    resolved: str  # the path or hub id actually loaded
+    revision: str | None  # hub commit, or sha256 of a gguf file
+    device: torch.device
+    dtype: torch.dtype
+
+    def provenance(self) -> dict:
+        a = self.anatomy
+        return {
+            "model": self.source,
+            "resolved": self.resolved,
+            "revision": self.revision,
+            "family": a.family.name,
+            "model_type": self.model.config.model_type,
+            "n_layers": a.n_layers,
+            "d_model": a.d_model,
+            "d_mlp": a.d_mlp,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "tokenizer": type(self.tokenizer).__name__,
+            "vocab_size": len(self.tokenizer),
+            "versions": package_versions(),
+        }
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("harmmed-tui", "torch", "transformers"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(
+    source: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    path = ORGANISM_DIR if source == DEFAULT_MODEL else Path(source).expanduser()
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {source}")
+        resolved, kwargs["gguf_file"] = str(path.parent), path.name
+        rev = "sha256:" + file_sha256(path)
+    elif path.is_dir():
+        resolved, rev = str(path), None
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"'{source}' is a directory without config.json, not a Hugging Face model")
+    else:
+        resolved, rev = source, revision
+        if revision:
+            kwargs["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
+    except ImportError as e:
+        raise ModelLoadError(f"cannot load '{source}': {e} (GGUF needs: pip install 'harmmed-tui[gguf]')") from e
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load model '{source}': not a local model directory or .gguf file, and the Hugging Face hub "
+            f"has no such model or is unreachable ({first})"
+        ) from e
+    model.to(dev).eval().requires_grad_(False)
+    if rev is None:
+        rev = getattr(model.config, "_commit_hash", None)
+    try:
+        anatomy = Anatomy(model)
+    except UnsupportedModelError as e:
+        raise ModelLoadError(str(e)) from e
+    return LoadedModel(model, tokenizer, anatomy, source, resolved, rev, dev, dt)

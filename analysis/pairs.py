@@ -1,0 +1,144 @@
+"""Pairs (treatment + control prompts): sources, chat templating, and token alignment."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+BUILTIN = "builtin"
+BUILTIN_PATH = Path(__file__).parent / "data" / "builtin_pairs.jsonl"
+CHAT_TEMPLATE_MODES = ("auto", "none", "chat")
+
+
+class PairsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Pair:
+    treatment: str
+    control: str
+    id: str = ""
+    category: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    pair: Pair
+    index: int  # position of the pair in its source
+    treatment_ids: list[int]
+    control_ids: list[int]
+    prompt_len: int  # tokens before the teacher-forced target (== len(ids) when there is no target)
+    treatment_tokens: list[str]
+    control_tokens: list[str]
+
+
+def load_pairs(source: str) -> list[Pair]:
+    """Pairs from `builtin` or a .jsonl/.json/.csv file with fields treatment, control [, id, category, target]."""
+    path = BUILTIN_PATH if source == BUILTIN else Path(source).expanduser()
+    if not path.is_file():
+        raise PairsError(f"pairs file not found: {source}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise PairsError(f"pairs file is empty: {source}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif suffix == ".json":
+            records = json.loads(text)
+            if isinstance(records, dict):
+                records = records.get("pairs", [records])
+        elif suffix == ".csv":
+            records = list(csv.DictReader(text.splitlines()))
+        else:
+            raise PairsError(f"unsupported pairs file type '{suffix}' (use .jsonl, .json or .csv): {source}")
+    except json.JSONDecodeError as e:
+        raise PairsError(f"{source}: invalid JSON ({e})") from None
+    pairs = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not r.get("treatment") or not r.get("control"):
+            raise PairsError(f"{source}: record {i + 1} needs non-empty 'treatment' and 'control' fields")
+        pairs.append(
+            Pair(
+                treatment=str(r["treatment"]),
+                control=str(r["control"]),
+                id=str(r.get("id") or i),
+                category=str(r.get("category") or ""),
+                target=str(r.get("target") or ""),
+            )
+        )
+    if not pairs:
+        raise PairsError(f"pairs file has no records: {source}")
+    return pairs
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: str) -> tuple[str, bool]:
+    """The prompt text the model sees, and whether the tokenizer should add its own special tokens."""
+    if chat_template not in CHAT_TEMPLATE_MODES:
+        raise PairsError(f"unknown chat template mode '{chat_template}' (use {', '.join(CHAT_TEMPLATE_MODES)})")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "chat" and not has_template:
+        raise PairsError("the tokenizer has no chat template (use --chat-template none or auto)")
+    if chat_template == "none" or not has_template:
+        return text, True
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), False
+
+
+def tokenize_pair(
+    tokenizer: PreTrainedTokenizerBase, pair: Pair, index: int, chat_template: str = "auto", need_target=False
+) -> TokenizedPair:
+    def encode(text: str) -> list[int]:
+        prompt, special = format_prompt(tokenizer, text, chat_template)
+        return tokenizer(prompt, add_special_tokens=special)["input_ids"]
+
+    t, c = encode(pair.treatment), encode(pair.control)
+    if len(t) != len(c):
+        raise PairsError(
+            f"pair {pair.id!r} has unequal token lengths (treatment {len(t)}, control {len(c)}): "
+            f"{pair.treatment!r} / {pair.control!r}; edit it or pass --align skip to drop such pairs"
+        )
+    prompt_len = len(t)
+    if need_target:
+        if not pair.target:
+            raise PairsError(f"pair {pair.id!r} has no 'target' (needed by the target-logprob metric)")
+        target = tokenizer(pair.target, add_special_tokens=False)["input_ids"]
+        t, c = t + target, c + target
+    return TokenizedPair(
+        pair,
+        index,
+        t,
+        c,
+        prompt_len,
+        tokenizer.convert_ids_to_tokens(t),
+        tokenizer.convert_ids_to_tokens(c),
+    )
+
+
+def tokenize_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[Pair],
+    chat_template: str = "auto",
+    align: str = "strict",
+    need_target: bool = False,
+) -> tuple[list[TokenizedPair], list[str]]:
+    """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length."""
+    if align not in ("strict", "skip"):
+        raise PairsError(f"unknown alignment '{align}' (use strict or skip)")
+    out, skipped = [], []
+    for i, p in enumerate(pairs):
+        try:
+            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target))
+        except PairsError as e:
+            if align == "strict" or "unequal token lengths" not in str(e):
+                raise
+            skipped.append(str(e).split(";")[0])
+    if not out:
+        raise PairsError("no pair has equal treatment/control token lengths")
+    return out, skipped
