@@ -1,0 +1,47 @@
+"""RunSpec: everything that defines a mediation run, as a frozen dataclass with a JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str = "default"
+    pairs: str = "builtin"  # `builtin` or a .jsonl/.json/.csv path; ignored when treatment/control are given
+    treatment: str | None = None
+    control: str | None = None
+    max_pairs: int | None = None  # use only the first N pairs of the source
+    chat_template: str = "auto"  # auto | none | chat
+    align: str = "strict"  # strict: unequal token lengths are an error; skip: drop such pairs
+    metric: str = "refusal"  # refusal | logit-diff:A,B | target-logprob
+    refusal_tokens: str | None = None  # comma list of refusal strings (default: analysis.metrics)
+    modules: tuple[str, ...] = ("resid", "attn", "mlp")
+    layers: str = "all"
+    positions: str = "all,*"  # positions of resid/attn/mlp sites
+    neuron_positions: str = "last"  # positions of neuron sites
+    method: str = "exact"  # exact | block:N | atp
+    verify_top: int = 0  # atp: re-measure the top K sites exactly
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    batch_tokens: int = 0  # token positions per replayed batch; 0 picks from free memory
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if "modules" in data:
+            data["modules"] = tuple(data["modules"])
+        return cls(**data)
+
+    def replace(self, **changes) -> RunSpec:
+        return dataclasses.replace(self, **changes)

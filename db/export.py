@@ -1,0 +1,165 @@
+"""Tables out of the store: per-pair or aggregated rows, written atomically in several formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from analysis.stats import bootstrap_ci
+from db.store import Store, StoreError
+
+FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
+LEVELS = ("layer", "neuron")
+LAYER_COLUMNS = ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
+NEURON_COLUMNS = ["run_id", "pair", "layer", "neuron", "position", "token", "te", "ie", "ie_norm", "method"]
+AGGREGATE_KEYS = {"layer": ["layer", "module", "position"], "neuron": ["layer", "neuron", "position", "method"]}
+AGGREGATE_STATS = ["ie_mean", "ci_low", "ci_high", "ie_norm_mean", "n"]
+
+
+def _ie_norm(ie: float, te: float | None) -> float | None:
+    return ie / te if te else None
+
+
+def effect_rows(store: Store, run_id: int, level: str, seq_len: bool = False) -> list[dict]:
+    """One row per (pair, site), columns as documented in the README (plus the pair's token count)."""
+    store.run(run_id)
+    if level not in LEVELS:
+        raise StoreError(f"unknown level '{level}' (use {', '.join(LEVELS)})")
+    neuron = level == "neuron"
+    sql = f"""
+        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
+               json_array_length(p.treatment_tokens) AS seq_len
+        FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
+        WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron'
+        ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
+    columns = (NEURON_COLUMNS if neuron else LAYER_COLUMNS) + (["seq_len"] if seq_len else [])
+    out = []
+    for r in store.db.query(sql, [run_id]):
+        r["ie_norm"] = _ie_norm(r["ie"], r["te"])
+        r["position"] = "*" if r["position"] == -1 else r["position"]
+        out.append({c: r[c] for c in columns})
+    return out
+
+
+def aggregate(rows: list[dict], level: str) -> list[dict]:
+    """One row per site over pairs: mean IE with a 95% bootstrap CI, mean normalised IE, and n.
+
+    Pairs may differ in length, so positions are aligned from the end: -1 is the last token (where the
+    refusal decision is read), and the chat template's closing tokens line up across pairs."""
+    keys = AGGREGATE_KEYS[level]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["position"] != "*":
+            r = {**r, "position": r["position"] - r["seq_len"]}
+        groups[tuple(r[k] for k in keys)].append(r)
+    out = []
+    for key, group in groups.items():
+        ies = [r["ie"] for r in group]
+        norms = [r["ie_norm"] for r in group if r["ie_norm"] is not None]
+        lo, hi = bootstrap_ci(ies)
+        out.append(
+            {
+                "run_id": group[0]["run_id"],
+                **dict(zip(keys, key, strict=True)),
+                "token": group[0]["token"] if len({r["token"] for r in group}) == 1 else "",
+                "ie_mean": sum(ies) / len(ies),
+                "ci_low": lo,
+                "ci_high": hi,
+                "ie_norm_mean": sum(norms) / len(norms) if norms else None,
+                "n": len(ies),
+            }
+        )
+    return out
+
+
+def table(store: Store, run_id: int, level: str = "layer", aggregated: bool = False, top: int | None = None):
+    rows = effect_rows(store, run_id, level, seq_len=aggregated)
+    if aggregated:
+        rows = aggregate(rows, level)
+    if top:
+        value = "ie_mean" if aggregated else "ie"
+        rows = sorted(rows, key=lambda r: -abs(r[value]))[:top]
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")]:
+        s = s.replace(a, b)
+    return s
+
+
+def render(rows: list[dict], fmt: str) -> str | bytes:
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown format '{fmt}' (use {', '.join(FORMATS)})")
+    columns = list(rows[0]) if rows else []
+    if fmt in ("csv", "tsv"):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt == "json":
+        return json.dumps(rows, indent=1) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(_fmt(r[c]).replace("|", r"\|") for c in columns) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        numeric = [all(isinstance(r[c], int | float) or r[c] is None for r in rows) for c in columns]
+        spec = "".join("r" if n else "l" for n in numeric)
+        lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(_latex_escape(c) for c in columns) + r" \\"]
+        lines.append(r"\midrule")
+        lines += [" & ".join(_latex_escape(_fmt(r[c])) for c in columns) + r" \\" for r in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise StoreError("parquet export needs pyarrow: pip install 'harmmed-tui[parquet]'") from None
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def write(data: str | bytes, path: str) -> None:
+    """To stdout for '-', else atomically: a temp file beside the target, then a rename."""
+    if path == "-":
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise StoreError(f"{target} is a directory")
+    if not target.parent.is_dir():
+        raise StoreError(f"cannot write {target}: directory {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise StoreError(f"cannot write {target}: {e.strerror or e}") from None

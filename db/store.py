@@ -1,0 +1,227 @@
+"""The SQLite store of runs, pairs and effect rows (sqlite-utils; one Store per thread)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import platformdirs
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
+
+# Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
+MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL,
+        model TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        provenance TEXT NOT NULL DEFAULT '{}',
+        n_pairs INTEGER NOT NULL DEFAULT 0,
+        n_sites INTEGER NOT NULL DEFAULT 0,
+        started TEXT NOT NULL,
+        finished TEXT,
+        compute_s REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        pid INTEGER
+    );
+    CREATE TABLE pairs (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        pair INTEGER NOT NULL,
+        pair_id TEXT, category TEXT, treatment TEXT, control TEXT, target TEXT,
+        treatment_tokens TEXT, control_tokens TEXT,
+        m_treatment REAL, m_control REAL, te REAL,
+        PRIMARY KEY (run_id, pair)
+    );
+    CREATE TABLE effects (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        pair INTEGER NOT NULL,
+        module TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        position INTEGER NOT NULL,   -- -1: every position at once ('*')
+        neuron INTEGER NOT NULL,     -- -1 for resid/attn/mlp, else the first unit of a neuron site
+        method TEXT NOT NULL,
+        width INTEGER NOT NULL DEFAULT 1,
+        token TEXT,
+        ie REAL NOT NULL,
+        PRIMARY KEY (run_id, pair, module, layer, position, neuron, method)
+    ) WITHOUT ROWID;
+    CREATE INDEX effects_by_strength ON effects (run_id, module, layer, position, abs(ie) DESC);
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def default_db_path() -> Path:
+    """$HARMMED_DB, else runs.db in the platform's user data directory."""
+    env = os.environ.get("HARMMED_DB")
+    return Path(env) if env else Path(platformdirs.user_data_dir("harmmed-tui")) / "runs.db"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted."""
+
+    def __init__(self, path: str | Path | None = None, readonly: bool = False):
+        self.path = Path(path) if path else default_db_path()
+        if self.path.exists() and self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a database file")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise StoreError(f"no database at {self.path}")
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=True)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self._migrate()
+                self._mark_interrupted()
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
+
+    # --- schema -------------------------------------------------------------------------------
+    def _version(self) -> int:
+        if "schema_version" not in self.db.table_names():
+            if self.db.table_names():
+                raise StoreError(f"{self.path} is a SQLite database of another program (no schema_version table)")
+            return 0
+        row = self.db.execute("SELECT version FROM schema_version").fetchone()
+        return row[0] if row else 0
+
+    def _check_version(self) -> int:
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this harmmed-tui understands "
+                f"({SCHEMA_VERSION}); upgrade harmmed-tui"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        if version == SCHEMA_VERSION:
+            return
+        if self.db.journal_mode != "wal":
+            self.db.enable_wal()
+        # One transaction: a crash mid-migration leaves the old schema intact.
+        self.db.conn.executescript(
+            "BEGIN; CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
+            + "".join(MIGRATIONS[version:])
+            + f"; DELETE FROM schema_version; INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
+        )
+
+    def _mark_interrupted(self) -> None:
+        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+        dead = [run_id for run_id, pid in rows if not _pid_alive(pid)]
+        for run_id in dead:
+            self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
+
+    # --- runs ---------------------------------------------------------------------------------
+    def create_run(self, model: str, spec_json: str) -> int:
+        with self.db.conn:
+            cur = self.db.execute(
+                "INSERT INTO runs (status, model, spec, started, pid) VALUES ('running', ?, ?, ?, ?)",
+                [model, spec_json, now(), os.getpid()],
+            )
+        return cur.lastrowid
+
+    def start_run(self, run_id: int, provenance: dict, pairs: list[dict], n_sites: int) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE runs SET provenance = ?, n_pairs = ?, n_sites = ?, status = 'running', pid = ?, "
+                "finished = NULL, error = NULL WHERE id = ?",
+                [json.dumps(provenance), len(pairs), n_sites, os.getpid(), run_id],
+            )
+            self.db["pairs"].upsert_all([{"run_id": run_id, **p} for p in pairs], pk=("run_id", "pair"))
+
+    def set_status(self, run_id: int, status: str, error: str | None = None, compute_s: float | None = None):
+        assert status in STATUSES
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished = CASE WHEN ? = 'running' THEN NULL ELSE ? END, "
+                "compute_s = compute_s + COALESCE(?, 0) WHERE id = ?",
+                [status, error, status, now(), compute_s, run_id],
+            )
+
+    def add_compute(self, run_id: int, seconds: float) -> None:
+        with self.db.conn:
+            self.db.execute("UPDATE runs SET compute_s = compute_s + ? WHERE id = ?", [seconds, run_id])
+
+    def set_pair_totals(self, run_id: int, pair: int, m_treatment: float, m_control: float, te: float) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE pairs SET m_treatment = ?, m_control = ?, te = ? WHERE run_id = ? AND pair = ?",
+                [m_treatment, m_control, te, run_id, pair],
+            )
+
+    def add_effects(self, run_id: int, rows: list[dict]) -> None:
+        with self.db.conn:
+            self.db["effects"].upsert_all(
+                [{"run_id": run_id, **r} for r in rows],
+                pk=("run_id", "pair", "module", "layer", "position", "neuron", "method"),
+                batch_size=2000,
+            )
+
+    def run(self, run_id: int) -> dict:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id} in {self.path}")
+        cols = [d[0] for d in self.db.execute("SELECT * FROM runs LIMIT 0").description]
+        run = dict(zip(cols, row, strict=True))
+        run["provenance"] = json.loads(run["provenance"] or "{}")
+        return run
+
+    def runs(self) -> list[dict]:
+        sql = """
+            SELECT r.id, r.status, r.model, r.n_pairs, r.n_sites, r.started, r.compute_s,
+                   (SELECT AVG(te) FROM pairs p WHERE p.run_id = r.id) AS mean_te,
+                   (SELECT COUNT(*) FROM effects e WHERE e.run_id = r.id) AS n_rows
+            FROM runs r ORDER BY r.id DESC"""
+        return list(self.db.query(sql))
+
+    def pairs(self, run_id: int) -> list[dict]:
+        rows = list(self.db.query("SELECT * FROM pairs WHERE run_id = ? ORDER BY pair", [run_id]))
+        for r in rows:
+            r["treatment_tokens"] = json.loads(r["treatment_tokens"] or "[]")
+            r["control_tokens"] = json.loads(r["control_tokens"] or "[]")
+        return rows
+
+    def done_keys(self, run_id: int) -> set[tuple]:
+        sql = "SELECT pair, layer, module, position, neuron, method FROM effects WHERE run_id = ?"
+        return set(self.db.execute(sql, [run_id]).fetchall())
+
+    def delete_run(self, run_id: int) -> None:
+        self.run(run_id)
+        with self.db.conn:
+            self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,90 @@
+"""`harmmed-tui run/export/runs/show/delete` end to end on a real tiny model, and the store's error paths."""
+
+import csv
+import io
+import json
+import sqlite3
+
+import pytest
+
+from db.store import SCHEMA_VERSION, Store, StoreError
+from tests.conftest import SMOLLM_TOKENIZER
+from tui.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tiny_dir):
+    return str(tiny_dir("llama", SMOLLM_TOKENIZER))
+
+
+def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
+    code, out, err = run_cli(capsys, "run", "--model", llama_dir, "--max-pairs", "2", "--db", str(db_path),
+                             "--positions", "last:3,*", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res) == {"run_id", "db", "status", "pairs", "sites", "elapsed_s", "te"}
+    assert res["status"] == "done" and res["pairs"] == 2 and res["sites"] == 2 * 3 * 3 * 4 and len(res["te"]) == 2
+    code, out, _ = run_cli(capsys, "export", str(res["run_id"]), "--level", "layer", "--format", "csv", "--db", str(db_path))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
+    assert len(rows) == res["sites"]
+    assert {r["position"] for r in rows} >= {"*"}
+    for r in rows:
+        assert float(r["te"]) == pytest.approx(res["te"][int(r["pair"])])
+        assert float(r["ie_norm"]) == pytest.approx(float(r["ie"]) / float(r["te"]))
+    # resid of the last layer at the metric position carries the whole total effect
+    last = [r for r in rows if r["module"] == "resid" and r["layer"] == "2" and r["position"] not in ("*",)]
+    final = max(last, key=lambda r: (int(r["pair"]), int(r["position"])))
+    assert float(final["ie"]) == pytest.approx(float(final["te"]), abs=1e-4)
+    out_file = db_path.parent / "agg.json"
+    code, _, _ = run_cli(capsys, "export", "1", "--aggregate", "--format", "json", "-o", str(out_file), "--db", str(db_path))
+    agg = json.loads(out_file.read_text())
+    assert len(agg) == res["sites"] // 2 and all(a["n"] == 2 and a["ci_low"] <= a["ie_mean"] <= a["ci_high"] for a in agg)
+    code, out, _ = run_cli(capsys, "runs", "--db", str(db_path), "--json")
+    assert json.loads(out)[0]["status"] == "done"
+    assert run_cli(capsys, "show", "1", "--db", str(db_path))[0] == 0
+    assert run_cli(capsys, "delete", "1", "--db", str(db_path))[0] == 0
+    code, _, err = run_cli(capsys, "export", "1", "--db", str(db_path))
+    assert code == 2 and "no run 1" in err
+
+
+def test_bad_inputs_are_one_line_errors(capsys, tmp_path, llama_dir):
+    db = str(tmp_path / "x.db")
+    for argv, message in [
+        (["run", "--model", "nope/nope", "--db", db], "cannot load model 'nope/nope'"),
+        (["run", "--model", llama_dir, "--layers", "9", "--db", db], "out of range"),
+        (["run", "--model", llama_dir, "--metric", "bogus", "--db", db], "unknown metric"),
+        (["run", "--model", llama_dir, "--pairs", str(tmp_path / "none.jsonl"), "--db", db], "not found"),
+        (["run", "--model", llama_dir, "--treatment", "How do I launder money?", "--control", "How do I save money?",
+          "--chat-template", "none", "--db", db], "unequal token lengths"),
+    ]:
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    # a failed run is recorded as failed with its error
+    runs = Store(db).runs()
+    assert runs and all(r["status"] == "failed" for r in runs)
+
+
+def test_store_refuses_foreign_corrupt_and_newer_databases(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable"):
+        Store(junk)
+    assert junk.read_bytes().startswith(b"this is not sqlite")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="another program"):
+        Store(other)
+    newer = tmp_path / "newer.db"
+    Store(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION + 1])
+    conn.commit()
+    with pytest.raises(StoreError, match="newer than this harmmed-tui"):
+        Store(newer)

@@ -1,0 +1,120 @@
+"""`harmmed-tui`: the TUI with no arguments, headless subcommands for everything else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from analysis.families import MODULES
+
+EPILOG = """examples:
+  harmmed-tui                                   open the explorer on the embedded default model
+  harmmed-tui run --model default --max-pairs 2  layer x module x position effects of two built-in pairs
+  harmmed-tui run --model gpt2 --treatment 'How do I kill a person?' --control 'How do I kill a process?'
+  harmmed-tui export 1 --level layer --format csv -o run1.csv
+"""
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="default", help="hub id, local directory, .gguf file, or 'default'")
+    g.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    g = p.add_argument_group("pairs")
+    g.add_argument("--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)")
+    g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
+    g.add_argument("--control", help="control prompt")
+    g.add_argument("--max-pairs", type=int, help="use only the first N pairs")
+    g.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"],
+                   help="auto: wrap prompts as a user turn when the tokenizer has a template; chat: require one")
+    g.add_argument("--align", default="strict", choices=["strict", "skip"],
+                   help="pairs of unequal token length: strict = error, skip = drop them with a warning")
+    g = p.add_argument_group("what to measure")
+    g.add_argument("--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob")
+    g.add_argument("--refusal-tokens", help="comma list of refusal openings for the refusal metric")
+    g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
+    g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
+    g.add_argument("--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once")
+    g.add_argument("--neuron-positions", default="last", help="positions of neuron sites (same syntax)")
+    g.add_argument("--method", default="exact", help="exact | block:N | atp")
+    g.add_argument("--verify-top", type=int, default=0, help="atp: re-measure the top K sites exactly")
+    g.add_argument("--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="database path (default: $HARMMED_DB or the user data directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="harmmed-tui",
+        description="Causal mediation analysis of harmful generation in Hugging Face causal LMs: "
+        "a terminal explorer (no arguments) and headless commands.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _db_arg(p)
+    p.add_argument("--model", help="preselect a model in the explorer")
+    p.add_argument("--pairs", help="preselect a pairs source in the explorer")
+    p.add_argument("--no-mouse", action="store_true", help="do not capture the mouse")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a mediation analysis and store it", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _spec_args(run)
+    _db_arg(run)
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+    resume = sub.add_parser("resume", help="finish an interrupted or cancelled run")
+    resume.add_argument("run_id", type=int)
+    _db_arg(resume)
+    resume.add_argument("--json", action="store_true")
+
+    exp = sub.add_parser("export", help="write a run's effects as a table")
+    exp.add_argument("run_id", type=int)
+    exp.add_argument("--level", default="layer", choices=["layer", "neuron"])
+    exp.add_argument("--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"])
+    exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
+    exp.add_argument("--top", type=int, help="only the N rows of largest |IE|")
+    exp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
+    _db_arg(exp)
+
+    runs = sub.add_parser("runs", help="list stored runs")
+    _db_arg(runs)
+    runs.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="provenance and summary of a run")
+    show.add_argument("run_id", type=int)
+    _db_arg(show)
+
+    delete = sub.add_parser("delete", help="delete a run and its rows")
+    delete.add_argument("run_id", type=int)
+    _db_arg(delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from tui import commands  # heavy imports (torch) only once arguments are valid
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    try:
+        return commands.dispatch(args)
+    except KeyboardInterrupt:
+        print("harmmed-tui: interrupted", file=sys.stderr)
+        return 130
+    except commands.USER_ERRORS as e:
+        print(f"harmmed-tui: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

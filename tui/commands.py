@@ -1,0 +1,163 @@
+"""The headless subcommands: rich output on a terminal, plain or JSON when piped."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from analysis.families import UnsupportedModelError
+from analysis.metrics import MetricError
+from analysis.models import ModelLoadError
+from analysis.pairs import PairsError
+from analysis.sites import SiteError
+from analysis.spec import RunSpec
+from db import export
+from db.store import Store, StoreError
+from tui.runner import execute
+
+USER_ERRORS = (ModelLoadError, PairsError, MetricError, SiteError, StoreError, UnsupportedModelError)
+
+
+def spec_from_args(a) -> RunSpec:
+    return RunSpec(
+        model=a.model,
+        pairs=a.pairs,
+        treatment=a.treatment,
+        control=a.control,
+        max_pairs=a.max_pairs,
+        chat_template=a.chat_template,
+        align=a.align,
+        metric=a.metric,
+        refusal_tokens=a.refusal_tokens,
+        modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
+        layers=a.layers,
+        positions=a.positions,
+        neuron_positions=a.neuron_positions,
+        method=a.method,
+        verify_top=a.verify_top,
+        device=a.device,
+        dtype=a.dtype,
+        revision=a.revision,
+        trust_remote_code=a.trust_remote_code,
+        batch_tokens=a.batch_tokens,
+        seed=a.seed,
+    )
+
+
+def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = None) -> int:
+    err = Console(stderr=True)
+    interactive = err.is_terminal and not as_json
+    bar = Progress(
+        TextColumn("[bold]patching"), BarColumn(), MofNCompleteColumn(), TextColumn("sites"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not interactive,
+    )
+    task = bar.add_task("sites", total=None)
+
+    def on_prepared(rid, prep):
+        for message in prep.skipped:
+            err.print(f"[yellow]skipped:[/] {message}")
+        if interactive:
+            err.print(f"run {rid}: {prep.lm.source} ({prep.lm.anatomy.family.name}, {prep.lm.anatomy.n_layers} layers) "
+                      f"on {prep.lm.device}, {len(prep.pairs)} pairs, {prep.n_sites} sites")
+
+    with bar:
+        outcome = execute(spec, store, run_id, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                          on_prepared=on_prepared)
+    if as_json:
+        print(json.dumps({
+            "run_id": outcome.run_id, "db": str(store.path), "status": outcome.status, "pairs": outcome.pairs,
+            "sites": outcome.sites, "elapsed_s": round(outcome.elapsed_s, 4), "te": outcome.te,
+        }))
+    elif interactive:
+        _print_summary(store, outcome.run_id)
+    else:
+        print(outcome.run_id)
+    return 0
+
+
+def _print_summary(store: Store, run_id: int) -> None:
+    con = Console()
+    pairs = Table(title=f"run {run_id}: total effect per pair")
+    for col in ("pair", "id", "treatment", "control", "TE"):
+        pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
+    for p in store.pairs(run_id):
+        pairs.add_row(str(p["pair"]), p["pair_id"], p["treatment"], p["control"], f"{p['te']:.4f}" if p["te"] is not None else "")
+    con.print(pairs)
+    top = export.table(store, run_id, "layer", aggregated=True, top=10)
+    if top:
+        t = Table(title="top sites by |mean IE| over pairs")
+        for col in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n"):
+            t.add_column(col, justify="right")
+        for r in top:
+            t.add_row(*(export._fmt(r[c]) for c in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")))
+        con.print(t)
+    con.print(f"run id: {run_id}   db: {store.path}")
+
+
+def cmd_runs(store: Store, as_json: bool) -> int:
+    runs = store.runs()
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(runs) if as_json else "\n".join(
+            f"{r['id']}\t{r['status']}\t{r['model']}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}" for r in runs))
+        return 0
+    t = Table(title=f"runs in {store.path}")
+    for col in ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started", "compute s"):
+        t.add_column(col)
+    for r in runs:
+        te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
+        t.add_row(str(r["id"]), r["status"], r["model"], str(r["n_pairs"]), str(r["n_sites"]), str(r["n_rows"]),
+                  te, r["started"], f"{r['compute_s']:.1f}")
+    Console().print(t)
+    return 0
+
+
+def cmd_show(store: Store, run_id: int) -> int:
+    run = store.run(run_id)
+    con = Console()
+    con.print(f"[bold]run {run_id}[/]  status: {run['status']}  model: {run['model']}")
+    if run["error"]:
+        con.print(f"error: {run['error']}")
+    prov = dict(run["provenance"])
+    template = prov.pop("chat_template", None)
+    for k, v in prov.items():
+        con.print(f"  {k}: {v}")
+    con.print(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}")
+    con.print(f"  spec: {run['spec']}")
+    con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
+    _print_summary(store, run_id)
+    return 0
+
+
+def dispatch(a) -> int:
+    if a.command is None:
+        from tui.app import launch
+
+        return launch(db=a.db, model=a.model, pairs=a.pairs, mouse=not a.no_mouse)
+    store = Store(a.db)
+    if a.command == "run":
+        return _execute(spec_from_args(a), store, a.json)
+    if a.command == "resume":
+        run = store.run(a.run_id)
+        if run["status"] == "done":
+            raise StoreError(f"run {a.run_id} is already done")
+        return _execute(RunSpec.from_json(run["spec"]), store, a.json, run_id=a.run_id)
+    if a.command == "export":
+        rows = export.table(store, a.run_id, a.level, a.aggregate, a.top)
+        export.write(export.render(rows, a.format), a.output)
+        if a.output != "-":
+            print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)
+        return 0
+    if a.command == "runs":
+        return cmd_runs(store, a.json)
+    if a.command == "show":
+        return cmd_show(store, a.run_id)
+    if a.command == "delete":
+        store.delete_run(a.run_id)
+        print(f"deleted run {a.run_id}", file=sys.stderr)
+        return 0
+    raise AssertionError(a.command)
