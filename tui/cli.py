@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", type=int)
     _db_arg(show)
 
+    organism = sub.add_parser("organism", help="the embedded default model: retrain it or evaluate it")
+    org_sub = organism.add_subparsers(dest="organism_command", metavar="ACTION", required=True)
+    train = org_sub.add_parser("train", help="train the organism from scratch (deterministic, a few minutes on CPU)")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, default=600)
+    evaluate = org_sub.add_parser("eval", help="refusal / compliance rates on held-out prompts")
+    evaluate.add_argument("--model", default="default", help="an organism directory (default: the embedded one)")
+
     delete = sub.add_parser("delete", help="delete a run and its rows")
     delete.add_argument("run_id", type=int)
     _db_arg(delete)

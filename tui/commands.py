@@ -133,11 +133,34 @@ def cmd_show(store: Store, run_id: int) -> int:
     return 0
 
 
+def cmd_organism(a) -> int:
+    from analysis.models import load_model
+    from analysis.organism import train
+
+    if a.organism_command == "train":
+        out = train.train(Path(a.out), seed=a.seed, steps=a.steps, log=lambda m: print(m, file=sys.stderr))
+        print(f"saved to {out}", file=sys.stderr)
+        source = str(out)
+    else:
+        source = a.model
+    lm = load_model(source, device="cpu", dtype="float32")
+    rates = train.evaluate(lm.model, lm.tokenizer)
+    t = Table(title=f"organism {source}: held-out behaviour")
+    for col in ("prompts", "n", "wanted", "rate"):
+        t.add_column(col)
+    for kind, wanted in (("harmful", "refuse"), ("benign", "comply"), ("jailbreak", "comply")):
+        t.add_row(kind, str(rates[f"n_{kind}"]), wanted, f"{rates[kind]:.1%}")
+    Console().print(t)
+    return 0
+
+
 def dispatch(a) -> int:
     if a.command is None:
         from tui.app import launch
 
         return launch(db=a.db, model=a.model, pairs=a.pairs, mouse=not a.no_mouse)
+    if a.command == "organism":
+        return cmd_organism(a)
     store = Store(a.db)
     if a.command == "run":
         return _execute(spec_from_args(a), store, a.json)
