@@ -1,0 +1,67 @@
+"""Drive the real app with Pilot on the embedded organism: set up, run, drill down, export, cancel."""
+
+import csv
+
+import pytest
+
+from analysis.spec import RunSpec
+from db import export
+from tui.app import ExploreScreen, HarmmedApp, SetupScreen
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("tui.app.CONFIG", tmp_path / "config.json")
+
+
+async def test_run_drill_down_and_export(tmp_path):
+    spec = RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "neuron"), layers="all")
+    app = HarmmedApp(str(tmp_path / "runs.db"), spec)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("n")
+        assert isinstance(app.screen, SetupScreen)
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ExploreScreen)
+        run = app.store.run(screen.run_id)
+        assert run["status"] == "done"
+        table = screen.query_one("#table")
+        assert table.row_count == 4  # one row per organism layer
+        await pilot.press("G", "enter")  # last layer -> module x position grid
+        assert screen.level == "modules" and screen.focus_layer == 3
+        assert [str(k.value) for k in table.rows] == ["resid", "attn", "mlp"]
+        await pilot.press("j", "j", "enter")  # mlp -> neurons
+        assert screen.level == "neurons" and table.row_count == 200
+        await pilot.press("p")  # pair 0 only
+        assert screen.pair == 0
+        await pilot.press("escape", "escape")
+        assert screen.level == "layers"
+        out = tmp_path / "layers.csv"
+        await pilot.press("e")
+        await pilot.pause()
+        app.screen.query_one("#path").value = str(out)
+        await pilot.click("#go")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == len(export.effect_rows(app.store, screen.run_id, "layer")) > 0
+
+
+async def test_cancel_keeps_partial_results_and_bad_model_shows_dialog(tmp_path):
+    spec = RunSpec(max_pairs=8, modules=("neuron",), layers="all", neuron_positions="all", batch_tokens=64)
+    app = HarmmedApp(str(tmp_path / "runs.db"), spec)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.start_run(spec)
+        while not app.store.runs() or not app.store.runs()[0]["n_rows"]:
+            await pilot.pause(0.05)
+        await pilot.press("c")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        run = app.store.runs()[0]
+        assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]
+        app.start_run(spec.replace(model="no/such-model"))
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "cannot load model" in app.screen.message

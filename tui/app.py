@@ -1,0 +1,458 @@
+"""The Textual explorer: Runs -> Setup -> run in a worker -> Explore (layers -> modules -> neurons)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
+from textual_plotext import PlotextPlot
+
+from analysis.spec import RunSpec
+from db import export
+from db.store import Store
+from themes import THEMES
+from tui import queries
+from tui.runner import execute
+
+CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
+VIM_KEYS = [Binding("j", "cursor_down", "down", show=False), Binding("k", "cursor_up", "up", show=False),
+            Binding("g", "scroll_top", "top", show=False), Binding("G", "scroll_bottom", "bottom", show=False)]
+
+
+class Table(DataTable):
+    BINDINGS = VIM_KEYS
+
+
+@dataclass
+class RunProgress(Message):
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:  # only the newest progress matters
+        return isinstance(message, RunProgress)
+
+
+@dataclass
+class RunEnded(Message):
+    run_id: int | None
+    status: str
+    error: str | None = None
+
+
+class ErrorDialog(ModalScreen[None]):
+    BINDINGS = [Binding("escape,enter", "dismiss", "close")]
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("[b]Error[/b]")
+            yield Static(self.message)
+            yield Button("Close", id="close")
+
+    @on(Button.Pressed)
+    def _close(self) -> None:
+        self.dismiss()
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "close")]
+    TEXT = """[b]harmmed-tui keys[/b]
+n  new run (Setup)          r  runs (history)          e  export the open run
+enter  drill in: run > layer > module > neurons        escape  back up
+p  next pair / aggregate    c  cancel the running job  q  quit
+ctrl+p  command palette (every action)   ?/F1  this help
+Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.TEXT)
+
+
+class ExportScreen(ModalScreen[tuple | None]):
+    BINDINGS = [Binding("escape", "dismiss", "cancel")]
+
+    def __init__(self, run_id: int):
+        super().__init__()
+        self.run_id = run_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Export run {self.run_id}")
+            yield Select([(x, x) for x in export.LEVELS], value="layer", id="level", allow_blank=False)
+            yield Select([(x, x) for x in export.FORMATS], value="csv", id="format", allow_blank=False)
+            yield Select([("per pair", False), ("aggregate over pairs", True)], value=False, id="aggregate",
+                         allow_blank=False)
+            yield Input(str(Path.cwd() / f"run{self.run_id}.csv"), id="path")
+            yield Button("Export", id="go", variant="primary")
+
+    @on(Select.Changed, "#format")
+    def _suffix(self, event: Select.Changed) -> None:
+        path = self.query_one("#path", Input)
+        path.value = str(Path(path.value).with_suffix("." + {"markdown": "md", "latex": "tex"}.get(event.value, event.value)))
+
+    @on(Button.Pressed, "#go")
+    @on(Input.Submitted, "#path")
+    def _go(self) -> None:
+        v = lambda i: self.query_one(i, Select).value  # noqa: E731
+        self.dismiss((v("#level"), v("#format"), v("#aggregate"), self.query_one("#path", Input).value))
+
+
+class SetupScreen(Screen):
+    BINDINGS = [Binding("ctrl+r", "start", "run", id="setup.run"), Binding("escape", "app.pop_screen", "back")]
+    FIELDS = [("model", "model: hub id, directory, .gguf or default"), ("pairs", "pairs: builtin or a file"),
+              ("treatment", "treatment prompt (optional, with control)"), ("control", "control prompt"),
+              ("max_pairs", "max pairs"), ("metric", "metric"), ("modules", "modules"), ("layers", "layers"),
+              ("positions", "positions"), ("neuron_positions", "neuron positions"), ("method", "method")]
+
+    def __init__(self, spec: RunSpec):
+        super().__init__()
+        self.spec = spec
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="setup"):
+            for name, label in self.FIELDS:
+                value = getattr(self.spec, name)
+                value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    yield Input(value, id=name)
+            yield Static("", id="problem")
+            yield Button("Run (ctrl+r)", id="start", variant="primary")
+        yield Footer()
+
+    def read_spec(self) -> RunSpec:
+        values = {name: self.query_one(f"#{name}", Input).value.strip() for name, _ in self.FIELDS}
+        max_pairs = values.pop("max_pairs")
+        if max_pairs and not max_pairs.isdigit():
+            raise ValueError("max pairs must be a whole number")
+        return self.spec.replace(
+            **{k: v or None for k, v in values.items() if k in ("treatment", "control")},
+            **{k: v for k, v in values.items() if k not in ("treatment", "control", "modules")},
+            modules=tuple(m.strip() for m in values["modules"].split(",") if m.strip()),
+            max_pairs=int(max_pairs) if max_pairs else None,
+        )
+
+    @on(Button.Pressed, "#start")
+    @on(Input.Submitted)
+    def action_start(self) -> None:
+        try:
+            spec = self.read_spec()
+        except ValueError as e:
+            self.query_one("#problem", Static).update(f"[b red]{e}[/]")
+            return
+        self.app.start_run(spec)
+
+
+class RunsScreen(Screen):
+    BINDINGS = [Binding("enter", "open", "open", id="runs.open"), Binding("d", "delete", "delete", id="runs.delete"),
+                Binding("u", "resume", "resume", id="runs.resume")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Table(id="runs", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def refresh_runs(self) -> None:
+        t = self.query_one(Table)
+        t.clear(columns=True)
+        for col in ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started"):
+            t.add_column(col, key=col)
+        for r in self.app.store.runs():
+            te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
+            t.add_row(str(r["id"]), r["status"], r["model"], str(r["n_pairs"]), str(r["n_sites"]), str(r["n_rows"]),
+                      te, r["started"], key=str(r["id"]))
+
+    def _selected(self) -> int | None:
+        t = self.query_one(Table)
+        return int(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value) if t.row_count else None
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        if (run_id := self._selected()) is not None:
+            self.app.push_screen(ExploreScreen(run_id))
+
+    def action_delete(self) -> None:
+        if (run_id := self._selected()) is not None:
+            self.app.store.delete_run(run_id)
+            self.refresh_runs()
+            self.notify(f"deleted run {run_id}")
+
+    def action_resume(self) -> None:
+        if (run_id := self._selected()) is not None:
+            run = self.app.store.run(run_id)
+            self.app.start_run(RunSpec.from_json(run["spec"]), run_id)
+
+
+class ExploreScreen(Screen):
+    BINDINGS = [Binding("enter", "drill", "drill in", id="explore.drill"),
+                Binding("escape", "up", "back", id="explore.up"),
+                Binding("p", "next_pair", "pair/aggregate", id="explore.pair")]
+
+    def __init__(self, run_id: int):
+        super().__init__()
+        self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="crumb")
+        yield ProgressBar(id="progress", show_eta=True)
+        with Horizontal():
+            yield Table(id="table", cursor_type="row")
+            yield PlotextPlot(id="plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.pairs = self.app.store.pairs(self.run_id)
+        self.query_one("#progress").display = False
+        self.show()
+
+    def show(self) -> None:
+        run = self.app.store.run(self.run_id)
+        who = "aggregate over pairs" if self.pair is None else f"pair {self.pair}"
+        crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
+        if self.focus_layer is not None:
+            crumb.append(f"layer {self.focus_layer}")
+        if self.level == "neurons":
+            crumb += ["mlp", "neurons"]
+        self.query_one("#crumb", Static).update(" > ".join(crumb) + f"   [{who}]")
+        t, plot = self.query_one(Table), self.query_one(PlotextPlot)
+        t.clear(columns=True)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        store = self.app.store
+        if self.level == "layers":
+            data = queries.layer_effects(store, self.run_id, self.pair)
+            for col in ("layer", "resid", "attn", "mlp"):
+                t.add_column(col, key=col)
+            for layer in sorted(data):
+                t.add_row(str(layer), *(f"{data[layer].get(m, float('nan')):.4f}" for m in ("resid", "attn", "mlp")),
+                          key=str(layer))
+            layers = sorted(data)
+            for m in ("attn", "mlp"):
+                plt.plot(layers, [data[i].get(m, 0.0) for i in layers])
+            plt.title("IE by layer: attn (1st line) vs mlp (2nd)")
+            plt.xlabel("layer")
+        elif self.level == "modules":
+            grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair)
+            positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p == -1, p))
+            tokens = self.pairs[self.pair or 0]["treatment_tokens"] if self.pairs else []
+            t.add_column("module", key="module")
+            for p in positions:
+                label = "*" if p == -1 else (tokens[p] if p < len(tokens) else str(p))
+                t.add_column(f"{p if p >= 0 else '*'}:{label}"[:14], key=str(p))
+            for m in ("resid", "attn", "mlp"):
+                if m in grid:
+                    t.add_row(m, *(f"{grid[m].get(p, float('nan')):+.3f}" for p in positions), key=m)
+            for m in ("attn", "mlp"):
+                if m in grid:
+                    ps = [p for p in positions if p >= 0]
+                    plt.bar([str(p) for p in ps], [grid[m].get(p, 0.0) for p in ps])
+            plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
+        else:
+            rows = queries.top_neurons(store, self.run_id, self.focus_layer, self.pair)
+            for col in ("rank", "neuron", "position", "IE", "n"):
+                t.add_column(col, key=col)
+            for i, (neuron, pos, ie, n) in enumerate(rows):
+                t.add_row(str(i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}", str(n))
+            if rows:
+                plt.hist([r[2] for r in rows], bins=30)
+                plt.title(f"layer {self.focus_layer}: IE of the top {len(rows)} neurons")
+            else:
+                plt.title("no neuron rows: run with modules including 'neuron'")
+        plot.refresh()
+        t.focus()
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:  # the focused table consumes enter itself
+        self.action_drill()
+
+    def action_drill(self) -> None:
+        t = self.query_one(Table)
+        if not t.row_count:
+            return
+        key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+        if self.level == "layers":
+            self.focus_layer, self.level = int(key), "modules"
+        elif self.level == "modules" and key == "mlp":
+            self.level = "neurons"
+        else:
+            return
+        self.show()
+
+    def action_up(self) -> None:
+        if self.level == "layers":
+            self.app.pop_screen()
+            return
+        self.level = "modules" if self.level == "neurons" else "layers"
+        self.focus_layer = self.focus_layer if self.level != "layers" else None
+        self.show()
+
+    def action_next_pair(self) -> None:
+        order = [None] + [p["pair"] for p in self.pairs]
+        self.pair = order[(order.index(self.pair) + 1) % len(order)]
+        self.show()
+
+    def on_run_progress(self, message: RunProgress) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.display = True
+        bar.update(total=message.total, progress=message.done)
+
+
+class HarmmedApp(App):
+    TITLE = "harmmed-tui"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("n", "new_run", "new run", id="app.new"),
+        Binding("r", "runs", "runs", id="app.runs"),
+        Binding("e", "export", "export", id="app.export"),
+        Binding("c", "cancel", "cancel run", id="app.cancel"),
+        Binding("question_mark,f1", "help", "help", id="app.help"),
+        Binding("q", "quit", "quit", id="app.quit"),
+    ]
+
+    def __init__(self, db: str | None = None, spec: RunSpec | None = None):
+        super().__init__()
+        self.store = Store(db)
+        self.spec = spec or RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
+        self._cancel = threading.Event()
+        self.active_run: int | None = None
+
+    def on_mount(self) -> None:
+        for theme in THEMES:
+            self.register_theme(theme)
+        self.theme = self._saved_theme()
+        self.push_screen(RunsScreen())
+
+    def _saved_theme(self) -> str:
+        try:
+            name = json.loads(CONFIG.read_text()).get("theme", "harmmed-dark")
+        except (OSError, ValueError):
+            name = "harmmed-dark"
+        return name if name in self.available_themes else "harmmed-dark"
+
+    def watch_theme(self, theme: str) -> None:
+        try:
+            CONFIG.parent.mkdir(parents=True, exist_ok=True)
+            CONFIG.write_text(json.dumps({"theme": theme}))
+        except OSError:
+            pass  # a read-only home must not stop the app; the theme is simply not remembered
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("run: new run", "open Setup", self.action_new_run)
+        yield SystemCommand("run: cancel", "cancel the running job", self.action_cancel)
+        yield SystemCommand("view: runs", "run history", self.action_runs)
+        yield SystemCommand("export: open run", "export the open run's table", self.action_export)
+        yield SystemCommand("view: help", "keys", self.action_help)
+
+    def action_new_run(self) -> None:
+        self.push_screen(SetupScreen(self.spec))
+
+    def action_runs(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_cancel(self) -> None:
+        if self.workers:
+            self._cancel.set()
+            self.notify("cancelling after the current batch")
+
+    def action_export(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, ExploreScreen):
+            self.notify("open a run first (r, then enter)")
+            return
+        run_id = screen.run_id
+
+        def chosen(choice) -> None:
+            if choice:
+                self.export_table(run_id, *choice)
+
+        self.push_screen(ExportScreen(run_id), chosen)
+
+    @work(thread=True, exclusive=False, exit_on_error=False, group="export")
+    def export_table(self, run_id: int, level: str, fmt: str, aggregated: bool, path: str) -> None:
+        store = Store(self.store.path)
+        try:
+            rows = export.table(store, run_id, level, aggregated)
+            export.write(export.render(rows, fmt), path)
+            self.call_from_thread(self.notify, f"wrote {len(rows)} rows to {path}")
+        except Exception as e:  # shown in a dialog, never as a traceback
+            self.call_from_thread(self.push_screen, ErrorDialog(str(e)))
+        finally:
+            store.close()
+
+    def start_run(self, spec: RunSpec, run_id: int | None = None) -> None:
+        self.spec = spec
+        self._cancel.clear()
+        self.run_mediation(spec, run_id)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def run_mediation(self, spec: RunSpec, run_id: int | None) -> None:
+        store = Store(self.store.path)  # sqlite connections belong to their thread
+        started: list[int] = []
+
+        def on_prepared(rid, prep):
+            started.append(rid)
+            self.call_from_thread(self._open_run, rid)
+
+        try:
+            outcome = execute(spec, store, run_id, progress=lambda d, t: self.post_message(RunProgress(d, t)),
+                              cancelled=self._cancel.is_set, on_prepared=on_prepared)
+            self.post_message(RunEnded(outcome.run_id, outcome.status))
+        except Exception as e:
+            self.post_message(RunEnded(started[0] if started else None, "failed", str(e)))
+        finally:
+            store.close()
+
+    def _open_run(self, run_id: int) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self.push_screen(ExploreScreen(run_id))
+
+    def on_run_progress(self, message: RunProgress) -> None:
+        if isinstance(self.screen, ExploreScreen):
+            self.screen.on_run_progress(message)
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        if message.error:
+            self.push_screen(ErrorDialog(message.error))
+            return
+        self.notify(f"run {message.run_id} {message.status}")
+        if isinstance(self.screen, ExploreScreen):
+            self.screen.query_one(ProgressBar).display = False
+            self.screen.show()
+
+
+def launch(db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True) -> int:
+    spec = RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
+    spec = spec.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
+    HarmmedApp(db, spec).run(mouse=mouse)
+    return 0
