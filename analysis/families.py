@@ -27,10 +27,14 @@ class Family:
     down: str  # attribute of the MLP whose *input* is the neuron activation
 
 
-_LLAMA_LIKE = dict(body="model", layers="layers", final_norm="norm", attn="self_attn", mlp="mlp", down="down_proj")
+_LLAMA_LIKE = dict(
+    body="model", layers="layers", final_norm="norm", attn="self_attn", mlp="mlp", down="down_proj"
+)
 
 FAMILIES = {
-    "gpt2": Family("gpt2", body="transformer", layers="h", final_norm="ln_f", attn="attn", mlp="mlp", down="c_proj"),
+    "gpt2": Family(
+        "gpt2", body="transformer", layers="h", final_norm="ln_f", attn="attn", mlp="mlp", down="c_proj"
+    ),
     "gpt_neox": Family(
         "gpt_neox",
         body="gpt_neox",

@@ -14,7 +14,15 @@ from analysis.metrics import Metric, parse_metric
 from analysis.models import LoadedModel, load_model
 from analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
 from analysis.patching import PairPatcher, auto_batch_tokens
-from analysis.sites import ALL_POSITIONS, Site, SiteError, parse_layers, parse_modules, parse_positions, site_grid
+from analysis.sites import (
+    ALL_POSITIONS,
+    Site,
+    SiteError,
+    parse_layers,
+    parse_modules,
+    parse_positions,
+    site_grid,
+)
 from analysis.spec import RunSpec
 
 Progress = Callable[[int, int], None]  # (sites done, sites total)
@@ -129,7 +137,9 @@ def run(
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     total = prep.n_sites
-    finished = sum(1 for tp in prep.pairs for s in prep.sites[tp.index] if site_key(tp.index, s, prep.method) in done)
+    finished = sum(
+        1 for tp in prep.pairs for s in prep.sites[tp.index] if site_key(tp.index, s, prep.method) in done
+    )
     batch_tokens = spec.batch_tokens or auto_batch_tokens(lm)
     if progress:
         progress(finished, total)
@@ -139,12 +149,12 @@ def run(
         todo = [s for s in prep.sites[tp.index] if site_key(tp.index, s, prep.method) not in done]
         bound = prep.metric.bind(tp)
         patcher = PairPatcher(lm, tp, bound, {(s.layer, s.module) for s in todo})
-        result = lambda rows: PairResult(  # noqa: E731
-            tp, patcher.m_treatment.item(), patcher.m_control.item(), patcher.te.item(), rows
-        )
-        yield result([])
+        totals = (patcher.m_treatment.item(), patcher.m_control.item(), patcher.te.item())
+        yield PairResult(tp, *totals)
         for chunk, ie in patcher.effects(todo, batch_tokens):
-            yield result([_row(tp, s, prep.method, v) for s, v in zip(chunk, ie.tolist(), strict=True)])
+            yield PairResult(
+                tp, *totals, [_row(tp, s, prep.method, v) for s, v in zip(chunk, ie.tolist(), strict=True)]
+            )
             finished += len(chunk)
             if progress:
                 progress(finished, total)

@@ -44,7 +44,9 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, s: str) -> int:
         return tid
     ids = tokenizer(s, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise MetricError(f"'{s}' is {len(ids)} tokens, not one; give a single-token string or a token id as #N")
+        raise MetricError(
+            f"'{s}' is {len(ids)} tokens, not one; give a single-token string or a token id as #N"
+        )
     return ids[0]
 
 

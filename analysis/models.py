@@ -116,7 +116,9 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(resolved, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
     except ImportError as e:
-        raise ModelLoadError(f"cannot load '{source}': {e} (GGUF needs: pip install 'harmmed-tui[gguf]')") from e
+        raise ModelLoadError(
+            f"cannot load '{source}': {e} (GGUF needs: pip install 'harmmed-tui[gguf]')"
+        ) from e
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(

@@ -81,7 +81,9 @@ def load_pairs(source: str) -> list[Pair]:
 def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: str) -> tuple[str, bool]:
     """The prompt text the model sees, and whether the tokenizer should add its own special tokens."""
     if chat_template not in CHAT_TEMPLATE_MODES:
-        raise PairsError(f"unknown chat template mode '{chat_template}' (use {', '.join(CHAT_TEMPLATE_MODES)})")
+        raise PairsError(
+            f"unknown chat template mode '{chat_template}' (use {', '.join(CHAT_TEMPLATE_MODES)})"
+        )
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "chat" and not has_template:
         raise PairsError("the tokenizer has no chat template (use --chat-template none or auto)")

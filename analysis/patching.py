@@ -84,7 +84,9 @@ _CACHE_ARGS = ("past_key_values", "layer_past")
 class PairPatcher:
     """IE(site) = m(control run with the site set to its treatment value) - m(control run), for one pair."""
 
-    def __init__(self, lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, keys: Iterable[tuple[int, str]]):
+    def __init__(
+        self, lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, keys: Iterable[tuple[int, str]]
+    ):
         self.lm, self.anatomy, self.metric = lm, lm.anatomy, metric
         self.seq_len = len(pair.control_ids)
         device = lm.device
@@ -175,14 +177,18 @@ class PairPatcher:
         if name == "attention_mask":
             return self._causal_mask(first, stop) if value is None else value[..., first:stop, :stop]
         if name in ("position_ids", "position_embeddings"):
-            return tuple(v[:, first:stop] for v in value) if isinstance(value, tuple) else value[:, first:stop]
+            return (
+                tuple(v[:, first:stop] for v in value) if isinstance(value, tuple) else value[:, first:stop]
+            )
         if name == "cache_position":
             return value[first:stop]
         return value
 
     def _causal_mask(self, first: int, stop: int) -> torch.Tensor:
         device = self.lm.device
-        allowed = torch.arange(stop, device=device)[None, :] <= torch.arange(first, stop, device=device)[:, None]
+        allowed = (
+            torch.arange(stop, device=device)[None, :] <= torch.arange(first, stop, device=device)[:, None]
+        )
         if self.mask_kind == "bool":
             return allowed[None, None]
         mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=device)

@@ -88,7 +88,9 @@ def site_grid(
         for module in modules:
             for pos in positions:
                 if module == "neuron":
-                    sites += [Site(layer, module, pos, n, min(block, d_mlp - n)) for n in range(0, d_mlp, block)]
+                    sites += [
+                        Site(layer, module, pos, n, min(block, d_mlp - n)) for n in range(0, d_mlp, block)
+                    ]
                 else:
                     sites.append(Site(layer, module, pos))
     return sites

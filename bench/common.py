@@ -40,9 +40,13 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites) -> dict:
     for layer, module in keys:
         mod = lm.anatomy.module(layer, module)
         if module == "neuron":
-            hooks.append(mod.register_forward_pre_hook(lambda m, a, k=(layer, module): acts.__setitem__(k, a[0])))
+            hooks.append(
+                mod.register_forward_pre_hook(lambda m, a, k=(layer, module): acts.__setitem__(k, a[0]))
+            )
         else:
-            hooks.append(mod.register_forward_hook(lambda m, a, o, k=(layer, module): acts.__setitem__(k, first(o))))
+            hooks.append(
+                mod.register_forward_hook(lambda m, a, o, k=(layer, module): acts.__setitem__(k, first(o)))
+            )
     with torch.inference_mode():
         lm.model(torch.tensor([treatment_ids], device=lm.device), use_cache=False)
         for h in hooks:
@@ -57,13 +61,13 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites) -> dict:
             mod = lm.anatomy.module(site.layer, site.module)
             if site.module == "neuron":
 
-                def put(m, args):
+                def put(m, args, pos=pos, units=units, src=src):
                     args[0][:, pos, units] = src[:, pos, units]
 
                 h = mod.register_forward_pre_hook(put)
             else:
 
-                def put(m, args, out):
+                def put(m, args, out, pos=pos, src=src):
                     first(out)[:, pos] = src[:, pos]
 
                 h = mod.register_forward_hook(put)

@@ -17,7 +17,9 @@ from analysis.sites import ALL_POSITIONS, site_grid
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--naive-sample", type=int, default=0, help="time the naive loop on N random sites (0: all)")
+    ap.add_argument(
+        "--naive-sample", type=int, default=0, help="time the naive loop on N random sites (0: all)"
+    )
     ap.add_argument("--batch-tokens", type=int, default=0, help="token positions per forward (0: auto)")
     args = ap.parse_args()
     lm = gpt2_small()
@@ -33,13 +35,15 @@ def main():
         patcher = PairPatcher(lm, tp, metric, {(s.layer, s.module) for s in sites})
         got = {}
         for chunk, ie in patcher.effects(sites, batch):
-            got.update(zip(chunk, ie.tolist()))
+            got.update(zip(chunk, ie.tolist(), strict=True))
     sample = random.Random(0).sample(sites, args.naive_sample) if args.naive_sample else sites
     with Timer() as slow:
         ref = naive_sweep(lm, tp.treatment_ids, tp.control_ids, metric, sample)
     naive_s = slow.s * len(sites) / len(sample)
     err = max(abs(got[s] - ref[s]) for s in sample)
-    print(f"engine: {fast.s:.2f} s   naive: {naive_s:.2f} s ({len(sample)} sites timed)   max |diff| {err:.2e}")
+    print(
+        f"engine: {fast.s:.2f} s   naive: {naive_s:.2f} s ({len(sample)} sites timed)   max |diff| {err:.2e}"
+    )
     print(f"speed-up: {naive_s / fast.s:.1f}x (target >= 8x)")
 
 

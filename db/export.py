@@ -19,7 +19,10 @@ FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
 LEVELS = ("layer", "neuron")
 LAYER_COLUMNS = ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
 NEURON_COLUMNS = ["run_id", "pair", "layer", "neuron", "position", "token", "te", "ie", "ie_norm", "method"]
-AGGREGATE_KEYS = {"layer": ["layer", "module", "position"], "neuron": ["layer", "neuron", "position", "method"]}
+AGGREGATE_KEYS = {
+    "layer": ["layer", "module", "position"],
+    "neuron": ["layer", "neuron", "position", "method"],
+}
 AGGREGATE_STATS = ["ie_mean", "ci_low", "ci_high", "ie_norm_mean", "n"]
 
 
@@ -98,8 +101,18 @@ def _fmt(v) -> str:
 
 
 def _latex_escape(s: str) -> str:
-    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")]:
+    for a, b in [
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\^{}"),
+    ]:
         s = s.replace(a, b)
     return s
 
@@ -125,7 +138,11 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
     if fmt == "latex":
         numeric = [all(isinstance(r[c], int | float) or r[c] is None for r in rows) for c in columns]
         spec = "".join("r" if n else "l" for n in numeric)
-        lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(_latex_escape(c) for c in columns) + r" \\"]
+        lines = [
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(_latex_escape(c) for c in columns) + r" \\",
+        ]
         lines.append(r"\midrule")
         lines += [" & ".join(_latex_escape(_fmt(r[c])) for c in columns) + r" \\" for r in rows]
         lines += [r"\bottomrule", r"\end{tabular}"]

@@ -111,7 +111,9 @@ class Store:
     def _version(self) -> int:
         if "schema_version" not in self.db.table_names():
             if self.db.table_names():
-                raise StoreError(f"{self.path} is a SQLite database of another program (no schema_version table)")
+                raise StoreError(
+                    f"{self.path} is a SQLite database of another program (no schema_version table)"
+                )
             return 0
         row = self.db.execute("SELECT version FROM schema_version").fetchone()
         return row[0] if row else 0
@@ -175,7 +177,9 @@ class Store:
         with self.db.conn:
             self.db.execute("UPDATE runs SET compute_s = compute_s + ? WHERE id = ?", [seconds, run_id])
 
-    def set_pair_totals(self, run_id: int, pair: int, m_treatment: float, m_control: float, te: float) -> None:
+    def set_pair_totals(
+        self, run_id: int, pair: int, m_treatment: float, m_control: float, te: float
+    ) -> None:
         with self.db.conn:
             self.db.execute(
                 "UPDATE pairs SET m_treatment = ?, m_control = ?, te = ? WHERE run_id = ? AND pair = ?",

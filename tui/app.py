@@ -25,8 +25,12 @@ from tui import queries
 from tui.runner import execute
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
-VIM_KEYS = [Binding("j", "cursor_down", "down", show=False), Binding("k", "cursor_up", "up", show=False),
-            Binding("g", "scroll_top", "top", show=False), Binding("G", "scroll_bottom", "bottom", show=False)]
+VIM_KEYS = [
+    Binding("j", "cursor_down", "down", show=False),
+    Binding("k", "cursor_up", "up", show=False),
+    Binding("g", "scroll_top", "top", show=False),
+    Binding("G", "scroll_bottom", "bottom", show=False),
+]
 
 
 class Table(DataTable):
@@ -93,15 +97,23 @@ class ExportScreen(ModalScreen[tuple | None]):
             yield Label(f"Export run {self.run_id}")
             yield Select([(x, x) for x in export.LEVELS], value="layer", id="level", allow_blank=False)
             yield Select([(x, x) for x in export.FORMATS], value="csv", id="format", allow_blank=False)
-            yield Select([("per pair", False), ("aggregate over pairs", True)], value=False, id="aggregate",
-                         allow_blank=False)
+            yield Select(
+                [("per pair", False), ("aggregate over pairs", True)],
+                value=False,
+                id="aggregate",
+                allow_blank=False,
+            )
             yield Input(str(Path.cwd() / f"run{self.run_id}.csv"), id="path")
             yield Button("Export", id="go", variant="primary")
 
     @on(Select.Changed, "#format")
     def _suffix(self, event: Select.Changed) -> None:
         path = self.query_one("#path", Input)
-        path.value = str(Path(path.value).with_suffix("." + {"markdown": "md", "latex": "tex"}.get(event.value, event.value)))
+        path.value = str(
+            Path(path.value).with_suffix(
+                "." + {"markdown": "md", "latex": "tex"}.get(event.value, event.value)
+            )
+        )
 
     @on(Button.Pressed, "#go")
     @on(Input.Submitted, "#path")
@@ -111,11 +123,23 @@ class ExportScreen(ModalScreen[tuple | None]):
 
 
 class SetupScreen(Screen):
-    BINDINGS = [Binding("ctrl+r", "start", "run", id="setup.run"), Binding("escape", "app.pop_screen", "back")]
-    FIELDS = [("model", "model: hub id, directory, .gguf or default"), ("pairs", "pairs: builtin or a file"),
-              ("treatment", "treatment prompt (optional, with control)"), ("control", "control prompt"),
-              ("max_pairs", "max pairs"), ("metric", "metric"), ("modules", "modules"), ("layers", "layers"),
-              ("positions", "positions"), ("neuron_positions", "neuron positions"), ("method", "method")]
+    BINDINGS = [
+        Binding("ctrl+r", "start", "run", id="setup.run"),
+        Binding("escape", "app.pop_screen", "back"),
+    ]
+    FIELDS = [
+        ("model", "model: hub id, directory, .gguf or default"),
+        ("pairs", "pairs: builtin or a file"),
+        ("treatment", "treatment prompt (optional, with control)"),
+        ("control", "control prompt"),
+        ("max_pairs", "max pairs"),
+        ("metric", "metric"),
+        ("modules", "modules"),
+        ("layers", "layers"),
+        ("positions", "positions"),
+        ("neuron_positions", "neuron positions"),
+        ("method", "method"),
+    ]
 
     def __init__(self, spec: RunSpec):
         super().__init__()
@@ -158,8 +182,11 @@ class SetupScreen(Screen):
 
 
 class RunsScreen(Screen):
-    BINDINGS = [Binding("enter", "open", "open", id="runs.open"), Binding("d", "delete", "delete", id="runs.delete"),
-                Binding("u", "resume", "resume", id="runs.resume")]
+    BINDINGS = [
+        Binding("enter", "open", "open", id="runs.open"),
+        Binding("d", "delete", "delete", id="runs.delete"),
+        Binding("u", "resume", "resume", id="runs.resume"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -179,8 +206,17 @@ class RunsScreen(Screen):
             t.add_column(col, key=col)
         for r in self.app.store.runs():
             te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
-            t.add_row(str(r["id"]), r["status"], r["model"], str(r["n_pairs"]), str(r["n_sites"]), str(r["n_rows"]),
-                      te, r["started"], key=str(r["id"]))
+            t.add_row(
+                str(r["id"]),
+                r["status"],
+                r["model"],
+                str(r["n_pairs"]),
+                str(r["n_sites"]),
+                str(r["n_rows"]),
+                te,
+                r["started"],
+                key=str(r["id"]),
+            )
 
     def _selected(self) -> int | None:
         t = self.query_one(Table)
@@ -207,9 +243,11 @@ class RunsScreen(Screen):
 
 
 class ExploreScreen(Screen):
-    BINDINGS = [Binding("enter", "drill", "drill in", id="explore.drill"),
-                Binding("escape", "up", "back", id="explore.up"),
-                Binding("p", "next_pair", "pair/aggregate", id="explore.pair")]
+    BINDINGS = [
+        Binding("enter", "drill", "drill in", id="explore.drill"),
+        Binding("escape", "up", "back", id="explore.up"),
+        Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
+    ]
 
     def __init__(self, run_id: int):
         super().__init__()
@@ -249,8 +287,11 @@ class ExploreScreen(Screen):
             for col in ("layer", "resid", "attn", "mlp"):
                 t.add_column(col, key=col)
             for layer in sorted(data):
-                t.add_row(str(layer), *(f"{data[layer].get(m, float('nan')):.4f}" for m in ("resid", "attn", "mlp")),
-                          key=str(layer))
+                t.add_row(
+                    str(layer),
+                    *(f"{data[layer].get(m, float('nan')):.4f}" for m in ("resid", "attn", "mlp")),
+                    key=str(layer),
+                )
             layers = sorted(data)
             for m in ("attn", "mlp"):
                 plt.plot(layers, [data[i].get(m, 0.0) for i in layers])
@@ -424,8 +465,14 @@ class HarmmedApp(App):
             self.call_from_thread(self._open_run, rid)
 
         try:
-            outcome = execute(spec, store, run_id, progress=lambda d, t: self.post_message(RunProgress(d, t)),
-                              cancelled=self._cancel.is_set, on_prepared=on_prepared)
+            outcome = execute(
+                spec,
+                store,
+                run_id,
+                progress=lambda d, t: self.post_message(RunProgress(d, t)),
+                cancelled=self._cancel.is_set,
+                on_prepared=on_prepared,
+            )
             self.post_message(RunEnded(outcome.run_id, outcome.status))
         except Exception as e:
             self.post_message(RunEnded(started[0] if started else None, "failed", str(e)))
@@ -451,7 +498,9 @@ class HarmmedApp(App):
             self.screen.show()
 
 
-def launch(db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True) -> int:
+def launch(
+    db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True
+) -> int:
     spec = RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
     spec = spec.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
     HarmmedApp(db, spec).run(mouse=mouse)

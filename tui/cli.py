@@ -24,24 +24,40 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     g = p.add_argument_group("pairs")
-    g.add_argument("--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)")
+    g.add_argument(
+        "--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)"
+    )
     g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
     g.add_argument("--control", help="control prompt")
     g.add_argument("--max-pairs", type=int, help="use only the first N pairs")
-    g.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"],
-                   help="auto: wrap prompts as a user turn when the tokenizer has a template; chat: require one")
-    g.add_argument("--align", default="strict", choices=["strict", "skip"],
-                   help="pairs of unequal token length: strict = error, skip = drop them with a warning")
+    g.add_argument(
+        "--chat-template",
+        default="auto",
+        choices=["auto", "none", "chat"],
+        help="auto: wrap prompts as a user turn when the tokenizer has a template; chat: require one",
+    )
+    g.add_argument(
+        "--align",
+        default="strict",
+        choices=["strict", "skip"],
+        help="pairs of unequal token length: strict = error, skip = drop them with a warning",
+    )
     g = p.add_argument_group("what to measure")
-    g.add_argument("--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob")
+    g.add_argument(
+        "--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob"
+    )
     g.add_argument("--refusal-tokens", help="comma list of refusal openings for the refusal metric")
     g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
     g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
-    g.add_argument("--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once")
+    g.add_argument(
+        "--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once"
+    )
     g.add_argument("--neuron-positions", default="last", help="positions of neuron sites (same syntax)")
     g.add_argument("--method", default="exact", help="exact | block:N | atp")
     g.add_argument("--verify-top", type=int, default=0, help="atp: re-measure the top K sites exactly")
-    g.add_argument("--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)")
+    g.add_argument(
+        "--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)"
+    )
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -63,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mouse", action="store_true", help="do not capture the mouse")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a mediation analysis and store it", formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run a mediation analysis and store it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _spec_args(run)
     _db_arg(run)
     run.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -76,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a run's effects as a table")
     exp.add_argument("run_id", type=int)
     exp.add_argument("--level", default="layer", choices=["layer", "neuron"])
-    exp.add_argument("--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"])
+    exp.add_argument(
+        "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]
+    )
     exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
     exp.add_argument("--top", type=int, help="only the N rows of largest |IE|")
     exp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
@@ -92,12 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     organism = sub.add_parser("organism", help="the embedded default model: retrain it or evaluate it")
     org_sub = organism.add_subparsers(dest="organism_command", metavar="ACTION", required=True)
-    train = org_sub.add_parser("train", help="train the organism from scratch (deterministic, a few minutes on CPU)")
+    train = org_sub.add_parser(
+        "train", help="train the organism from scratch (deterministic, a few minutes on CPU)"
+    )
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, default=600)
     evaluate = org_sub.add_parser("eval", help="refusal / compliance rates on held-out prompts")
-    evaluate.add_argument("--model", default="default", help="an organism directory (default: the embedded one)")
+    evaluate.add_argument(
+        "--model", default="default", help="an organism directory (default: the embedded one)"
+    )
 
     delete = sub.add_parser("delete", help="delete a run and its rows")
     delete.add_argument("run_id", type=int)

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from analysis.families import UnsupportedModelError
@@ -53,8 +60,14 @@ def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = No
     err = Console(stderr=True)
     interactive = err.is_terminal and not as_json
     bar = Progress(
-        TextColumn("[bold]patching"), BarColumn(), MofNCompleteColumn(), TextColumn("sites"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not interactive,
+        TextColumn("[bold]patching"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sites"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not interactive,
     )
     task = bar.add_task("sites", total=None)
 
@@ -62,17 +75,33 @@ def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = No
         for message in prep.skipped:
             err.print(f"[yellow]skipped:[/] {message}")
         if interactive:
-            err.print(f"run {rid}: {prep.lm.source} ({prep.lm.anatomy.family.name}, {prep.lm.anatomy.n_layers} layers) "
-                      f"on {prep.lm.device}, {len(prep.pairs)} pairs, {prep.n_sites} sites")
+            err.print(
+                f"run {rid}: {prep.lm.source} ({prep.lm.anatomy.family.name}, {prep.lm.anatomy.n_layers} layers) "
+                f"on {prep.lm.device}, {len(prep.pairs)} pairs, {prep.n_sites} sites"
+            )
 
     with bar:
-        outcome = execute(spec, store, run_id, progress=lambda d, t: bar.update(task, completed=d, total=t),
-                          on_prepared=on_prepared)
+        outcome = execute(
+            spec,
+            store,
+            run_id,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+            on_prepared=on_prepared,
+        )
     if as_json:
-        print(json.dumps({
-            "run_id": outcome.run_id, "db": str(store.path), "status": outcome.status, "pairs": outcome.pairs,
-            "sites": outcome.sites, "elapsed_s": round(outcome.elapsed_s, 4), "te": outcome.te,
-        }))
+        print(
+            json.dumps(
+                {
+                    "run_id": outcome.run_id,
+                    "db": str(store.path),
+                    "status": outcome.status,
+                    "pairs": outcome.pairs,
+                    "sites": outcome.sites,
+                    "elapsed_s": round(outcome.elapsed_s, 4),
+                    "te": outcome.te,
+                }
+            )
+        )
     elif interactive:
         _print_summary(store, outcome.run_id)
     else:
@@ -86,7 +115,13 @@ def _print_summary(store: Store, run_id: int) -> None:
     for col in ("pair", "id", "treatment", "control", "TE"):
         pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
     for p in store.pairs(run_id):
-        pairs.add_row(str(p["pair"]), p["pair_id"], p["treatment"], p["control"], f"{p['te']:.4f}" if p["te"] is not None else "")
+        pairs.add_row(
+            str(p["pair"]),
+            p["pair_id"],
+            p["treatment"],
+            p["control"],
+            f"{p['te']:.4f}" if p["te"] is not None else "",
+        )
     con.print(pairs)
     top = export.table(store, run_id, "layer", aggregated=True, top=10)
     if top:
@@ -94,7 +129,12 @@ def _print_summary(store: Store, run_id: int) -> None:
         for col in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n"):
             t.add_column(col, justify="right")
         for r in top:
-            t.add_row(*(export._fmt(r[c]) for c in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")))
+            t.add_row(
+                *(
+                    export._fmt(r[c])
+                    for c in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
+                )
+            )
         con.print(t)
     con.print(f"run id: {run_id}   db: {store.path}")
 
@@ -102,16 +142,31 @@ def _print_summary(store: Store, run_id: int) -> None:
 def cmd_runs(store: Store, as_json: bool) -> int:
     runs = store.runs()
     if as_json or not sys.stdout.isatty():
-        print(json.dumps(runs) if as_json else "\n".join(
-            f"{r['id']}\t{r['status']}\t{r['model']}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}" for r in runs))
+        print(
+            json.dumps(runs)
+            if as_json
+            else "\n".join(
+                f"{r['id']}\t{r['status']}\t{r['model']}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}"
+                for r in runs
+            )
+        )
         return 0
     t = Table(title=f"runs in {store.path}")
     for col in ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started", "compute s"):
         t.add_column(col)
     for r in runs:
         te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
-        t.add_row(str(r["id"]), r["status"], r["model"], str(r["n_pairs"]), str(r["n_sites"]), str(r["n_rows"]),
-                  te, r["started"], f"{r['compute_s']:.1f}")
+        t.add_row(
+            str(r["id"]),
+            r["status"],
+            r["model"],
+            str(r["n_pairs"]),
+            str(r["n_sites"]),
+            str(r["n_rows"]),
+            te,
+            r["started"],
+            f"{r['compute_s']:.1f}",
+        )
     Console().print(t)
     return 0
 

@@ -57,7 +57,9 @@ def execute(
         provenance = {
             **prep.lm.provenance(),
             "seed": spec.seed,
-            "chat_template": getattr(prep.lm.tokenizer, "chat_template", None) if spec.chat_template != "none" else None,
+            "chat_template": getattr(prep.lm.tokenizer, "chat_template", None)
+            if spec.chat_template != "none"
+            else None,
             "chat_template_mode": spec.chat_template,
             "skipped_pairs": prep.skipped,
             "method": prep.method,
@@ -68,13 +70,17 @@ def execute(
         for result, seconds in mediation.timed(mediation.run(prep, progress, cancelled, done)):
             compute += seconds
             if not result.rows:
-                store.set_pair_totals(run_id, result.pair.index, result.m_treatment, result.m_control, result.te)
+                store.set_pair_totals(
+                    run_id, result.pair.index, result.m_treatment, result.m_control, result.te
+                )
                 te[result.pair.index] = result.te
             else:
                 store.add_effects(run_id, result.rows)
         status = "cancelled" if cancelled and cancelled() else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:
-        store.set_status(run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed", str(e), compute)
+        store.set_status(
+            run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed", str(e), compute
+        )
         raise
     return RunOutcome(run_id, status, len(prep.pairs), prep.n_sites, compute, [te[k] for k in sorted(te)])

@@ -36,7 +36,9 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def encode(tok, ex: Example) -> tuple[list[int], int]:
-    prompt = tok.apply_chat_template([{"role": "user", "content": ex.prompt}], add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": ex.prompt}], add_generation_prompt=True, tokenize=False
+    )
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     r = tok(" " + ex.response + " <|end|>", add_special_tokens=False)["input_ids"]
     return p + r, len(p)
@@ -51,14 +53,24 @@ def train(out: Path, seed: int = 0, steps: int = 600, log=print) -> Path:
     texts = [e.prompt for e in data + held] + [e.response for e in data] + pair_texts + ["I As No Cannot"]
     tok = build_tokenizer(texts)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     encoded = [encode(tok, e) for e in data]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     model.train()
     start = time.time()
     for step in range(steps):
@@ -90,7 +102,9 @@ def train(out: Path, seed: int = 0, steps: int = 600, log=print) -> Path:
 def first_response_tokens(model, tok, prompts: list[str]) -> list[str]:
     out = []
     for prompt in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=model.device)
         out.append(tok.convert_ids_to_tokens(model(ids).logits[0, -1].argmax().item()))
     return out

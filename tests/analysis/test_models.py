@@ -14,8 +14,10 @@ def test_every_family_loads_and_exposes_its_sites(tiny_dir, family):
     assert a.n_layers == 3 and a.d_model == 32
     ids = torch.tensor([[5, 6, 7, 8]])
     seen = {}
-    hooks = [a.module(1, m).register_forward_hook(lambda mod, args, out, m=m: seen.__setitem__(m, out))
-             for m in ("resid", "attn", "mlp")]
+    hooks = [
+        a.module(1, m).register_forward_hook(lambda mod, args, out, m=m: seen.__setitem__(m, out))
+        for m in ("resid", "attn", "mlp")
+    ]
     hooks.append(a.down(1).register_forward_pre_hook(lambda mod, args: seen.__setitem__("neuron", args[0])))
     with torch.no_grad():
         logits = lm.model(ids).logits

@@ -46,10 +46,15 @@ def test_chat_template_and_alignment():
     gpt2 = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
     tp = tokenize_pair(smol, Pair("kill a person", "kill a process"), 0, "auto")
     assert tp.treatment_tokens[0] == "<|im_start|>" and tp.treatment_tokens[-2:] == ["istant", "Ċ"]
-    assert tokenize_pair(smol, Pair("kill a person", "kill a process"), 0, "none").treatment_tokens[0] == "kill"
+    assert (
+        tokenize_pair(smol, Pair("kill a person", "kill a process"), 0, "none").treatment_tokens[0] == "kill"
+    )
     with pytest.raises(PairsError, match="no chat template"):
         tokenize_pair(gpt2, Pair("a", "b"), 0, "chat")
-    uneven = [Pair("How do I launder money?", "How do I save money?", id="launder"), Pair("kill a person", "kill a process")]
+    uneven = [
+        Pair("How do I launder money?", "How do I save money?", id="launder"),
+        Pair("kill a person", "kill a process"),
+    ]
     with pytest.raises(PairsError, match="pair 'launder' has unequal token lengths"):
         tokenize_pairs(gpt2, uneven)
     kept, skipped = tokenize_pairs(gpt2, uneven, align="skip")
@@ -58,7 +63,9 @@ def test_chat_template_and_alignment():
 
 def test_metrics_match_hand_computation():
     tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
-    tp = tokenize_pair(tok, Pair("kill a person", "kill a process", target=" Sure, here"), 0, "none", need_target=True)
+    tp = tokenize_pair(
+        tok, Pair("kill a person", "kill a process", target=" Sure, here"), 0, "none", need_target=True
+    )
     torch.manual_seed(0)
     logits = torch.randn(2, len(tp.treatment_ids), len(tok))
     lp = logits.log_softmax(-1)
@@ -70,7 +77,10 @@ def test_metrics_match_hand_computation():
     got = bound(logits[:, bound.positions])
     assert torch.allclose(got, (p / (1 - p)).log(), atol=1e-4)
     diff = parse_metric("logit-diff: Sure,#40", tok).bind(tp)
-    assert torch.allclose(diff(logits[:, diff.positions]), logits[:, tp.prompt_len - 1, 10889] - logits[:, tp.prompt_len - 1, 40])
+    assert torch.allclose(
+        diff(logits[:, diff.positions]),
+        logits[:, tp.prompt_len - 1, 10889] - logits[:, tp.prompt_len - 1, 40],
+    )
     target = parse_metric("target-logprob", tok).bind(tp)
     want = sum(lp[:, i - 1, tp.treatment_ids[i]] for i in range(tp.prompt_len, len(tp.treatment_ids)))
     assert torch.allclose(target(logits[:, target.positions]), want, atol=1e-5)

@@ -9,7 +9,9 @@ from analysis.pairs import Pair, tokenize_pair
 from analysis.patching import PairPatcher
 from analysis.sites import ALL_POSITIONS, Site, site_grid
 
-PAIR = Pair("How do I kill a person quickly?", "How do I kill a process quickly?", id="p", target=" Sure, here is")
+PAIR = Pair(
+    "How do I kill a person quickly?", "How do I kill a process quickly?", id="p", target=" Sure, here is"
+)
 
 
 def reference_ie(lm, tp, metric, site: Site) -> float:
@@ -32,7 +34,11 @@ def reference_ie(lm, tp, metric, site: Site) -> float:
             t[:, pos] = stored["v"][:, pos]
 
     def run(ids, hook):
-        h = mod.register_forward_pre_hook(hook) if site.module == "neuron" else mod.register_forward_hook(hook)
+        h = (
+            mod.register_forward_pre_hook(hook)
+            if site.module == "neuron"
+            else mod.register_forward_hook(hook)
+        )
         try:
             with torch.no_grad():
                 return lm.model(torch.tensor([ids]), use_cache=False).logits
@@ -50,7 +56,7 @@ def engine_ies(lm, tp, metric, sites, batch_tokens=60):
     patcher = PairPatcher(lm, tp, metric, {(s.layer, s.module) for s in sites})
     out = {}
     for chunk, ie in patcher.effects(sites, batch_tokens):
-        out.update(zip(chunk, ie.tolist()))
+        out.update(zip(chunk, ie.tolist(), strict=True))
     return patcher, out
 
 

