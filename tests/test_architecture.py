@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"analysis": {"textual", "textual_plotext", "db", "tui", "themes"}, "db": {"textual", "textual_plotext", "tui"}}
+FORBIDDEN = {
+    "analysis": {"textual", "textual_plotext", "db", "tui", "themes"},
+    "db": {"textual", "textual_plotext", "tui"},
+}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -17,4 +20,6 @@ def test_headless_core(package):
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] not in FORBIDDEN[package], f"{path.relative_to(ROOT)} imports {name}"
+                assert name.split(".")[0] not in FORBIDDEN[package], (
+                    f"{path.relative_to(ROOT)} imports {name}"
+                )

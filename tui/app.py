@@ -74,7 +74,7 @@ class ErrorDialog(ModalScreen[None]):
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "close")]
     TEXT = """[b]harmmed-tui keys[/b]
-n  new run (Setup)          r  runs (history)          e  export the open run
+n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  export the open run
 enter  drill in: run > layer > module > neurons        escape  back up
 p  next pair / aggregate    c  cancel the running job  q  quit
 ctrl+p  command palette (every action)   ?/F1  this help
@@ -368,6 +368,7 @@ class HarmmedApp(App):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("n", "new_run", "new run", id="app.new"),
+        Binding("x", "run_now", "run preselected", id="app.run_now"),
         Binding("r", "runs", "runs", id="app.runs"),
         Binding("e", "export", "export", id="app.export"),
         Binding("c", "cancel", "cancel run", id="app.cancel"),
@@ -412,6 +413,10 @@ class HarmmedApp(App):
 
     def action_new_run(self) -> None:
         self.push_screen(SetupScreen(self.spec))
+
+    def action_run_now(self) -> None:
+        """One key from start-up to a run: the preselected model and pairs, as Setup would start them."""
+        self.start_run(self.spec)
 
     def action_runs(self) -> None:
         while len(self.screen_stack) > 2:

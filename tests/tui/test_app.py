@@ -53,7 +53,7 @@ async def test_cancel_keeps_partial_results_and_bad_model_shows_dialog(tmp_path)
     spec = RunSpec(max_pairs=8, modules=("neuron",), layers="all", neuron_positions="all", batch_tokens=64)
     app = HarmmedApp(str(tmp_path / "runs.db"), spec)
     async with app.run_test(size=(80, 24)) as pilot:
-        app.start_run(spec)
+        await pilot.press("x")  # one key runs the preselected spec
         while not app.store.runs() or not app.store.runs()[0]["n_rows"]:
             await pilot.pause(0.05)
         await pilot.press("c")
