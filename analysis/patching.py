@@ -117,12 +117,14 @@ class PairPatcher:
         replayed token positions (rows x positions from its first patched one), which bounds peak memory."""
         ordered = sorted(sites, key=lambda s: (s.layer, s.position))
         chunk: list[Site] = []
+        chunk_first = self.seq_len  # first position of the chunk's replay, kept as sites are added
         for site in ordered:
-            first = min(self._first_position(chunk + [site]), self._first_position([site]))
+            first = min(chunk_first, self._first_position([site]))
             if chunk and (len(chunk) + 1) * (self.seq_len - first) > batch_tokens:
                 yield chunk, self.patched_metric(chunk) - self.m_control
-                chunk = []
+                chunk, first = [], self._first_position([site])
             chunk.append(site)
+            chunk_first = first
         if chunk:
             yield chunk, self.patched_metric(chunk) - self.m_control
 
