@@ -50,7 +50,6 @@ class Prepared:
     skipped: list[str]  # messages about pairs dropped by --align skip
     sites: dict[int, list[Site]]  # pair index -> sites
     method: str
-    block: int
 
     @property
     def n_sites(self) -> int:
@@ -102,7 +101,7 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
             positions = parse_positions(spec.neuron_positions if module == "neuron" else spec.positions, n)
             grid += site_grid(layers, [module], positions, a.d_mlp, block if module == "neuron" else 1)
         sites[tp.index] = grid
-    return Prepared(spec, lm, metric, tokenized, skipped, sites, method, block)
+    return Prepared(spec, lm, metric, tokenized, skipped, sites, method)
 
 
 def site_key(pair: int, site: Site, method: str) -> SiteKey:

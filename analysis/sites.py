@@ -23,10 +23,6 @@ class Site:
     neuron: int = NO_NEURON  # first MLP unit of the site (neuron module only)
     width: int = 1  # units patched together from `neuron` on (block method)
 
-    @property
-    def position_label(self) -> str:
-        return "*" if self.position == ALL_POSITIONS else str(self.position)
-
 
 def parse_modules(text: str) -> list[str]:
     mods = [m.strip() for m in text.split(",") if m.strip()]

@@ -173,10 +173,6 @@ class Store:
                 [status, error, status, now(), compute_s, run_id],
             )
 
-    def add_compute(self, run_id: int, seconds: float) -> None:
-        with self.db.conn:
-            self.db.execute("UPDATE runs SET compute_s = compute_s + ? WHERE id = ?", [seconds, run_id])
-
     def set_pair_totals(
         self, run_id: int, pair: int, m_treatment: float, m_control: float, te: float
     ) -> None:
