@@ -92,7 +92,7 @@ def table(store: Store, run_id: int, level: str = "layer", aggregated: bool = Fa
     return rows
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
@@ -133,7 +133,9 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
         return "".join(json.dumps(r) + "\n" for r in rows)
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        lines += ["| " + " | ".join(_fmt(r[c]).replace("|", r"\|") for c in columns) + " |" for r in rows]
+        lines += [
+            "| " + " | ".join(format_value(r[c]).replace("|", r"\|") for c in columns) + " |" for r in rows
+        ]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         numeric = [all(isinstance(r[c], int | float) or r[c] is None for r in rows) for c in columns]
@@ -144,7 +146,7 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
             " & ".join(_latex_escape(c) for c in columns) + r" \\",
         ]
         lines.append(r"\midrule")
-        lines += [" & ".join(_latex_escape(_fmt(r[c])) for c in columns) + r" \\" for r in rows]
+        lines += [" & ".join(_latex_escape(format_value(r[c])) for c in columns) + r" \\" for r in rows]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
     try:

@@ -25,6 +25,8 @@ from tui import queries
 from tui.runner import execute
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
+# What the app preselects: the embedded organism, four built-in pairs, every module including neurons.
+DEFAULT_SPEC = RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
 VIM_KEYS = [
     Binding("j", "cursor_down", "down", show=False),
     Binding("k", "cursor_up", "up", show=False),
@@ -202,21 +204,10 @@ class RunsScreen(Screen):
     def refresh_runs(self) -> None:
         t = self.query_one(Table)
         t.clear(columns=True)
-        for col in ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started"):
+        for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
         for r in self.app.store.runs():
-            te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
-            t.add_row(
-                str(r["id"]),
-                r["status"],
-                r["model"],
-                str(r["n_pairs"]),
-                str(r["n_sites"]),
-                str(r["n_rows"]),
-                te,
-                r["started"],
-                key=str(r["id"]),
-            )
+            t.add_row(*queries.run_cells(r), key=str(r["id"]))
 
     def _selected(self) -> int | None:
         t = self.query_one(Table)
@@ -379,7 +370,7 @@ class HarmmedApp(App):
     def __init__(self, db: str | None = None, spec: RunSpec | None = None):
         super().__init__()
         self.store = Store(db)
-        self.spec = spec or RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
+        self.spec = spec or DEFAULT_SPEC
         self._cancel = threading.Event()
         self.active_run: int | None = None
 
@@ -506,7 +497,6 @@ class HarmmedApp(App):
 def launch(
     db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True
 ) -> int:
-    spec = RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
-    spec = spec.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
+    spec = DEFAULT_SPEC.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
     HarmmedApp(db, spec).run(mouse=mouse)
     return 0

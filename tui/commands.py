@@ -25,6 +25,7 @@ from analysis.sites import SiteError
 from analysis.spec import RunSpec
 from db import export
 from db.store import Store, StoreError
+from tui import queries
 from tui.runner import execute
 
 USER_ERRORS = (ModelLoadError, PairsError, MetricError, SiteError, StoreError, UnsupportedModelError)
@@ -131,7 +132,7 @@ def _print_summary(store: Store, run_id: int) -> None:
         for r in top:
             t.add_row(
                 *(
-                    export._fmt(r[c])
+                    export.format_value(r[c])
                     for c in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
                 )
             )
@@ -152,21 +153,10 @@ def cmd_runs(store: Store, as_json: bool) -> int:
         )
         return 0
     t = Table(title=f"runs in {store.path}")
-    for col in ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started", "compute s"):
+    for col in (*queries.RUN_COLUMNS, "compute s"):
         t.add_column(col)
     for r in runs:
-        te = f"{r['mean_te']:.3f}" if r["mean_te"] is not None else ""
-        t.add_row(
-            str(r["id"]),
-            r["status"],
-            r["model"],
-            str(r["n_pairs"]),
-            str(r["n_sites"]),
-            str(r["n_rows"]),
-            te,
-            r["started"],
-            f"{r['compute_s']:.1f}",
-        )
+        t.add_row(*queries.run_cells(r), f"{r['compute_s']:.1f}")
     Console().print(t)
     return 0
 

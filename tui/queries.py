@@ -1,8 +1,17 @@
-"""The read queries behind the Explore panes (parameterised SQL; `pair=None` averages over pairs)."""
+"""The read queries behind the Runs and Explore screens (parameterised SQL; `pair=None` averages over pairs)."""
 
 from __future__ import annotations
 
 from db.store import Store
+
+RUN_COLUMNS = ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started")
+
+
+def run_cells(run: dict) -> list[str]:
+    """One row of the run history (from Store.runs), as the Runs screen and `harmmed-tui runs` show it."""
+    te = f"{run['mean_te']:.3f}" if run["mean_te"] is not None else ""
+    fields = ("id", "status", "model", "n_pairs", "n_sites", "n_rows")
+    return [*(str(run[f]) for f in fields), te, run["started"]]
 
 
 def _pair_filter(pair: int | None) -> tuple[str, list]:
