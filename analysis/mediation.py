@@ -57,13 +57,15 @@ class Prepared:
 
 
 def parse_method(method: str) -> tuple[str, int]:
-    if method in ("exact", "atp"):
+    if method == "exact":
         return method, 1
+    if method == "atp":  # until attribution patching exists, never store exact numbers labelled as atp
+        raise SiteError("method 'atp' is not implemented yet (use exact or block:N)")
     if m := re.fullmatch(r"block:(\d+)", method):
         if int(m[1]) < 1:
             raise SiteError("block size must be at least 1")
         return "block", int(m[1])
-    raise SiteError(f"unknown method '{method}' (use exact, block:N or atp)")
+    raise SiteError(f"unknown method '{method}' (use exact or block:N)")
 
 
 def spec_pairs(spec: RunSpec) -> list[Pair]:

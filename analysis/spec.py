@@ -22,8 +22,7 @@ class RunSpec:
     layers: str = "all"
     positions: str = "all,*"  # positions of resid/attn/mlp sites
     neuron_positions: str = "last"  # positions of neuron sites
-    method: str = "exact"  # exact | block:N | atp
-    verify_top: int = 0  # atp: re-measure the top K sites exactly
+    method: str = "exact"  # exact | block:N
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None

@@ -53,8 +53,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         "--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once"
     )
     g.add_argument("--neuron-positions", default="last", help="positions of neuron sites (same syntax)")
-    g.add_argument("--method", default="exact", help="exact | block:N | atp")
-    g.add_argument("--verify-top", type=int, default=0, help="atp: re-measure the top K sites exactly")
+    g.add_argument("--method", default="exact", help="exact | block:N (neurons patched in blocks of N)")
     g.add_argument(
         "--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)"
     )

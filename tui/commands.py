@@ -47,7 +47,6 @@ def spec_from_args(a) -> RunSpec:
         positions=a.positions,
         neuron_positions=a.neuron_positions,
         method=a.method,
-        verify_top=a.verify_top,
         device=a.device,
         dtype=a.dtype,
         revision=a.revision,
