@@ -86,24 +86,17 @@ def _pid_alive(pid: int | None) -> bool:
 class Store:
     """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted."""
 
-    def __init__(self, path: str | Path | None = None, readonly: bool = False):
+    def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_db_path()
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a database file")
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not self.path.exists():
-            raise StoreError(f"no database at {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=True)
-            self.db = sqlite_utils.Database(conn)
+            # timeout= is sqlite's busy timeout: a reader waits for the writer instead of failing
+            self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=30, check_same_thread=True))
             self.db.execute("PRAGMA foreign_keys = ON")
-            self.db.execute("PRAGMA busy_timeout = 30000")
-            if not readonly:
-                self._migrate()
-                self._mark_interrupted()
-            else:
-                self._check_version()
+            self._migrate()
+            self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
 

@@ -372,7 +372,6 @@ class HarmmedApp(App):
         self.store = Store(db)
         self.spec = spec or DEFAULT_SPEC
         self._cancel = threading.Event()
-        self.active_run: int | None = None
 
     def on_mount(self) -> None:
         for theme in THEMES:
