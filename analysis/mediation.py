@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from analysis.attribution import Attribution
 from analysis.metrics import Metric, parse_metric
 from analysis.models import LoadedModel, load_model
 from analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
@@ -24,6 +25,7 @@ from analysis.sites import (
     site_grid,
 )
 from analysis.spec import RunSpec
+from analysis.stats import spearman
 
 Progress = Callable[[int, int], None]  # (sites done, sites total)
 Cancelled = Callable[[], bool]
@@ -39,6 +41,7 @@ class PairResult:
     m_control: float
     te: float
     rows: list[dict] = field(default_factory=list)
+    spearman: float | None = None  # atp: rank agreement with exact on the verified top sites
 
 
 @dataclass
@@ -53,14 +56,21 @@ class Prepared:
 
     @property
     def n_sites(self) -> int:
-        return sum(len(s) for s in self.sites.values())
+        return sum(self.pair_sites(i) for i in self.sites)
+
+    def verified(self, pair: int) -> int:
+        """How many of a pair's top atp sites are checked with exact patching."""
+        return min(self.spec.verify_top, len(self.sites[pair])) if self.method == "atp" else 0
+
+    def pair_sites(self, pair: int) -> int:
+        return len(self.sites[pair]) + self.verified(pair)
 
 
 def parse_method(method: str) -> tuple[str, int]:
     if method == "exact":
         return method, 1
-    if method == "atp":  # until attribution patching exists, never store exact numbers labelled as atp
-        raise SiteError("method 'atp' is not implemented yet (use exact or block:N)")
+    if method == "atp":
+        return method, 1
     if m := re.fullmatch(r"block:(\d+)", method):
         if int(m[1]) < 1:
             raise SiteError("block size must be at least 1")
@@ -80,6 +90,8 @@ def spec_pairs(spec: RunSpec) -> list[Pair]:
 def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     """Load the model (unless given) and check every choice before any patching starts."""
     method, block = parse_method(spec.method)
+    if spec.verify_top and method != "atp":
+        raise SiteError("--verify-top checks atp estimates: use it with --method atp")
     modules = parse_modules(",".join(spec.modules))
     pairs = spec_pairs(spec)
     lm = lm or load_model(
@@ -137,30 +149,75 @@ def run(
     spec, lm = prep.spec, prep.lm
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
-    total = prep.n_sites
-    finished = sum(
-        1 for tp in prep.pairs for s in prep.sites[tp.index] if site_key(tp.index, s, prep.method) in done
-    )
     batch_tokens = spec.batch_tokens or auto_batch_tokens(lm)
-    if progress:
-        progress(finished, total)
+    finished = 0
+    todo_by_pair = {}
     for tp in prep.pairs:
+        todo = _todo(prep, tp.index, done)
+        todo_by_pair[tp.index] = todo
+        finished += prep.pair_sites(tp.index) - (len(todo) + prep.verified(tp.index) if todo else 0)
+    if progress:
+        progress(finished, prep.n_sites)
+    for tp in prep.pairs:
+        todo = todo_by_pair[tp.index]
+        if not todo:
+            continue
         if cancelled and cancelled():
             return
-        todo = [s for s in prep.sites[tp.index] if site_key(tp.index, s, prep.method) not in done]
-        bound = prep.metric.bind(tp)
-        patcher = PairPatcher(lm, tp, bound, {(s.layer, s.module) for s in todo})
-        totals = (patcher.m_treatment.item(), patcher.m_control.item(), patcher.te.item())
+        source, batches = _pair_batches(prep, tp, todo, batch_tokens)
+        totals = (source.m_treatment.item(), source.m_control.item(), source.te.item())
         yield PairResult(tp, *totals)
-        for chunk, ie in patcher.effects(todo, batch_tokens):
+        estimates, checked = {}, {}
+        for method, chunk, ie in batches:
+            values = ie.tolist()
+            if prep.method == "atp":
+                (estimates if method == "atp" else checked).update(zip(chunk, values, strict=True))
             yield PairResult(
-                tp, *totals, [_row(tp, s, prep.method, v) for s, v in zip(chunk, ie.tolist(), strict=True)]
+                tp, *totals, [_row(tp, s, method, v) for s, v in zip(chunk, values, strict=True)]
             )
             finished += len(chunk)
             if progress:
-                progress(finished, total)
+                progress(finished, prep.n_sites)
             if cancelled and cancelled():
                 return
+        if checked:
+            rho = spearman([estimates[s] for s in checked], list(checked.values()))
+            yield PairResult(tp, *totals, spearman=rho)
+
+
+def _todo(prep: Prepared, pair: int, done: set[SiteKey] | frozenset) -> list[Site]:
+    sites = prep.sites[pair]
+    if prep.method != "atp":
+        return [s for s in sites if site_key(pair, s, prep.method) not in done]
+    # An atp pair is recomputed whole unless complete: it is cheap, and its verified set follows from it.
+    complete = all(site_key(pair, s, "atp") in done for s in sites) and sum(
+        site_key(pair, s, "exact") in done for s in sites
+    ) >= prep.verified(pair)
+    return [] if complete else sites
+
+
+ATP_ROWS_PER_BATCH = 8192
+
+
+def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_tokens: int):
+    """The object holding the pair's metric totals, and its (method, sites, IE) batches. For atp: every
+    site's estimate, then exact patching of the `verify_top` sites of largest |estimate|."""
+    bound = prep.metric.bind(tp)
+    if prep.method != "atp":
+        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites})
+        return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
+    attribution = Attribution(prep.lm, tp, bound, sites)
+
+    def batches():
+        estimates = attribution.effects(sites)
+        for i in range(0, len(sites), ATP_ROWS_PER_BATCH):
+            yield "atp", sites[i : i + ATP_ROWS_PER_BATCH], estimates[i : i + ATP_ROWS_PER_BATCH]
+        if k := prep.verified(tp.index):
+            verify = [sites[i] for i in estimates.abs().topk(k).indices.tolist()]
+            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify})
+            yield from (("exact", c, ie) for c, ie in patcher.effects(verify, batch_tokens))
+
+    return attribution, batches()
 
 
 def timed(iterator: Iterator[PairResult]) -> Iterator[tuple[PairResult, float]]:

@@ -26,7 +26,8 @@ class BoundMetric:
     reduce: Callable[[torch.Tensor], torch.Tensor]  # logits (B, len(positions), V) -> (B,)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.reduce(logits.float())
+        # at least float32: half-precision log-softmax is too coarse; float64 models keep their precision
+        return self.reduce(logits.to(torch.promote_types(logits.dtype, torch.float32)))
 
 
 class Metric:

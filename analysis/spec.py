@@ -22,7 +22,8 @@ class RunSpec:
     layers: str = "all"
     positions: str = "all,*"  # positions of resid/attn/mlp sites
     neuron_positions: str = "last"  # positions of neuron sites
-    method: str = "exact"  # exact | block:N
+    method: str = "exact"  # exact | atp | block:N
+    verify_top: int = 0  # atp: also patch this many top sites of each pair exactly
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None

@@ -1,4 +1,4 @@
-"""Aggregates over pairs: mean and a percentile bootstrap confidence interval."""
+"""Statistics over pairs and sites: bootstrap confidence intervals of a mean, rank agreement."""
 
 from __future__ import annotations
 
@@ -14,3 +14,17 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def spearman(a, b) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None when either side is constant or n < 2."""
+    ra, rb = (_ranks(np.asarray(v, dtype=float)) for v in (a, b))
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]  # tied values share the mean of the ranks they span

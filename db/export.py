@@ -30,21 +30,28 @@ def _ie_norm(ie: float, te: float | None) -> float | None:
     return ie / te if te else None
 
 
-def effect_rows(store: Store, run_id: int, level: str, seq_len: bool = False) -> list[dict]:
-    """One row per (pair, site), columns as documented in the README (plus the pair's token count)."""
-    store.run(run_id)
+def effect_rows(
+    store: Store, run_id: int, level: str, seq_len: bool = False, method: str | None = None
+) -> list[dict]:
+    """One row per (pair, site), columns as documented in the README (plus the pair's token count).
+
+    Rows of one `method`; by default the run's own for the layer level (whose columns name no method),
+    and every method for the neuron level (an atp run's exact verification sits beside its estimates)."""
+    run = store.run(run_id)
     if level not in LEVELS:
         raise StoreError(f"unknown level '{level}' (use {', '.join(LEVELS)})")
     neuron = level == "neuron"
+    if method is None and not neuron:
+        method = run["provenance"].get("method", "exact")
     sql = f"""
         SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
                json_array_length(p.treatment_tokens) AS seq_len
         FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
-        WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron'
+        WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron' AND e.method LIKE ?
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
     columns = (NEURON_COLUMNS if neuron else LAYER_COLUMNS) + (["seq_len"] if seq_len else [])
     out = []
-    for r in store.db.query(sql, [run_id]):
+    for r in store.db.query(sql, [run_id, method or "%"]):
         r["ie_norm"] = _ie_norm(r["ie"], r["te"])
         r["position"] = "*" if r["position"] == -1 else r["position"]
         out.append({c: r[c] for c in columns})
@@ -82,8 +89,15 @@ def aggregate(rows: list[dict], level: str) -> list[dict]:
     return out
 
 
-def table(store: Store, run_id: int, level: str = "layer", aggregated: bool = False, top: int | None = None):
-    rows = effect_rows(store, run_id, level, seq_len=aggregated)
+def table(
+    store: Store,
+    run_id: int,
+    level: str = "layer",
+    aggregated: bool = False,
+    top: int | None = None,
+    method: str | None = None,
+):
+    rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method)
     if aggregated:
         rows = aggregate(rows, level)
     if top:

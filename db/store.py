@@ -11,7 +11,7 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -54,6 +54,8 @@ MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX effects_by_strength ON effects (run_id, module, layer, position, abs(ie) DESC);
     """,
+    # atp runs verified by exact patching: Spearman rank agreement of the two on the verified sites
+    "ALTER TABLE pairs ADD COLUMN atp_spearman REAL;",
 ]
 
 
@@ -173,6 +175,12 @@ class Store:
             self.db.execute(
                 "UPDATE pairs SET m_treatment = ?, m_control = ?, te = ? WHERE run_id = ? AND pair = ?",
                 [m_treatment, m_control, te, run_id, pair],
+            )
+
+    def set_pair_agreement(self, run_id: int, pair: int, spearman: float | None) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE pairs SET atp_spearman = ? WHERE run_id = ? AND pair = ?", [spearman, run_id, pair]
             )
 
     def add_effects(self, run_id: int, rows: list[dict]) -> None:

@@ -78,7 +78,8 @@ class HelpScreen(ModalScreen[None]):
     TEXT = """[b]harmmed-tui keys[/b]
 n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  export the open run
 enter  drill in: run > layer > module > neurons        escape  back up
-p  next pair / aggregate    c  cancel the running job  q  quit
+p  next pair / aggregate    \\[ ]  previous / next page of neurons
+c  cancel the running job   q  quit
 ctrl+p  command palette (every action)   ?/F1  this help
 Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."""
 
@@ -238,11 +239,15 @@ class ExploreScreen(Screen):
         Binding("enter", "drill", "drill in", id="explore.drill"),
         Binding("escape", "up", "back", id="explore.up"),
         Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
+        Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
+        Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
     ]
+    PAGE = 200  # neurons fetched per page
 
     def __init__(self, run_id: int):
         super().__init__()
         self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
+        self.page = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -255,6 +260,7 @@ class ExploreScreen(Screen):
 
     def on_mount(self) -> None:
         self.pairs = self.app.store.pairs(self.run_id)
+        self.method = queries.run_method(self.app.store, self.run_id)
         self.query_one("#progress").display = False
         self.show()
 
@@ -274,7 +280,7 @@ class ExploreScreen(Screen):
         plt.clear_figure()
         store = self.app.store
         if self.level == "layers":
-            data = queries.layer_effects(store, self.run_id, self.pair)
+            data = queries.layer_effects(store, self.run_id, self.pair, self.method)
             for col in ("layer", "resid", "attn", "mlp"):
                 t.add_column(col, key=col)
             for layer in sorted(data):
@@ -289,7 +295,7 @@ class ExploreScreen(Screen):
             plt.title("IE by layer: attn (1st line) vs mlp (2nd)")
             plt.xlabel("layer")
         elif self.level == "modules":
-            grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair)
+            grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair, self.method)
             positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p == -1, p))
             tokens = self.pairs[self.pair or 0]["treatment_tokens"] if self.pairs else []
             t.add_column("module", key="module")
@@ -305,14 +311,28 @@ class ExploreScreen(Screen):
                     plt.bar([str(p) for p in ps], [grid[m].get(p, 0.0) for p in ps])
             plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
         else:
-            rows = queries.top_neurons(store, self.run_id, self.focus_layer, self.pair)
-            for col in ("rank", "neuron", "position", "IE", "n"):
-                t.add_column(col, key=col)
-            for i, (neuron, pos, ie, n) in enumerate(rows):
-                t.add_row(str(i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}", str(n))
+            first = self.page * self.PAGE
+            rows = queries.top_neurons(
+                store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first
+            )
+            verified = self.method == "atp"
+            for col in (
+                "rank",
+                "neuron",
+                "position",
+                f"IE ({self.method})",
+                "exact" if verified else "",
+                "n",
+            ):
+                if col:
+                    t.add_column(col, key=col)
+            for i, (neuron, pos, ie, exact, n) in enumerate(rows):
+                cells = [str(first + i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}"]
+                cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
+                t.add_row(*cells, str(n))
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
-                plt.title(f"layer {self.focus_layer}: IE of the top {len(rows)} neurons")
+                plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
             else:
                 plt.title("no neuron rows: run with modules including 'neuron'")
         plot.refresh()
@@ -330,7 +350,7 @@ class ExploreScreen(Screen):
         if self.level == "layers":
             self.focus_layer, self.level = int(key), "modules"
         elif self.level == "modules" and key == "mlp":
-            self.level = "neurons"
+            self.level, self.page = "neurons", 0
         else:
             return
         self.show()
@@ -342,6 +362,13 @@ class ExploreScreen(Screen):
         self.level = "modules" if self.level == "neurons" else "layers"
         self.focus_layer = self.focus_layer if self.level != "layers" else None
         self.show()
+
+    def action_page(self, step: int) -> None:
+        if self.level == "neurons" and (step > 0 or self.page > 0):
+            self.page = (
+                self.page + step if step < 0 or self.query_one(Table).row_count == self.PAGE else self.page
+            )
+            self.show()
 
     def action_next_pair(self) -> None:
         order = [None] + [p["pair"] for p in self.pairs]

@@ -53,7 +53,18 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         "--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once"
     )
     g.add_argument("--neuron-positions", default="last", help="positions of neuron sites (same syntax)")
-    g.add_argument("--method", default="exact", help="exact | block:N (neurons patched in blocks of N)")
+    g.add_argument(
+        "--method",
+        default="exact",
+        help="exact | atp (attribution patching: one forward + backward) | block:N (neurons in blocks of N)",
+    )
+    g.add_argument(
+        "--verify-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with atp: patch each pair's top K sites exactly too, and report the rank agreement",
+    )
     g.add_argument(
         "--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)"
     )
@@ -100,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
     exp.add_argument("--top", type=int, help="only the N rows of largest |IE|")
+    exp.add_argument(
+        "--method",
+        choices=["exact", "atp", "block"],
+        help="only rows of this method (default: the run's own for --level layer, all for --level neuron)",
+    )
     exp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
     _db_arg(exp)
 

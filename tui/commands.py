@@ -47,6 +47,7 @@ def spec_from_args(a) -> RunSpec:
         positions=a.positions,
         neuron_positions=a.neuron_positions,
         method=a.method,
+        verify_top=a.verify_top,
         device=a.device,
         dtype=a.dtype,
         revision=a.revision,
@@ -123,18 +124,20 @@ def _print_summary(store: Store, run_id: int) -> None:
             f"{p['te']:.4f}" if p["te"] is not None else "",
         )
     con.print(pairs)
+    rhos = [p["atp_spearman"] for p in store.pairs(run_id) if p["atp_spearman"] is not None]
+    if rhos:
+        con.print(
+            f"atp vs exact on each pair's verified top sites: Spearman rho mean {sum(rhos) / len(rhos):.3f} "
+            f"(min {min(rhos):.3f}, max {max(rhos):.3f}, {len(rhos)} pairs)"
+        )
     top = export.table(store, run_id, "layer", aggregated=True, top=10)
     if top:
         t = Table(title="top sites by |mean IE| over pairs")
-        for col in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n"):
+        columns = ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
+        for col in columns:
             t.add_column(col, justify="right")
         for r in top:
-            t.add_row(
-                *(
-                    export.format_value(r[c])
-                    for c in ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
-                )
-            )
+            t.add_row(*(export.format_value(r[c]) for c in columns))
         con.print(t)
     con.print(f"run id: {run_id}   db: {store.path}")
 
@@ -214,7 +217,7 @@ def dispatch(a) -> int:
             raise StoreError(f"run {a.run_id} is already done")
         return _execute(RunSpec.from_json(run["spec"]), store, a.json, run_id=a.run_id)
     if a.command == "export":
-        rows = export.table(store, a.run_id, a.level, a.aggregate, a.top)
+        rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method)
         export.write(export.render(rows, a.format), a.output)
         if a.output != "-":
             print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The read queries behind the Runs and Explore screens (parameterised SQL; `pair=None` averages over pairs)."""
+"""The read queries behind the Runs and Explore screens (parameterised SQL; `pair=None` averages over pairs).
+
+Each reads one method's rows: a run's own method (`exact`, `block` or `atp`); an atp run's exact
+verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
@@ -14,34 +17,50 @@ def run_cells(run: dict) -> list[str]:
     return [*(str(run[f]) for f in fields), te, run["started"]]
 
 
+def run_method(store: Store, run_id: int) -> str:
+    return store.run(run_id)["provenance"].get("method", "exact")
+
+
 def _pair_filter(pair: int | None) -> tuple[str, list]:
     return ("AND pair = ?", [pair]) if pair is not None else ("", [])
 
 
-def layer_effects(store: Store, run_id: int, pair: int | None) -> dict[int, dict[str, float]]:
+def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> dict[int, dict[str, float]]:
     """IE of each module patched at every position at once ('*'), per layer."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT layer, module, AVG(ie) FROM effects WHERE run_id = ? AND position = -1
+    sql = f"""SELECT layer, module, AVG(ie) FROM effects WHERE run_id = ? AND position = -1 AND method = ?
               AND module != 'neuron' {where} GROUP BY layer, module"""
     out: dict[int, dict[str, float]] = {}
-    for layer, module, ie in store.db.execute(sql, [run_id, *args]).fetchall():
+    for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
         out.setdefault(layer, {})[module] = ie
     return out
 
 
-def module_grid(store: Store, run_id: int, layer: int, pair: int | None) -> dict[str, dict[int, float]]:
+def module_grid(
+    store: Store, run_id: int, layer: int, pair: int | None, method: str
+) -> dict[str, dict[int, float]]:
     where, args = _pair_filter(pair)
-    sql = f"""SELECT module, position, AVG(ie) FROM effects WHERE run_id = ? AND layer = ? AND module != 'neuron'
-              {where} GROUP BY module, position"""
+    sql = f"""SELECT module, position, AVG(ie) FROM effects WHERE run_id = ? AND layer = ? AND method = ?
+              AND module != 'neuron' {where} GROUP BY module, position"""
     out: dict[str, dict[int, float]] = {}
-    for module, position, ie in store.db.execute(sql, [run_id, layer, *args]).fetchall():
+    for module, position, ie in store.db.execute(sql, [run_id, layer, method, *args]).fetchall():
         out.setdefault(module, {})[position] = ie
     return out
 
 
-def top_neurons(store: Store, run_id: int, layer: int, pair: int | None, limit: int = 200, offset: int = 0):
-    """Neurons of a layer by |IE|, one page at a time."""
+def top_neurons(
+    store: Store,
+    run_id: int,
+    layer: int,
+    pair: int | None,
+    method: str,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[tuple]:
+    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT neuron, position, AVG(ie) AS ie, COUNT(*) FROM effects WHERE run_id = ? AND layer = ?
-              AND module = 'neuron' {where} GROUP BY neuron, position ORDER BY ABS(AVG(ie)) DESC LIMIT ? OFFSET ?"""
-    return store.db.execute(sql, [run_id, layer, *args, limit, offset]).fetchall()
+    sql = f"""SELECT neuron, position, AVG(CASE WHEN method = ? THEN ie END) AS ie,
+                     AVG(CASE WHEN method = 'exact' THEN ie END), COUNT(CASE WHEN method = ? THEN 1 END)
+              FROM effects WHERE run_id = ? AND layer = ? AND module = 'neuron' {where}
+              GROUP BY neuron, position HAVING ie IS NOT NULL ORDER BY ABS(ie) DESC LIMIT ? OFFSET ?"""
+    return store.db.execute(sql, [method, method, run_id, layer, *args, limit, offset]).fetchall()

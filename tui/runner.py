@@ -69,13 +69,15 @@ def execute(
             on_prepared(run_id, prep)
         for result, seconds in mediation.timed(mediation.run(prep, progress, cancelled, done)):
             compute += seconds
-            if not result.rows:
+            if result.rows:
+                store.add_effects(run_id, result.rows)
+            elif result.spearman is not None:
+                store.set_pair_agreement(run_id, result.pair.index, result.spearman)
+            else:
                 store.set_pair_totals(
                     run_id, result.pair.index, result.m_treatment, result.m_control, result.te
                 )
                 te[result.pair.index] = result.te
-            else:
-                store.add_effects(run_id, result.rows)
         status = "cancelled" if cancelled and cancelled() else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:

@@ -82,7 +82,7 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, llama_dir):
         (["run", "--model", "nope/nope", "--db", db], "cannot load model 'nope/nope'"),
         (["run", "--model", llama_dir, "--layers", "9", "--db", db], "out of range"),
         (["run", "--model", llama_dir, "--metric", "bogus", "--db", db], "unknown metric"),
-        (["run", "--model", llama_dir, "--method", "atp", "--db", db], "'atp' is not implemented"),
+        (["run", "--model", llama_dir, "--verify-top", "5", "--db", db], "--verify-top checks atp"),
         (["run", "--model", llama_dir, "--pairs", str(tmp_path / "none.jsonl"), "--db", db], "not found"),
         (
             [
