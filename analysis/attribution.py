@@ -7,7 +7,6 @@ activations (no parameter gradients), which keeps it near the cost of a forward 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from analysis.metrics import BoundMetric
 from analysis.models import LoadedModel
 from analysis.pairs import TokenizedPair
-from analysis.patching import ActivationRecorder, _first
+from analysis.patching import ActivationRecorder, _first, metric_logits
 from analysis.sites import ALL_POSITIONS, Site
 
 
@@ -40,8 +39,8 @@ class Attribution:
         device = lm.device
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as treatment:
-                logits = lm.model(torch.tensor([pair.treatment_ids], device=device), use_cache=False).logits
-            self.m_treatment = metric(logits[:, metric.positions])[0]
+                ids = torch.tensor([pair.treatment_ids], device=device)
+                self.m_treatment = metric(metric_logits(lm, metric, input_ids=ids))[0]
         control: dict[tuple[int, str], torch.Tensor] = {}
         with ExitStack() as stack, torch.enable_grad():
             stack.enter_context(_frozen_parameters(lm.model))
@@ -50,18 +49,22 @@ class Attribution:
             ids = torch.tensor([pair.control_ids], device=device)
             # Gradients start at the embeddings, so every activation downstream is part of the graph.
             embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_()
-            logits = lm.model(inputs_embeds=embeds, use_cache=False).logits
-            m_control = metric(logits[:, metric.positions])[0]
+            m_control = metric(metric_logits(lm, metric, inputs_embeds=embeds))[0]
             grads = torch.autograd.grad(m_control, [control[k] for k in keys], materialize_grads=True)
         self.m_control = m_control.detach()
         self.te = self.m_treatment - self.m_control
-        # Per (layer, module): contribution of each position (rows; a last row for `*`) and unit (columns).
-        self.contrib = {}
+        # Per (layer, module): contribution of each position (rows; a last row for `*`) and unit (columns),
+        # all in one flat table so that any list of sites is read out with one gather.
+        tables, self.offsets, offset = [], {}, 0
         for key, grad in zip(keys, grads, strict=True):
             delta = (treatment[key] - control[key][0].detach()) * grad[0]
-            delta = delta.to(torch.promote_types(delta.dtype, torch.float32))
             per_pos = delta if key[1] == "neuron" else delta.sum(-1, keepdim=True)
-            self.contrib[key] = torch.cat([per_pos, per_pos.sum(0, keepdim=True)])
+            table = torch.cat([per_pos, per_pos.sum(0, keepdim=True)])
+            # base + position * width + neuron addresses a unit; the +1 cancels NO_NEURON (-1) of other sites
+            self.offsets[key] = (offset + (key[1] != "neuron"), table.shape[1], table.shape[0] - 1)
+            offset += table.numel()
+            tables.append(table.flatten().double())
+        self.flat = torch.cat(tables).cpu()
 
     @staticmethod
     def _record(lm: LoadedModel, layer: int, module: str, into: dict):
@@ -72,14 +75,10 @@ class Attribution:
 
     def effects(self, sites: list[Site]) -> torch.Tensor:
         """The AtP IE of each site, in order (single units: AtP ranks neurons one by one)."""
-        out = torch.empty(len(sites), dtype=torch.float64)
-        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-        for i, s in enumerate(sites):
-            groups[(s.layer, s.module)].append(i)
-        for key, idx in groups.items():
-            table = self.contrib[key].cpu()
-            star = table.shape[0] - 1
-            rows = [star if sites[i].position == ALL_POSITIONS else sites[i].position for i in idx]
-            cols = [max(sites[i].neuron, 0) for i in idx]
-            out[idx] = table[rows, cols].double()
-        return out
+        offsets = self.offsets
+        index = [
+            base + (s.position if s.position != ALL_POSITIONS else star) * width + s.neuron
+            for s in sites
+            for base, width, star in (offsets[s.layer, s.module],)
+        ]
+        return self.flat[torch.tensor(index, dtype=torch.long)]

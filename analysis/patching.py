@@ -38,6 +38,12 @@ def _expand(x, batch: int):
     return x
 
 
+def metric_logits(lm: LoadedModel, metric: BoundMetric, **inputs) -> torch.Tensor:
+    """The model's logits at the metric's positions only: the vocabulary projection elsewhere is wasted."""
+    keep = torch.tensor(metric.positions, device=lm.device)
+    return lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+
+
 class ActivationRecorder:
     """Context manager that records the (batch row 0) activations of chosen (layer, module) sites."""
 
@@ -93,15 +99,15 @@ class PairPatcher:
         self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(lm.model.config._attn_implementation)
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as self.treatment_acts:
-                logits = lm.model(torch.tensor([pair.treatment_ids], device=device), use_cache=False).logits
-            self.m_treatment = metric(logits[:, metric.positions])[0]
+                ids = torch.tensor([pair.treatment_ids], device=device)
+                self.m_treatment = metric(metric_logits(lm, metric, input_ids=ids))[0]
             self.layer_calls: list[dict] = []
             with ExitStack() as stack:
                 for layer in self.anatomy.layers:
                     hook = layer.register_forward_pre_hook(self._capture_call, with_kwargs=True)
                     stack.callback(hook.remove)
-                logits = lm.model(torch.tensor([pair.control_ids], device=device), use_cache=False).logits
-            self.m_control = metric(logits[:, metric.positions])[0]
+                ids = torch.tensor([pair.control_ids], device=device)
+                self.m_control = metric(metric_logits(lm, metric, input_ids=ids))[0]
             self.kv = [KVPrefix() for _ in self.anatomy.layers]
             self.control_final = self._replay(0, 0, 1, self.seq_len, record=True)
         self.te = self.m_treatment - self.m_control

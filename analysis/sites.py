@@ -15,7 +15,7 @@ class SiteError(ValueError):
     pass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Site:
     layer: int
     module: str  # resid | attn | mlp | neuron
