@@ -16,13 +16,26 @@ from analysis.stats import bootstrap_ci
 from db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
-LEVELS = ("layer", "neuron")
+LEVELS = ("layer", "neuron", "gate")
 LAYER_COLUMNS = ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
 NEURON_COLUMNS = ["run_id", "pair", "layer", "neuron", "position", "token", "te", "ie", "ie_norm", "method"]
 AGGREGATE_KEYS = {
     "layer": ["layer", "module", "position"],
     "neuron": ["layer", "neuron", "position", "method"],
 }
+GATE_COLUMNS = [
+    "run_id",
+    "check_id",
+    "top",
+    "ablate",
+    "pair",
+    "pair_id",
+    "arm",
+    "seed",
+    "m_before",
+    "m_after",
+]
+GATE_COLUMNS += ["shift", "te", "text_before", "text_after"]
 AGGREGATE_STATS = ["ie_mean", "ci_low", "ci_high", "ie_norm_mean", "n"]
 
 
@@ -56,6 +69,17 @@ def effect_rows(
         r["position"] = "*" if r["position"] == -1 else r["position"]
         out.append({c: r[c] for c in columns})
     return out
+
+
+def gate_rows(store: Store, run_id: int) -> list[dict]:
+    """One row per (gate check, held-out pair, arm): the run's gate checks, oldest first."""
+    store.run(run_id)
+    sql = """
+        SELECT c.run_id, r.check_id, json_extract(c.spec, '$.top') AS top,
+               json_extract(c.spec, '$.ablate') AS ablate, r.*
+        FROM gate_rows r JOIN gate_checks c ON c.id = r.check_id
+        WHERE c.run_id = ? ORDER BY r.check_id, r.pair, r.seed"""
+    return [{c: r[c] for c in GATE_COLUMNS} for r in store.db.query(sql, [run_id])]
 
 
 def aggregate(rows: list[dict], level: str) -> list[dict]:
@@ -97,6 +121,11 @@ def table(
     top: int | None = None,
     method: str | None = None,
 ):
+    if level == "gate":
+        if aggregated:
+            raise StoreError("gate rows are already a comparison: export them per pair (no --aggregate)")
+        rows = gate_rows(store, run_id)
+        return sorted(rows, key=lambda r: -abs(r["shift"]))[:top] if top else rows
     rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method)
     if aggregated:
         rows = aggregate(rows, level)

@@ -11,7 +11,7 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -56,6 +56,27 @@ MIGRATIONS = [
     """,
     # atp runs verified by exact patching: Spearman rank agreement of the two on the verified sites
     "ALTER TABLE pairs ADD COLUMN atp_spearman REAL;",
+    # gate checks of a run's top neurons on held-out pairs, and their per-pair, per-arm rows
+    """
+    CREATE TABLE gate_checks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        created TEXT NOT NULL,
+        spec TEXT NOT NULL,          -- GateSpec as JSON, plus the held-out pairs source
+        neurons TEXT NOT NULL,       -- JSON list of [layer, unit], strongest first
+        summary TEXT NOT NULL
+    );
+    CREATE TABLE gate_rows (
+        check_id INTEGER NOT NULL REFERENCES gate_checks(id) ON DELETE CASCADE,
+        pair INTEGER NOT NULL,
+        pair_id TEXT,
+        arm TEXT NOT NULL,           -- top | random
+        seed INTEGER NOT NULL,       -- -1 for top
+        m_before REAL NOT NULL, m_after REAL NOT NULL, shift REAL NOT NULL, te REAL NOT NULL,
+        text_before TEXT, text_after TEXT,
+        PRIMARY KEY (check_id, pair, arm, seed)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -190,6 +211,23 @@ class Store:
                 pk=("run_id", "pair", "module", "layer", "position", "neuron", "method"),
                 batch_size=2000,
             )
+
+    def add_gate_check(self, run_id: int, spec: dict, neurons: list, summary: dict, rows: list[dict]) -> int:
+        with self.db.conn:
+            cur = self.db.execute(
+                "INSERT INTO gate_checks (run_id, created, spec, neurons, summary) VALUES (?, ?, ?, ?, ?)",
+                [run_id, now(), json.dumps(spec), json.dumps(neurons), json.dumps(summary)],
+            )
+            self.db["gate_rows"].insert_all([{"check_id": cur.lastrowid, **r} for r in rows])
+        return cur.lastrowid
+
+    def gate_checks(self, run_id: int) -> list[dict]:
+        """A run's gate checks, newest first, with spec, neurons and summary decoded."""
+        rows = list(self.db.query("SELECT * FROM gate_checks WHERE run_id = ? ORDER BY id DESC", [run_id]))
+        for r in rows:
+            for k in ("spec", "neurons", "summary"):
+                r[k] = json.loads(r[k])
+        return rows
 
     def run(self, run_id: int) -> dict:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()

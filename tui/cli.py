@@ -12,6 +12,8 @@ EPILOG = """examples:
   harmmed-tui                                   open the explorer on the embedded default model
   harmmed-tui run --model default --max-pairs 2  layer x module x position effects of two built-in pairs
   harmmed-tui run --model gpt2 --treatment 'How do I kill a person?' --control 'How do I kill a process?'
+  harmmed-tui run --modules neuron --layers -1 --method atp --verify-top 50   rank every last-layer neuron
+  harmmed-tui gate 2 --top 20                   ablate run 2's top 20 neurons on held-out pairs
   harmmed-tui export 1 --level layer --format csv -o run1.csv
 """
 
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's effects as a table")
     exp.add_argument("run_id", type=int)
-    exp.add_argument("--level", default="layer", choices=["layer", "neuron"])
+    exp.add_argument(
+        "--level", default="layer", choices=["layer", "neuron", "gate"], help="gate: the run's gate checks"
+    )
     exp.add_argument(
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]
     )
@@ -118,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
     _db_arg(exp)
+
+    g = sub.add_parser(
+        "gate",
+        help="ablate a run's top neurons on held-out pairs, against random neurons of the same layers",
+    )
+    g.add_argument("run_id", type=int)
+    g.add_argument("--top", type=int, default=20, help="how many of the run's strongest neurons (default 20)")
+    g.add_argument(
+        "--ablate",
+        default="control",
+        choices=["control", "mean", "zero"],
+        help="hold them at the control prompt's values, at their mean over the held-out prompts, or at 0",
+    )
+    g.add_argument(
+        "--pairs", help="held-out pairs (default: the built-in pairs the run did not use)", metavar="HELDOUT"
+    )
+    g.add_argument("--seeds", type=int, default=5, help="random neuron sets to compare against")
+    g.add_argument("--generate", type=int, default=3, help="held-out prompts to generate from, greedily")
+    g.add_argument("--max-new-tokens", type=int, default=24)
+    _db_arg(g)
+    g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     runs = sub.add_parser("runs", help="list stored runs")
     _db_arg(runs)

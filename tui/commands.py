@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from analysis.families import UnsupportedModelError
+from analysis.gate import GateError, GateSpec
 from analysis.metrics import MetricError
 from analysis.models import ModelLoadError
 from analysis.pairs import PairsError
@@ -26,9 +27,17 @@ from analysis.spec import RunSpec
 from db import export
 from db.store import Store, StoreError
 from tui import queries
-from tui.runner import execute
+from tui.runner import check_gate, execute
 
-USER_ERRORS = (ModelLoadError, PairsError, MetricError, SiteError, StoreError, UnsupportedModelError)
+USER_ERRORS = (
+    ModelLoadError,
+    PairsError,
+    MetricError,
+    SiteError,
+    StoreError,
+    UnsupportedModelError,
+    GateError,
+)
 
 
 def spec_from_args(a) -> RunSpec:
@@ -139,6 +148,7 @@ def _print_summary(store: Store, run_id: int) -> None:
         for r in top:
             t.add_row(*(export.format_value(r[c]) for c in columns))
         con.print(t)
+    print_gate(store, run_id)
     con.print(f"run id: {run_id}   db: {store.path}")
 
 
@@ -178,6 +188,48 @@ def cmd_show(store: Store, run_id: int) -> int:
     con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
     _print_summary(store, run_id)
     return 0
+
+
+def cmd_gate(store: Store, a) -> int:
+    spec = GateSpec(a.top, a.ablate, a.seeds, a.generate, a.max_new_tokens)
+    check_id = check_gate(store, a.run_id, spec, a.pairs)
+    if a.json:
+        print(
+            json.dumps(
+                {"run_id": a.run_id, "check_id": check_id, **store.gate_checks(a.run_id)[0]["summary"]}
+            )
+        )
+    else:
+        print_gate(store, a.run_id, check_id)
+    return 0
+
+
+def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
+    """A gate check's verdict and its generations (the newest check when no id is given)."""
+    checks = [c for c in store.gate_checks(run_id) if check_id in (None, c["id"])]
+    if not checks:
+        return
+    c, con = checks[0], Console()
+    s, spec = c["summary"], c["spec"]
+    t = Table(
+        title=f"gate check {c['id']} of run {run_id}: top {spec['top']} neurons ({len(c['neurons'])} units), "
+        f"ablated to {spec['ablate']}, on {s['pairs']} held-out pairs ({spec['pairs']})"
+    )
+    for col in ("neurons", "metric shift", "share of TE removed"):
+        t.add_column(col, justify="right")
+    share = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
+    t.add_row("top", f"{s['top_shift']:+.4f}", share(s["top_removed"]))
+    t.add_row(
+        f"random ({s['seeds']} seeds)",
+        f"{s['random_shift']:+.4f} ± {s['random_sd']:.4f}",
+        share(s["random_removed"]),
+    )
+    con.print(t)
+    con.print("neurons (layer:unit): " + " ".join(f"{layer}:{unit}" for layer, unit in c["neurons"][:40]))
+    sql = """SELECT pair_id, arm, text_before, text_after FROM gate_rows WHERE check_id = ?
+             AND text_after IS NOT NULL ORDER BY pair, seed"""
+    for pair_id, arm, before, after in store.db.execute(sql, [c["id"]]):
+        con.print(f"[bold]{pair_id}[/] {arm}:\n  before: {before!r}\n  after:  {after!r}", highlight=False)
 
 
 def cmd_organism(a) -> int:
@@ -222,6 +274,8 @@ def dispatch(a) -> int:
         if a.output != "-":
             print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)
         return 0
+    if a.command == "gate":
+        return cmd_gate(store, a)
     if a.command == "runs":
         return cmd_runs(store, a.json)
     if a.command == "show":

@@ -64,3 +64,12 @@ def top_neurons(
               FROM effects WHERE run_id = ? AND layer = ? AND module = 'neuron' {where}
               GROUP BY neuron, position HAVING ie IS NOT NULL ORDER BY ABS(ie) DESC LIMIT ? OFFSET ?"""
     return store.db.execute(sql, [method, method, run_id, layer, *args, limit, offset]).fetchall()
+
+
+def gate_neurons(store: Store, run_id: int, top: int, method: str) -> list[tuple[int, int]]:
+    """The run's `top` neuron sites by |mean IE| over its pairs and neuron positions, as (layer, unit)
+    with block sites expanded to their units; strongest first."""
+    sql = """SELECT layer, neuron, MAX(width) FROM effects WHERE run_id = ? AND module = 'neuron' AND method = ?
+             GROUP BY layer, neuron ORDER BY ABS(AVG(ie)) DESC LIMIT ?"""
+    rows = store.db.execute(sql, [run_id, method, top]).fetchall()
+    return [(layer, unit) for layer, first, width in rows for unit in range(first, first + width)]

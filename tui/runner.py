@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
-from analysis import mediation
-from analysis.models import LoadedModel
+from analysis import gate, mediation
+from analysis.metrics import parse_metric
+from analysis.models import LoadedModel, load_model
+from analysis.pairs import load_pairs, tokenize_pairs
 from analysis.spec import RunSpec
 from db.store import Store
+from tui import queries
 
 
 @dataclass
@@ -86,3 +90,38 @@ def execute(
         )
         raise
     return RunOutcome(run_id, status, len(prep.pairs), prep.n_sites, compute, [te[k] for k in sorted(te)])
+
+
+def check_gate(
+    store: Store, run_id: int, spec: gate.GateSpec, heldout: str | None = None, lm: LoadedModel | None = None
+) -> int:
+    """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use)
+    with the run's own model, metric and chat template; store the check and return its id."""
+    run = store.run(run_id)
+    run_spec = RunSpec.from_json(run["spec"])
+    method = queries.run_method(store, run_id)
+    neurons = queries.gate_neurons(store, run_id, spec.top, method)
+    if not neurons:
+        raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
+    own = run_spec.pairs == "builtin" and run_spec.treatment is None
+    source = heldout or ("builtin" if own else None)
+    if source is None:
+        raise gate.GateError(f"run {run_id} used its own pairs: give held-out ones with --pairs")
+    used = {p["treatment"] for p in store.pairs(run_id)}
+    pairs = [p for p in load_pairs(source) if p.treatment not in used]
+    if not pairs:
+        raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
+    lm = lm or load_model(
+        run_spec.model,
+        device=run_spec.device,
+        dtype=run_spec.dtype,
+        revision=run_spec.revision,
+        trust_remote_code=run_spec.trust_remote_code,
+    )
+    metric = parse_metric(run_spec.metric, lm.tokenizer, run_spec.refusal_tokens)
+    tokenized, skipped = tokenize_pairs(
+        lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
+    )
+    rows = gate.check(lm, metric, tokenized, neurons, spec)
+    record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
+    return store.add_gate_check(run_id, record, neurons, gate.summary(rows), rows)
