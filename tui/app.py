@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
 from textual_plotext import PlotextPlot
 
+from analysis.gate import GateSpec
 from analysis.spec import RunSpec
 from db import export
 from db.store import Store
 from themes import THEMES
 from tui import queries
-from tui.runner import execute
+from tui.runner import check_gate, execute
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
 # What the app preselects: the embedded organism, four built-in pairs, every module including neurons.
@@ -79,6 +81,7 @@ class HelpScreen(ModalScreen[None]):
 n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  export the open run
 enter  drill in: run > layer > module > neurons        escape  back up
 p  next pair / aggregate    \\[ ]  previous / next page of neurons
+a  gate check: ablate the run's top 20 neurons on held-out pairs vs random neurons
 c  cancel the running job   q  quit
 ctrl+p  command palette (every action)   ?/F1  this help
 Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."""
@@ -239,6 +242,7 @@ class ExploreScreen(Screen):
         Binding("enter", "drill", "drill in", id="explore.drill"),
         Binding("escape", "up", "back", id="explore.up"),
         Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
+        Binding("a", "gate", "gate check", id="explore.gate"),
         Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
         Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
     ]
@@ -252,6 +256,7 @@ class ExploreScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="crumb")
+        yield Static("", id="gate")
         yield ProgressBar(id="progress", show_eta=True)
         with Horizontal():
             yield Table(id="table", cursor_type="row")
@@ -265,6 +270,7 @@ class ExploreScreen(Screen):
         self.show()
 
     def show(self) -> None:
+        self._shown = time.monotonic()
         run = self.app.store.run(self.run_id)
         who = "aggregate over pairs" if self.pair is None else f"pair {self.pair}"
         crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
@@ -274,6 +280,7 @@ class ExploreScreen(Screen):
             crumb += ["mlp", "neurons"]
         self.query_one("#crumb", Static).update(" > ".join(crumb) + f"   [{who}]")
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
+        cursor = t.cursor_row  # kept across refreshes while a run streams in
         t.clear(columns=True)
         plt = plot.plt
         plt.clear_data()
@@ -316,27 +323,43 @@ class ExploreScreen(Screen):
                 store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first
             )
             verified = self.method == "atp"
-            for col in (
-                "rank",
-                "neuron",
-                "position",
-                f"IE ({self.method})",
-                "exact" if verified else "",
-                "n",
-            ):
+            checks = store.gate_checks(self.run_id)
+            gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
+            method_col = f"IE ({self.method})"
+            for col in ("rank", "neuron", "position", method_col, "exact" if verified else "", "n", "gate"):
                 if col:
                     t.add_column(col, key=col)
             for i, (neuron, pos, ie, exact, n) in enumerate(rows):
                 cells = [str(first + i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}"]
                 cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
-                t.add_row(*cells, str(n))
+                t.add_row(*cells, str(n), "ablated" if neuron in gated else "")
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
                 plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
             else:
                 plt.title("no neuron rows: run with modules including 'neuron'")
         plot.refresh()
+        self._show_gate()
+        if cursor < t.row_count:
+            t.move_cursor(row=cursor)
         t.focus()
+
+    def _show_gate(self) -> None:
+        box = self.query_one("#gate", Static)
+        checks = self.app.store.gate_checks(self.run_id) if self.level == "neurons" else []
+        box.display = bool(checks)
+        if checks:
+            rows = self.app.store.db.execute(
+                "SELECT pair_id, text_before, text_after FROM gate_rows WHERE check_id = ? AND arm = 'top' "
+                "AND text_after IS NOT NULL ORDER BY pair LIMIT 1",
+                [checks[0]["id"]],
+            ).fetchall()
+            texts = [f"\n{pid}: {before!r} -> {after!r}" for pid, before, after in rows]
+            box.update(queries.gate_verdict(checks[0]) + "".join(texts))
+
+    def action_gate(self) -> None:
+        """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
+        self.app.run_gate(self.run_id, GateSpec())
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:  # the focused table consumes enter itself
@@ -379,6 +402,8 @@ class ExploreScreen(Screen):
         bar = self.query_one(ProgressBar)
         bar.display = True
         bar.update(total=message.total, progress=message.done)
+        if time.monotonic() - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
+            self.show()
 
 
 class HarmmedApp(App):
@@ -424,6 +449,10 @@ class HarmmedApp(App):
         yield from super().get_system_commands(screen)
         yield SystemCommand("run: new run", "open Setup", self.action_new_run)
         yield SystemCommand("run: cancel", "cancel the running job", self.action_cancel)
+        if isinstance(screen, ExploreScreen):
+            yield SystemCommand(
+                "run: gate check", "ablate the run's top neurons on held-out pairs", screen.action_gate
+            )
         yield SystemCommand("view: runs", "run history", self.action_runs)
         yield SystemCommand("export: open run", "export the open run's table", self.action_export)
         yield SystemCommand("view: help", "keys", self.action_help)
@@ -469,6 +498,20 @@ class HarmmedApp(App):
             self.call_from_thread(self.notify, f"wrote {len(rows)} rows to {path}")
         except Exception as e:  # shown in a dialog, never as a traceback
             self.call_from_thread(self.push_screen, ErrorDialog(str(e)))
+        finally:
+            store.close()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def run_gate(self, run_id: int, spec: GateSpec) -> None:
+        self.call_from_thread(
+            self.notify, f"gate check of run {run_id}: top {spec.top} neurons on held-out pairs"
+        )
+        store = Store(self.store.path)
+        try:
+            check_gate(store, run_id, spec)
+            self.post_message(RunEnded(run_id, "gate-checked"))
+        except Exception as e:  # shown in a dialog, never as a traceback
+            self.post_message(RunEnded(run_id, "failed", str(e)))
         finally:
             store.close()
 

@@ -73,3 +73,14 @@ def gate_neurons(store: Store, run_id: int, top: int, method: str) -> list[tuple
              GROUP BY layer, neuron ORDER BY ABS(AVG(ie)) DESC LIMIT ?"""
     rows = store.db.execute(sql, [run_id, method, top]).fetchall()
     return [(layer, unit) for layer, first, width in rows for unit in range(first, first + width)]
+
+
+def gate_verdict(check: dict) -> str:
+    """One line for a stored gate check: the top set's shift and share of TE removed against random sets."""
+    s, spec = check["summary"], check["spec"]
+    share = lambda v: "" if v is None else f" ({v:.0%} of TE)"  # noqa: E731
+    return (
+        f"gate check {check['id']}: top {spec['top']} neurons held at {spec['ablate']} on {s['pairs']} "
+        f"held-out pairs: shift {s['top_shift']:+.3f}{share(s['top_removed'])} vs random "
+        f"{s['random_shift']:+.3f} ± {s['random_sd']:.3f}{share(s['random_removed'])}, {s['seeds']} seeds"
+    )

@@ -34,6 +34,14 @@ async def test_run_drill_down_and_export(tmp_path):
         assert [str(k.value) for k in table.rows] == ["resid", "attn", "mlp"]
         await pilot.press("j", "j", "enter")  # mlp -> neurons
         assert screen.level == "neurons" and table.row_count == 200
+        await pilot.press("right_square_bracket")  # the next page of the layer's 512 neurons
+        assert screen.page == 1 and table.get_row_at(0)[0] == "201"
+        await pilot.press("a")  # gate check on the built-in pairs the run did not use
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        gate = str(screen.query_one("#gate").render())
+        assert "gate check 1: top 20" in gate and "held-out pairs" in gate
+        assert app.store.gate_checks(screen.run_id)[0]["summary"]["pairs"] == 46
         await pilot.press("p")  # pair 0 only
         assert screen.pair == 0
         await pilot.press("escape", "escape")
