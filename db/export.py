@@ -82,6 +82,20 @@ def gate_rows(store: Store, run_id: int) -> list[dict]:
     return [{c: r[c] for c in GATE_COLUMNS} for r in store.db.query(sql, [run_id])]
 
 
+RECUR_TOP = 20  # a neuron "recurs" in a pair when it is among that pair's 20 strongest neuron sites
+
+
+def recurrence(store: Store, run_id: int, method: str | None = None) -> dict[tuple[int, int], int]:
+    """(layer, neuron) -> in how many pairs it is among the pair's RECUR_TOP strongest neuron sites by |IE|
+    (one method's rows; by default the run's own)."""
+    method = method or store.run(run_id)["provenance"].get("method", "exact")
+    sql = """SELECT layer, neuron, COUNT(DISTINCT pair) FROM (
+                 SELECT pair, layer, neuron, ROW_NUMBER() OVER (PARTITION BY pair ORDER BY ABS(ie) DESC) AS rank
+                 FROM effects WHERE run_id = ? AND module = 'neuron' AND method = ?)
+             WHERE rank <= ? GROUP BY layer, neuron"""
+    return {(layer, neuron): c for layer, neuron, c in store.db.execute(sql, [run_id, method, RECUR_TOP])}
+
+
 def aggregate(rows: list[dict], level: str) -> list[dict]:
     """One row per site over pairs: mean IE with a 95% bootstrap CI, mean normalised IE, and n.
 
@@ -129,6 +143,10 @@ def table(
     rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method)
     if aggregated:
         rows = aggregate(rows, level)
+        if level == "neuron":  # which neurons recur across pairs, for each method's rows
+            recur = {m: recurrence(store, run_id, m) for m in {r["method"] for r in rows}}
+            for r in rows:
+                r["recur"] = recur[r["method"]].get((r["layer"], r["neuron"]), 0)
     if top:
         value = "ie_mean" if aggregated else "ie"
         rows = sorted(rows, key=lambda r: -abs(r[value]))[:top]

@@ -80,7 +80,8 @@ class HelpScreen(ModalScreen[None]):
     TEXT = """[b]harmmed-tui keys[/b]
 n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  export the open run
 enter  drill in: run > layer > module > neurons        escape  back up
-p  next pair / aggregate    \\[ ]  previous / next page of neurons
+p  next pair / aggregate    \\[ ]  previous / next page of neurons (recur: in how many pairs'
+   top 20 neuron sites)
 a  gate check: ablate the run's top 20 neurons on held-out pairs vs random neurons
 c  cancel the running job   q  quit
 ctrl+p  command palette (every action)   ?/F1  this help
@@ -325,14 +326,26 @@ class ExploreScreen(Screen):
             verified = self.method == "atp"
             checks = store.gate_checks(self.run_id)
             gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
+            recur = export.recurrence(store, self.run_id, self.method)
             method_col = f"IE ({self.method})"
-            for col in ("rank", "neuron", "position", method_col, "exact" if verified else "", "n", "gate"):
+            columns = (
+                "rank",
+                "neuron",
+                "position",
+                method_col,
+                "exact" if verified else "",
+                "n",
+                "recur",
+                "gate",
+            )
+            for col in columns:
                 if col:
                     t.add_column(col, key=col)
             for i, (neuron, pos, ie, exact, n) in enumerate(rows):
                 cells = [str(first + i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}"]
                 cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
-                t.add_row(*cells, str(n), "ablated" if neuron in gated else "")
+                recurs = str(recur.get((self.focus_layer, neuron), 0))
+                t.add_row(*cells, str(n), recurs, "ablated" if neuron in gated else "")
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
                 plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")

@@ -57,7 +57,8 @@ def top_neurons(
     limit: int = 200,
     offset: int = 0,
 ) -> list[tuple]:
-    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time."""
+    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time (IE
+    averaged over pairs; a neuron's sites at different positions are separate rows)."""
     where, args = _pair_filter(pair)
     sql = f"""SELECT neuron, position, AVG(CASE WHEN method = ? THEN ie END) AS ie,
                      AVG(CASE WHEN method = 'exact' THEN ie END), COUNT(CASE WHEN method = ? THEN 1 END)

@@ -67,6 +67,10 @@ def test_gate_on_the_organism(db_path):
     assert s["pairs"] == 48 - 12 and s["seeds"] == 3
     # the run's top neurons remove much of the refusal on prompts the run never saw; random ones do not
     assert s["top_removed"] > 0.4 and abs(s["random_removed"]) < 0.05, s
+    agg = _cli("export", str(run["run_id"]), *db, "--level", "neuron", "--aggregate", "--format", "json")
+    agg = json.loads(agg.stdout)
+    assert sum(r["recur"] for r in agg) == 20 * 12  # each pair's 20 strongest sites, one position each
+    assert max(agg, key=lambda r: abs(r["ie_mean"]))["recur"] == 12  # the strongest neuron recurs in all
     rows = json.loads(_cli("export", str(run["run_id"]), *db, "--level", "gate", "--format", "json").stdout)
     assert len(rows) == 36 * 4 and {r["arm"] for r in rows} == {"top", "random"}
     texts = [r for r in rows if r["text_after"] is not None]
