@@ -84,6 +84,16 @@ class StoreError(RuntimeError):
     pass
 
 
+def _statements(script: str):
+    """The SQL statements of a script, one at a time (they run inside one explicit transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
 def default_db_path() -> Path:
     """$HARMMED_DB, else runs.db in the platform's user data directory."""
     env = os.environ.get("HARMMED_DB")
@@ -144,17 +154,25 @@ class Store:
         return version
 
     def _migrate(self) -> None:
-        version = self._check_version()
-        if version == SCHEMA_VERSION:
+        if self._check_version() == SCHEMA_VERSION:
             return
         if self.db.journal_mode != "wal":
             self.db.enable_wal()
-        # One transaction: a crash mid-migration leaves the old schema intact.
-        self.db.conn.executescript(
-            "BEGIN; CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
-            + "".join(MIGRATIONS[version:])
-            + f"; DELETE FROM schema_version; INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
-        )
+        # One transaction, taken before reading the version: a crash leaves the old schema intact, and
+        # two processes opening a new database at once migrate it once (the second waits, then sees it done).
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._check_version()
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            for statement in _statements("".join(MIGRATIONS[version:])):
+                conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     def _mark_interrupted(self) -> None:
         rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from db.store import SCHEMA_VERSION, Store, StoreError
+from db.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from tests.conftest import SMOLLM_TOKENIZER
 from tui.cli import main
 
@@ -125,3 +125,18 @@ def test_store_refuses_foreign_corrupt_and_newer_databases(tmp_path):
     conn.commit()
     with pytest.raises(StoreError, match="newer than this harmmed-tui"):
         Store(newer)
+
+
+def test_an_old_schema_migrates_forward_keeping_its_runs(tmp_path):
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(MIGRATIONS[0] + "; CREATE TABLE schema_version (version INTEGER NOT NULL);")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO runs (status, model, spec, started) VALUES ('done', 'm', '{}', 'then')")
+    conn.execute("INSERT INTO pairs (run_id, pair, treatment) VALUES (1, 0, 'a')")
+    conn.commit()
+    conn.close()
+    store = Store(old)
+    assert store.db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.run(1)["model"] == "m" and store.pairs(1)[0]["atp_spearman"] is None
+    assert store.gate_checks(1) == []
