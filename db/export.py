@@ -89,11 +89,14 @@ def recurrence(store: Store, run_id: int, method: str | None = None) -> dict[tup
     """(layer, neuron) -> in how many pairs it is among the pair's RECUR_TOP strongest neuron sites by |IE|
     (one method's rows; by default the run's own)."""
     method = method or store.run(run_id)["provenance"].get("method", "exact")
-    sql = """SELECT layer, neuron, COUNT(DISTINCT pair) FROM (
-                 SELECT pair, layer, neuron, ROW_NUMBER() OVER (PARTITION BY pair ORDER BY ABS(ie) DESC) AS rank
-                 FROM effects WHERE run_id = ? AND module = 'neuron' AND method = ?)
-             WHERE rank <= ? GROUP BY layer, neuron"""
-    return {(layer, neuron): c for layer, neuron, c in store.db.execute(sql, [run_id, method, RECUR_TOP])}
+    pairs = [p["pair"] for p in store.db.query("SELECT pair FROM pairs WHERE run_id = ?", [run_id])]
+    sql = """SELECT DISTINCT layer, neuron FROM (SELECT layer, neuron FROM effects
+             WHERE run_id = ? AND method = ? AND module = 'neuron' AND pair = ? ORDER BY abs(ie) DESC LIMIT ?)"""
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for pair in pairs:  # one index range per pair (effects_by_strength), not a sort of the whole run
+        for layer, neuron in store.db.execute(sql, [run_id, method, pair, RECUR_TOP]):
+            counts[(layer, neuron)] += 1
+    return dict(counts)
 
 
 def aggregate(rows: list[dict], level: str) -> list[dict]:

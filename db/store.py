@@ -11,7 +11,7 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -77,7 +77,17 @@ MIGRATIONS = [
         PRIMARY KEY (check_id, pair, arm, seed)
     ) WITHOUT ROWID;
     """,
+    # indexes shaped like the explorer's queries (bench/store_scale.py): covering ones for the per-layer
+    # grids and neuron lists averaged over pairs, and |IE| order within a pair
+    """
+    DROP INDEX effects_by_strength;
+    CREATE INDEX effects_by_site ON effects (run_id, method, module, layer, position, neuron, ie);
+    CREATE INDEX effects_by_strength ON effects (run_id, method, module, pair, abs(ie) DESC);
+    ALTER TABLE runs ADD COLUMN n_rows INTEGER NOT NULL DEFAULT 0;  -- counted when a run stops running
+    UPDATE runs SET n_rows = (SELECT COUNT(*) FROM effects e WHERE e.run_id = runs.id);
+    """,
 ]
+EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
 
 
 class StoreError(RuntimeError):
@@ -128,6 +138,9 @@ class Store:
             # timeout= is sqlite's busy timeout: a reader waits for the writer instead of failing
             self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=30, check_same_thread=True))
             self.db.execute("PRAGMA foreign_keys = ON")
+            # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a power cut can
+            # drop the last transactions, never corrupt the file
+            self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
@@ -203,8 +216,9 @@ class Store:
         with self.db.conn:
             self.db.execute(
                 "UPDATE runs SET status = ?, error = ?, finished = CASE WHEN ? = 'running' THEN NULL ELSE ? END, "
-                "compute_s = compute_s + COALESCE(?, 0) WHERE id = ?",
-                [status, error, status, now(), compute_s, run_id],
+                "compute_s = compute_s + COALESCE(?, 0), "
+                "n_rows = (SELECT COUNT(*) FROM effects WHERE run_id = ?) WHERE id = ?",
+                [status, error, status, now(), compute_s, run_id, run_id],
             )
 
     def set_pair_totals(
@@ -223,12 +237,10 @@ class Store:
             )
 
     def add_effects(self, run_id: int, rows: list[dict]) -> None:
+        """One transaction per batch; a site computed again (a resumed atp pair) replaces its row."""
+        sql = f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * 10)})"
         with self.db.conn:
-            self.db["effects"].upsert_all(
-                [{"run_id": run_id, **r} for r in rows],
-                pk=("run_id", "pair", "module", "layer", "position", "neuron", "method"),
-                batch_size=2000,
-            )
+            self.db.conn.executemany(sql, [(run_id, *(r[c] for c in EFFECT_COLUMNS[1:])) for r in rows])
 
     def add_gate_check(self, run_id: int, spec: dict, neurons: list, summary: dict, rows: list[dict]) -> int:
         with self.db.conn:
@@ -260,7 +272,8 @@ class Store:
         sql = """
             SELECT r.id, r.status, r.model, r.n_pairs, r.n_sites, r.started, r.compute_s,
                    (SELECT AVG(te) FROM pairs p WHERE p.run_id = r.id) AS mean_te,
-                   (SELECT COUNT(*) FROM effects e WHERE e.run_id = r.id) AS n_rows
+                   CASE WHEN r.status = 'running' THEN (SELECT COUNT(*) FROM effects e WHERE e.run_id = r.id)
+                        ELSE r.n_rows END AS n_rows
             FROM runs r ORDER BY r.id DESC"""
         return list(self.db.query(sql))
 

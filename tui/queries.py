@@ -28,8 +28,8 @@ def _pair_filter(pair: int | None) -> tuple[str, list]:
 def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> dict[int, dict[str, float]]:
     """IE of each module patched at every position at once ('*'), per layer."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT layer, module, AVG(ie) FROM effects WHERE run_id = ? AND position = -1 AND method = ?
-              AND module != 'neuron' {where} GROUP BY layer, module"""
+    sql = f"""SELECT layer, module, AVG(ie) FROM effects WHERE run_id = ? AND method = ?
+              AND module IN ('resid', 'attn', 'mlp') AND position = -1 {where} GROUP BY layer, module"""
     out: dict[int, dict[str, float]] = {}
     for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
         out.setdefault(layer, {})[module] = ie
@@ -40,10 +40,10 @@ def module_grid(
     store: Store, run_id: int, layer: int, pair: int | None, method: str
 ) -> dict[str, dict[int, float]]:
     where, args = _pair_filter(pair)
-    sql = f"""SELECT module, position, AVG(ie) FROM effects WHERE run_id = ? AND layer = ? AND method = ?
-              AND module != 'neuron' {where} GROUP BY module, position"""
+    sql = f"""SELECT module, position, AVG(ie) FROM effects WHERE run_id = ? AND method = ?
+              AND module IN ('resid', 'attn', 'mlp') AND layer = ? {where} GROUP BY module, position"""
     out: dict[str, dict[int, float]] = {}
-    for module, position, ie in store.db.execute(sql, [run_id, layer, method, *args]).fetchall():
+    for module, position, ie in store.db.execute(sql, [run_id, method, layer, *args]).fetchall():
         out.setdefault(module, {})[position] = ie
     return out
 
@@ -62,16 +62,21 @@ def top_neurons(
     where, args = _pair_filter(pair)
     sql = f"""SELECT neuron, position, AVG(CASE WHEN method = ? THEN ie END) AS ie,
                      AVG(CASE WHEN method = 'exact' THEN ie END), COUNT(CASE WHEN method = ? THEN 1 END)
-              FROM effects WHERE run_id = ? AND layer = ? AND module = 'neuron' {where}
-              GROUP BY neuron, position HAVING ie IS NOT NULL ORDER BY ABS(ie) DESC LIMIT ? OFFSET ?"""
-    return store.db.execute(sql, [method, method, run_id, layer, *args, limit, offset]).fetchall()
+              FROM effects WHERE run_id = ? AND method IN (?, 'exact') AND module = 'neuron' AND layer = ?
+              {where} GROUP BY position, neuron HAVING ie IS NOT NULL ORDER BY ABS(ie) DESC LIMIT ? OFFSET ?"""
+    args = [method, method, run_id, method, layer, *args, limit, offset]
+    return store.db.execute(sql, args).fetchall()
 
 
 def gate_neurons(store: Store, run_id: int, top: int, method: str) -> list[tuple[int, int]]:
     """The run's `top` neuron sites by |mean IE| over its pairs and neuron positions, as (layer, unit)
     with block sites expanded to their units; strongest first."""
-    sql = """SELECT layer, neuron, MAX(width) FROM effects WHERE run_id = ? AND module = 'neuron' AND method = ?
-             GROUP BY layer, neuron ORDER BY ABS(AVG(ie)) DESC LIMIT ?"""
+    # grouped in the covering index's order first (no sort of every row), then over positions
+    sql = """SELECT layer, neuron, MAX(width) FROM (
+                 SELECT layer, position, neuron, MAX(width) AS width, SUM(ie) AS total, COUNT(*) AS n
+                 FROM effects WHERE run_id = ? AND method = ? AND module = 'neuron'
+                 GROUP BY layer, position, neuron)
+             GROUP BY layer, neuron ORDER BY ABS(SUM(total) / SUM(n)) DESC LIMIT ?"""
     rows = store.db.execute(sql, [run_id, method, top]).fetchall()
     return [(layer, unit) for layer, first, width in rows for unit in range(first, first + width)]
 
