@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -126,17 +127,37 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _writes(method):
+    """Marks a Store method that writes: on a read-only database it is one clear error, not a crash."""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self.read_only:
+            raise StoreError(f"{self.path} is read-only: its runs can be listed, shown and exported only")
+        return method(self, *args, **kwargs)
+
+    return checked
+
+
 class Store:
-    """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted."""
+    """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted;
+    a database file we may not write is opened read-only."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_db_path()
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a database file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = self.path.exists() and not os.access(self.path, os.W_OK)
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # timeout= is sqlite's busy timeout: a reader waits for the writer instead of failing
-            self.db = sqlite_utils.Database(sqlite3.connect(self.path, timeout=30, check_same_thread=True))
+            target, uri = (
+                (f"{self.path.resolve().as_uri()}?mode=ro", True) if self.read_only else (self.path, False)
+            )
+            self.db = sqlite_utils.Database(
+                sqlite3.connect(target, uri=uri, timeout=30, check_same_thread=True)
+            )
             self.db.execute("PRAGMA foreign_keys = ON")
             # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a power cut can
             # drop the last transactions, never corrupt the file
@@ -169,6 +190,10 @@ class Store:
     def _migrate(self) -> None:
         if self._check_version() == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise StoreError(
+                f"{self.path} is read-only and has an older schema: make it writable to upgrade it"
+            )
         if self.db.journal_mode != "wal":
             self.db.enable_wal()
         # One transaction, taken before reading the version: a crash leaves the old schema intact, and
@@ -188,12 +213,15 @@ class Store:
             raise
 
     def _mark_interrupted(self) -> None:
+        if self.read_only:
+            return
         rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
         dead = [run_id for run_id, pid in rows if not _pid_alive(pid)]
         for run_id in dead:
             self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
 
     # --- runs ---------------------------------------------------------------------------------
+    @_writes
     def create_run(self, model: str, spec_json: str) -> int:
         with self.db.conn:
             cur = self.db.execute(
@@ -202,6 +230,7 @@ class Store:
             )
         return cur.lastrowid
 
+    @_writes
     def start_run(self, run_id: int, provenance: dict, pairs: list[dict], n_sites: int) -> None:
         with self.db.conn:
             self.db.execute(
@@ -211,6 +240,7 @@ class Store:
             )
             self.db["pairs"].upsert_all([{"run_id": run_id, **p} for p in pairs], pk=("run_id", "pair"))
 
+    @_writes
     def set_status(self, run_id: int, status: str, error: str | None = None, compute_s: float | None = None):
         assert status in STATUSES
         with self.db.conn:
@@ -221,6 +251,7 @@ class Store:
                 [status, error, status, now(), compute_s, run_id, run_id],
             )
 
+    @_writes
     def set_pair_totals(
         self, run_id: int, pair: int, m_treatment: float, m_control: float, te: float
     ) -> None:
@@ -230,18 +261,21 @@ class Store:
                 [m_treatment, m_control, te, run_id, pair],
             )
 
+    @_writes
     def set_pair_agreement(self, run_id: int, pair: int, spearman: float | None) -> None:
         with self.db.conn:
             self.db.execute(
                 "UPDATE pairs SET atp_spearman = ? WHERE run_id = ? AND pair = ?", [spearman, run_id, pair]
             )
 
+    @_writes
     def add_effects(self, run_id: int, rows: list[dict]) -> None:
         """One transaction per batch; a site computed again (a resumed atp pair) replaces its row."""
         sql = f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * 10)})"
         with self.db.conn:
             self.db.conn.executemany(sql, [(run_id, *(r[c] for c in EFFECT_COLUMNS[1:])) for r in rows])
 
+    @_writes
     def add_gate_check(self, run_id: int, spec: dict, neurons: list, summary: dict, rows: list[dict]) -> int:
         with self.db.conn:
             cur = self.db.execute(
@@ -288,6 +322,7 @@ class Store:
         sql = "SELECT pair, layer, module, position, neuron, method FROM effects WHERE run_id = ?"
         return set(self.db.execute(sql, [run_id]).fetchall())
 
+    @_writes
     def delete_run(self, run_id: int) -> None:
         self.run(run_id)
         with self.db.conn:

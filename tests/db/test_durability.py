@@ -13,6 +13,7 @@ import pytest
 
 from db import export
 from db.store import Store, StoreError
+from tui.cli import main
 
 # Many small batches on the organism, so that a run is still writing when the test acts on it.
 SPEC = ["--max-pairs", "2", "--modules", "neuron", "--layers", "2-3", "--neuron-positions", "all"]
@@ -99,3 +100,24 @@ def test_full_disk_on_export_keeps_the_old_file(tmp_path, monkeypatch):
         export.write("run_id,pair\n1,0\n", str(target))
     assert target.read_text() == "an earlier export\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temp file left behind
+
+
+def test_a_read_only_database_is_read_and_never_written(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "runs.db"
+    run = json.loads(cli("run", "--db", str(db), "--max-pairs", "1", "--layers", "0", "--json").stdout)
+    Store(db).close()  # checkpoint, so that the database is one file
+    before = db.read_bytes()
+    db.chmod(0o444)
+    if os.geteuid() == 0:  # root writes through file modes: make the permission check answer as for users
+        real = os.access
+        monkeypatch.setattr("db.store.os.access", lambda p, mode: mode != os.W_OK and real(p, mode))
+    rid = str(run["run_id"])
+    assert main(["export", rid, "--db", str(db), "--format", "jsonl"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == run["sites"]
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "done"
+    for argv in (["run", "--db", str(db), "--layers", "0"], ["delete", rid, "--db", str(db)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is read-only" in err and len(err.splitlines()) == 1, err
+    assert db.read_bytes() == before
