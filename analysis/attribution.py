@@ -2,12 +2,12 @@
 
 It is the first-order Taylor term of the exact IE, so it ranks every site of a pair from one treatment
 forward, one control forward and one backward. The backward asks only for the gradients of the recorded
-activations (no parameter gradients), which keeps it near the cost of a forward pass.
+activations (load_model freezes the parameters), which keeps it near the cost of a forward pass.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import torch
 
@@ -16,18 +16,6 @@ from analysis.models import LoadedModel
 from analysis.pairs import TokenizedPair
 from analysis.patching import ActivationRecorder, _first, metric_logits
 from analysis.sites import ALL_POSITIONS, Site
-
-
-@contextmanager
-def _frozen_parameters(model: torch.nn.Module):
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 class Attribution:
@@ -43,7 +31,6 @@ class Attribution:
                 self.m_treatment = metric(metric_logits(lm, metric, input_ids=ids))[0]
         control: dict[tuple[int, str], torch.Tensor] = {}
         with ExitStack() as stack, torch.enable_grad():
-            stack.enter_context(_frozen_parameters(lm.model))
             for layer, module in keys:
                 stack.callback(self._record(lm, layer, module, control).remove)
             ids = torch.tensor([pair.control_ids], device=device)

@@ -77,6 +77,12 @@ def family_of(model: nn.Module) -> Family:
     raise UnsupportedModelError(f"model type '{model_type}' is not supported (supported: {supported})")
 
 
+def config_d_mlp(config) -> int:
+    """The MLP hidden width from a config alone (GPT-2 leaves n_inner unset for 4 x d_model)."""
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return width or 4 * config.hidden_size
+
+
 class Anatomy:
     """The modules of one loaded model that sites name."""
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from analysis.attribution import Attribution
+from analysis.families import config_d_mlp
 from analysis.metrics import Metric, parse_metric
-from analysis.models import LoadedModel, load_model
+from analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
 from analysis.patching import PairPatcher, auto_batch_tokens
 from analysis.sites import (
@@ -45,9 +46,10 @@ class PairResult:
 
 
 @dataclass
-class Prepared:
+class Plan:
+    """What a run will do, checked against the model's tokenizer and shape: no weights needed."""
+
     spec: RunSpec
-    lm: LoadedModel
     metric: Metric
     pairs: list[TokenizedPair]
     skipped: list[str]  # messages about pairs dropped by --align skip
@@ -64,6 +66,11 @@ class Prepared:
 
     def pair_sites(self, pair: int) -> int:
         return len(self.sites[pair]) + self.verified(pair)
+
+
+@dataclass
+class Prepared(Plan):
+    lm: LoadedModel
 
 
 def parse_method(method: str) -> tuple[str, int]:
@@ -87,13 +94,39 @@ def spec_pairs(spec: RunSpec) -> list[Pair]:
     return pairs[: spec.max_pairs] if spec.max_pairs else pairs
 
 
-def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
-    """Load the model (unless given) and check every choice before any patching starts."""
+def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
+    """Check every choice of the spec and list each pair's sites."""
     method, block = parse_method(spec.method)
     if spec.verify_top and method != "atp":
         raise SiteError("--verify-top checks atp estimates: use it with --method atp")
     modules = parse_modules(",".join(spec.modules))
     pairs = spec_pairs(spec)
+    metric = parse_metric(spec.metric, tokenizer, spec.refusal_tokens)
+    tokenized, skipped = tokenize_pairs(
+        tokenizer, pairs, spec.chat_template, spec.align, need_target=spec.metric == "target-logprob"
+    )
+    layers = parse_layers(spec.layers, n_layers)
+    sites = {}
+    for tp in tokenized:
+        n = tp.prompt_len
+        grid = []
+        for module in modules:
+            positions = parse_positions(spec.neuron_positions if module == "neuron" else spec.positions, n)
+            grid += site_grid(layers, [module], positions, d_mlp, block if module == "neuron" else 1)
+        sites[tp.index] = grid
+    return Plan(spec, metric, tokenized, skipped, sites, method)
+
+
+def preview(spec: RunSpec) -> Plan:
+    """The plan from the model's tokenizer and config alone (for checking a setup as it is typed)."""
+    tokenizer, config = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)
+    return plan(spec, tokenizer, config.num_hidden_layers, config_d_mlp(config))
+
+
+def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
+    """Load the model (unless given) and check every choice before any patching starts."""
+    parse_method(spec.method)  # the cheap checks first: a typo should not wait for a model to load
+    parse_modules(",".join(spec.modules))
     lm = lm or load_model(
         spec.model,
         device=spec.device,
@@ -101,21 +134,8 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
     )
-    metric = parse_metric(spec.metric, lm.tokenizer, spec.refusal_tokens)
-    tokenized, skipped = tokenize_pairs(
-        lm.tokenizer, pairs, spec.chat_template, spec.align, need_target=spec.metric == "target-logprob"
-    )
-    a = lm.anatomy
-    layers = parse_layers(spec.layers, a.n_layers)
-    sites = {}
-    for tp in tokenized:
-        n = tp.prompt_len
-        grid = []
-        for module in modules:
-            positions = parse_positions(spec.neuron_positions if module == "neuron" else spec.positions, n)
-            grid += site_grid(layers, [module], positions, a.d_mlp, block if module == "neuron" else 1)
-        sites[tp.index] = grid
-    return Prepared(spec, lm, metric, tokenized, skipped, sites, method)
+    p = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
+    return Prepared(p.spec, p.metric, p.pairs, p.skipped, p.sites, p.method, lm)
 
 
 def site_key(pair: int, site: Site, method: str) -> SiteKey:

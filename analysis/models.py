@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from analysis.families import Anatomy, UnsupportedModelError
 
@@ -87,34 +95,41 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(
-    source: str,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+def cached_hub_models() -> list[str]:
+    """Hub ids of the models in the local Hugging Face cache (usable offline)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = scan_cache_dir().repos
+    except (CacheNotFound, OSError):
+        return []
+    return sorted(r.repo_id for r in repos if r.repo_type == "model")
+
+
+def _resolve(source: str, revision: str | None, trust_remote_code: bool) -> tuple[str, dict, str | None]:
+    """(what from_pretrained loads, its keyword arguments, the revision to record) for a model spec."""
     path = ORGANISM_DIR if source == DEFAULT_MODEL else Path(source).expanduser()
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if source.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {source}")
-        resolved, kwargs["gguf_file"] = str(path.parent), path.name
-        rev = "sha256:" + file_sha256(path)
-    elif path.is_dir():
-        resolved, rev = str(path), None
+        kwargs["gguf_file"] = path.name
+        return str(path.parent), kwargs, "sha256:" + file_sha256(path)
+    if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"'{source}' is a directory without config.json, not a Hugging Face model")
-    else:
-        resolved, rev = source, revision
-        if revision:
-            kwargs["revision"] = revision
+        return str(path), kwargs, None
+    if revision:
+        kwargs["revision"] = revision
+    return source, kwargs, revision
+
+
+@contextmanager
+def _load_errors(source: str):
+    """from_pretrained's many failures as one ModelLoadError that says what to do."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
+        yield
     except ImportError as e:
         raise ModelLoadError(
             f"cannot load '{source}': {e} (GGUF needs: pip install 'harmmed-tui[gguf]')"
@@ -125,6 +140,32 @@ def load_model(
             f"cannot load model '{source}': not a local model directory or .gguf file, and the Hugging Face hub "
             f"has no such model or is unreachable ({first})"
         ) from e
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer_and_config(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A model's tokenizer and config without its weights (cached: the Setup screen asks on every edit)."""
+    resolved, kwargs, _ = _resolve(source, revision, trust_remote_code)
+    with _load_errors(source):
+        return AutoTokenizer.from_pretrained(resolved, **kwargs), AutoConfig.from_pretrained(
+            resolved, **kwargs
+        )
+
+
+def load_model(
+    source: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    resolved, kwargs, rev = _resolve(source, revision, trust_remote_code)
+    with _load_errors(source):
+        tokenizer = AutoTokenizer.from_pretrained(resolved, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
     model.to(dev).eval().requires_grad_(False)
     if rev is None:
         rev = getattr(model.config, "_commit_hash", None)

@@ -9,16 +9,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+from rich.markup import escape
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Static
+from textual.suggester import SuggestFromList
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    OptionList,
+    ProgressBar,
+    Select,
+    Static,
+)
+from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from analysis.gate import GateSpec
+from analysis.mediation import preview
+from analysis.models import cached_hub_models, load_tokenizer_and_config
+from analysis.sites import SiteError
 from analysis.spec import RunSpec
 from db import export
 from db.store import Store
@@ -129,16 +147,38 @@ class ExportScreen(ModalScreen[tuple | None]):
         self.dismiss((v("#level"), v("#format"), v("#aggregate"), self.query_one("#path", Input).value))
 
 
+class ModelPicker(ModalScreen[str | None]):
+    """The models Setup knows of; enter picks one, escape keeps the typed one."""
+
+    BINDINGS = [Binding("escape", "dismiss", "cancel")]
+
+    def __init__(self, known: list[tuple[str, str]]):
+        super().__init__()
+        self.known = known
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Pick a model (or type any hub id, directory or .gguf path in Setup)")
+            yield OptionList(*(Option(label, id=model) for label, model in self.known), id="models")
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+
 class SetupScreen(Screen):
+    """Every choice of a run, checked against the model's tokenizer and config as it is typed."""
+
     BINDINGS = [
         Binding("ctrl+r", "start", "run", id="setup.run"),
+        Binding("ctrl+o", "pick_model", "pick model", id="setup.pick"),
         Binding("escape", "app.pop_screen", "back"),
     ]
     FIELDS = [
-        ("model", "model: hub id, directory, .gguf or default"),
-        ("pairs", "pairs: builtin or a file"),
-        ("treatment", "treatment prompt (optional, with control)"),
-        ("control", "control prompt"),
+        ("model", "model"),
+        ("pairs", "pairs (builtin, file)"),
+        ("treatment", "treatment (optional)"),
+        ("control", "control (optional)"),
         ("max_pairs", "max pairs"),
         ("metric", "metric"),
         ("modules", "modules"),
@@ -146,7 +186,16 @@ class SetupScreen(Screen):
         ("positions", "positions"),
         ("neuron_positions", "neuron positions"),
         ("method", "method"),
+        ("verify_top", "atp: verify top K"),
     ]
+    PLACEHOLDERS = {
+        "model": "hub id, directory, .gguf file or default",
+        "treatment": "a harmful prompt, typed in place of the pairs",
+        "control": "its benign twin, of the same token length",
+        "metric": "refusal | logit-diff:A,B | target-logprob",
+        "modules": "resid,attn,mlp,neuron",
+        "method": "exact | atp | block:N",
+    }
 
     def __init__(self, spec: RunSpec):
         super().__init__()
@@ -154,36 +203,100 @@ class SetupScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Vertical(id="setup"):
+        known = self._known_models()
+        with VerticalScroll(id="setup"):
             for name, label in self.FIELDS:
                 value = getattr(self.spec, name)
                 value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
                 with Horizontal(classes="field"):
                     yield Label(label, classes="label")
-                    yield Input(value, id=name)
+                    suggester = SuggestFromList([m for _, m in known]) if name == "model" else None
+                    yield Input(
+                        value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester
+                    )
+            yield Static("", id="preview")
             yield Static("", id="problem")
             yield Button("Run (ctrl+r)", id="start", variant="primary")
         yield Footer()
 
+    def _known_models(self) -> list[tuple[str, str]]:
+        """(label, model): the embedded default, recently used models, those in the local HF cache."""
+        seen, options = set(), []
+        groups = [("default", ["default"]), ("recent", queries.recent_models(self.app.store))]
+        groups.append(("HF cache", cached_hub_models()))
+        for group, models in groups:
+            for m in models:
+                if m not in seen:
+                    seen.add(m)
+                    options.append((f"{group}: {m}", m))
+        return options
+
+    def on_mount(self) -> None:
+        self.check()
+
+    def action_pick_model(self) -> None:
+        def picked(model: str | None) -> None:
+            if model:
+                self.query_one("#model", Input).value = model
+
+        self.app.push_screen(ModelPicker(self._known_models()), picked)
+
+    @on(Input.Changed)
+    def _edited(self) -> None:
+        self.check()
+
     def read_spec(self) -> RunSpec:
         values = {name: self.query_one(f"#{name}", Input).value.strip() for name, _ in self.FIELDS}
-        max_pairs = values.pop("max_pairs")
-        if max_pairs and not max_pairs.isdigit():
-            raise ValueError("max pairs must be a whole number")
+        numbers = {}
+        for name in ("max_pairs", "verify_top"):
+            text = values.pop(name)
+            if text and not text.isdigit():
+                raise SiteError(f"{name.replace('_', ' ')} must be a whole number")
+            numbers[name] = int(text) if text else None
         return self.spec.replace(
             **{k: v or None for k, v in values.items() if k in ("treatment", "control")},
             **{k: v for k, v in values.items() if k not in ("treatment", "control", "modules")},
             modules=tuple(m.strip() for m in values["modules"].split(",") if m.strip()),
-            max_pairs=int(max_pairs) if max_pairs else None,
+            max_pairs=numbers["max_pairs"],
+            verify_top=numbers["verify_top"] or 0,
         )
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="setup-check")
+    def check(self) -> None:
+        """Explain the setup's problems, or what it will run, before anything runs (debounced)."""
+        time.sleep(0.3)
+        if get_current_worker().is_cancelled:  # a newer edit supersedes this one
+            return
+        try:
+            spec = self.app.call_from_thread(self.read_spec)
+            plan = preview(spec)
+            if not plan.pairs:
+                raise SiteError("no pairs left to run")
+        except Exception as e:  # whatever is wrong is explained here, before anything runs
+            self.app.call_from_thread(self._show_check, "", str(e))
+            return
+        tp = plan.pairs[0]
+        tokenizer = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)[0]
+        lines = [
+            f"ok: {len(plan.pairs)} pairs, {plan.n_sites:,} sites, method {plan.method}",
+            f"pair {tp.pair.id or 0}: treatment {len(tp.treatment_ids)} tokens = control "
+            f"{len(tp.control_ids)} tokens",
+            f"as the model reads it: {tokenizer.decode(tp.treatment_ids)!r}",
+            *(f"skipped: {m}" for m in plan.skipped),
+        ]
+        self.app.call_from_thread(self._show_check, "\n".join(lines), "")
+
+    def _show_check(self, preview_text: str, problem: str) -> None:
+        self.query_one("#preview", Static).update(escape(preview_text))
+        self.query_one("#problem", Static).update(escape(problem))
 
     @on(Button.Pressed, "#start")
     @on(Input.Submitted)
     def action_start(self) -> None:
         try:
             spec = self.read_spec()
-        except ValueError as e:
-            self.query_one("#problem", Static).update(f"[b red]{e}[/]")
+        except SiteError as e:
+            self.query_one("#problem", Static).update(escape(str(e)))
             return
         self.app.start_run(spec)
 
@@ -279,7 +392,7 @@ class ExploreScreen(Screen):
             crumb.append(f"layer {self.focus_layer}")
         if self.level == "neurons":
             crumb += ["mlp", "neurons"]
-        self.query_one("#crumb", Static).update(" > ".join(crumb) + f"   [{who}]")
+        self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
         cursor = t.cursor_row  # kept across refreshes while a run streams in
         t.clear(columns=True)

@@ -17,6 +17,11 @@ def run_cells(run: dict) -> list[str]:
     return [*(str(run[f]) for f in fields), te, run["started"]]
 
 
+def recent_models(store: Store, limit: int = 10) -> list[str]:
+    sql = "SELECT model FROM runs GROUP BY model ORDER BY MAX(id) DESC LIMIT ?"
+    return [m for (m,) in store.db.execute(sql, [limit])]
+
+
 def run_method(store: Store, run_id: int) -> str:
     return store.run(run_id)["provenance"].get("method", "exact")
 

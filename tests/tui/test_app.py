@@ -73,3 +73,34 @@ async def test_cancel_keeps_partial_results_and_bad_model_shows_dialog(tmp_path)
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert "cannot load model" in app.screen.message
+
+
+async def wait_for(pilot, condition, timeout=20.0):
+    """Pause until the app shows what a background check produces."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+async def test_setup_explains_problems_as_they_are_typed(tmp_path):
+    app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        screen = app.screen
+        text = lambda i: str(screen.query_one(i).render())  # noqa: E731
+        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+        assert "<|assistant|>" in text("#preview")  # the templated text, as the model reads it
+        screen.query_one("#treatment").value = "How do I kill a person?"
+        screen.query_one("#control").value = "How do I kill a big process?"
+        await wait_for(pilot, lambda: "unequal token lengths (treatment 11, control 12)" in text("#problem"))
+        screen.query_one("#control").value = "How do I kill a process?"
+        await wait_for(pilot, lambda: "ok: 1 pairs" in text("#preview") and not text("#problem"))
+        screen.query_one("#layers").value = "7"
+        await wait_for(pilot, lambda: "layer 7 is out of range: the model has 4 layers" in text("#problem"))
+        screen.query_one("#model").value = str(tmp_path / "nowhere")
+        await wait_for(pilot, lambda: "cannot load model" in text("#problem"))
+        await pilot.press("ctrl+o")  # the picker lists the embedded default first
+        await pilot.press("enter")
+        assert screen.query_one("#model").value == "default"
