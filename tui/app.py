@@ -10,6 +10,7 @@ from pathlib import Path
 
 import platformdirs
 from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -53,6 +54,13 @@ VIM_KEYS = [
     Binding("g", "scroll_top", "top", show=False),
     Binding("G", "scroll_bottom", "bottom", show=False),
 ]
+
+
+def heat(value: float, scale: float) -> Text:
+    """A grid cell on a background as strong as its share of the grid's largest |IE| (red +, blue -)."""
+    share = min(abs(value) / scale, 1.0) if scale and value == value else 0.0
+    r, g, b = (int(c * share) for c in ((210, 50, 50) if value > 0 else (50, 90, 230)))
+    return Text(f"{value:+.3f}", style=f"{'bold white ' if share > 0.4 else ''}on rgb({r},{g},{b})")
 
 
 class Table(DataTable):
@@ -313,10 +321,7 @@ class RunsScreen(Screen):
         yield Table(id="runs", cursor_type="row")
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.refresh_runs()
-
-    def on_screen_resume(self) -> None:
+    def on_screen_resume(self) -> None:  # also when first shown
         self.refresh_runs()
 
     def refresh_runs(self) -> None:
@@ -366,6 +371,7 @@ class ExploreScreen(Screen):
         super().__init__()
         self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
         self.page = 0
+        self._view: tuple | None = None  # what show() last drew
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -394,8 +400,11 @@ class ExploreScreen(Screen):
             crumb += ["mlp", "neurons"]
         self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
-        cursor = t.cursor_row  # kept across refreshes while a run streams in
+        view = (self.level, self.focus_layer, self.page, self.pair)
+        cursor = t.cursor_row if view == self._view else 0  # kept while a run streams in
+        self._view = view
         t.clear(columns=True)
+        t.cursor_type = "row"
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
@@ -417,20 +426,27 @@ class ExploreScreen(Screen):
             plt.xlabel("layer")
         elif self.level == "modules":
             grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair, self.method)
-            positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p == -1, p))
+            positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
             tokens = self.pairs[self.pair or 0]["treatment_tokens"] if self.pairs else []
+            scale = max((abs(v) for row in grid.values() for v in row.values()), default=0.0)
             t.add_column("module", key="module")
-            for p in positions:
-                label = "*" if p == -1 else (tokens[p] if p < len(tokens) else str(p))
-                t.add_column(f"{p if p >= 0 else '*'}:{label}"[:14], key=str(p))
+            for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
+                label = "*" if p is None else tokens[p] if -len(tokens) <= p < len(tokens) else ""
+                t.add_column(f"{'*' if p is None else p}:{label}"[:12], key=str(p))
             for m in ("resid", "attn", "mlp"):
                 if m in grid:
-                    t.add_row(m, *(f"{grid[m].get(p, float('nan')):+.3f}" for p in positions), key=m)
+                    t.add_row(m, *(heat(grid[m].get(p, float("nan")), scale) for p in positions), key=m)
+            ps = [p for p in positions if p is not None]
             for m in ("attn", "mlp"):
                 if m in grid:
-                    ps = [p for p in positions if p >= 0]
-                    plt.bar([str(p) for p in ps], [grid[m].get(p, 0.0) for p in ps])
+                    plt.bar(ps, [grid[m].get(p, 0.0) for p in ps])
+            plt.xticks(
+                ps[:: max(1, -(-len(ps) // 4))]
+            )  # few enough to fit: plotext thins crowded ticks unstably
             plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
+            # the decision is read at the end of the prompt: start on `*`, with the last positions in view
+            t.cursor_type = "cell"
+            t.move_cursor(column=len(positions))
         else:
             first = self.page * self.PAGE
             rows = queries.top_neurons(
@@ -441,24 +457,14 @@ class ExploreScreen(Screen):
             gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
             recur = export.recurrence(store, self.run_id, self.method)
             method_col = f"IE ({self.method})"
-            columns = (
-                "rank",
-                "neuron",
-                "position",
-                method_col,
-                "exact" if verified else "",
-                "n",
-                "recur",
-                "gate",
-            )
-            for col in columns:
+            for col in ("#", "neuron", "pos", method_col, "exact" if verified else "", "n", "recur", "gate"):
                 if col:
                     t.add_column(col, key=col)
             for i, (neuron, pos, ie, exact, n) in enumerate(rows):
-                cells = [str(first + i + 1), str(neuron), "*" if pos == -1 else str(pos), f"{ie:+.4f}"]
+                cells = [str(first + i + 1), str(neuron), "*" if pos is None else str(pos), f"{ie:+.4f}"]
                 cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
                 recurs = str(recur.get((self.focus_layer, neuron), 0))
-                t.add_row(*cells, str(n), recurs, "ablated" if neuron in gated else "")
+                t.add_row(*cells, str(n), recurs, "●" if neuron in gated else "")
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
                 plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
@@ -488,6 +494,7 @@ class ExploreScreen(Screen):
         self.app.run_gate(self.run_id, GateSpec())
 
     @on(DataTable.RowSelected)
+    @on(DataTable.CellSelected)
     def _row_selected(self) -> None:  # the focused table consumes enter itself
         self.action_drill()
 

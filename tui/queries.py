@@ -26,6 +26,11 @@ def run_method(store: Store, run_id: int) -> str:
     return store.run(run_id)["provenance"].get("method", "exact")
 
 
+# each pair's token count, computed once per query (not a JSON parse per effect row)
+LENGTHS = """WITH lengths AS MATERIALIZED (
+    SELECT pair, json_array_length(treatment_tokens) AS n FROM pairs WHERE run_id = ?)"""
+
+
 def _pair_filter(pair: int | None) -> tuple[str, list]:
     return ("AND pair = ?", [pair]) if pair is not None else ("", [])
 
@@ -43,12 +48,21 @@ def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> d
 
 def module_grid(
     store: Store, run_id: int, layer: int, pair: int | None, method: str
-) -> dict[str, dict[int, float]]:
+) -> dict[str, dict[int | None, float]]:
+    """module -> {position: IE} for one layer; position None is `*`. One pair's positions are its token
+    indices; averaged over pairs they count from the end (-1 the last token), so pairs of different
+    lengths line up as in `export --aggregate`."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT module, position, AVG(ie) FROM effects WHERE run_id = ? AND method = ?
-              AND module IN ('resid', 'attn', 'mlp') AND layer = ? {where} GROUP BY module, position"""
-    out: dict[str, dict[int, float]] = {}
-    for module, position, ie in store.db.execute(sql, [run_id, method, layer, *args]).fetchall():
+    sql = f"""{LENGTHS} SELECT e.module,
+                     CASE WHEN e.position = -1 THEN NULL
+                          WHEN ? THEN e.position - p.n
+                          ELSE e.position END AS pos,
+                     AVG(e.ie)
+              FROM effects e JOIN lengths p ON p.pair = e.pair
+              WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND e.layer = ?
+              {where.replace("pair", "e.pair")} GROUP BY e.module, pos"""
+    out: dict[str, dict[int | None, float]] = {}
+    for module, position, ie in store.db.execute(sql, [run_id, pair is None, run_id, method, layer, *args]):
         out.setdefault(module, {})[position] = ie
     return out
 
@@ -62,14 +76,21 @@ def top_neurons(
     limit: int = 200,
     offset: int = 0,
 ) -> list[tuple]:
-    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time (IE
-    averaged over pairs; a neuron's sites at different positions are separate rows)."""
+    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time. Averaged
+    over pairs, positions count from the end as in `module_grid`."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT neuron, position, AVG(CASE WHEN method = ? THEN ie END) AS ie,
-                     AVG(CASE WHEN method = 'exact' THEN ie END), COUNT(CASE WHEN method = ? THEN 1 END)
-              FROM effects WHERE run_id = ? AND method IN (?, 'exact') AND module = 'neuron' AND layer = ?
-              {where} GROUP BY position, neuron HAVING ie IS NOT NULL ORDER BY ABS(ie) DESC LIMIT ? OFFSET ?"""
-    args = [method, method, run_id, method, layer, *args, limit, offset]
+    # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
+    sql = f"""{LENGTHS} SELECT e.neuron,
+                     CASE WHEN e.position = -1 THEN NULL
+                          WHEN ? THEN e.position - p.n
+                          ELSE e.position END AS pos,
+                     AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,
+                     AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END)
+              FROM effects e JOIN lengths p ON p.pair = e.pair
+              WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron' AND e.layer = ?
+              {where.replace("pair", "e.pair")} GROUP BY pos, e.neuron HAVING mean_ie IS NOT NULL
+              ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
+    args = [run_id, pair is None, method, method, run_id, method, layer, *args, limit, offset]
     return store.db.execute(sql, args).fetchall()
 
 

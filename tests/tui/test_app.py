@@ -2,16 +2,9 @@
 
 import csv
 
-import pytest
-
 from analysis.spec import RunSpec
 from db import export
 from tui.app import ExploreScreen, HarmmedApp, SetupScreen
-
-
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr("tui.app.CONFIG", tmp_path / "config.json")
 
 
 async def test_run_drill_down_and_export(tmp_path):
@@ -34,6 +27,8 @@ async def test_run_drill_down_and_export(tmp_path):
         assert [str(k.value) for k in table.rows] == ["resid", "attn", "mlp"]
         await pilot.press("j", "j", "enter")  # mlp -> neurons
         assert screen.level == "neurons" and table.row_count == 200
+        strengths = [abs(float(table.get_row_at(i)[3])) for i in range(table.row_count)]
+        assert strengths == sorted(strengths, reverse=True)
         await pilot.press("right_square_bracket")  # the next page of the layer's 512 neurons
         assert screen.page == 1 and table.get_row_at(0)[0] == "201"
         await pilot.press("a")  # gate check on the built-in pairs the run did not use
