@@ -123,17 +123,21 @@ def preview(spec: RunSpec) -> Plan:
     return plan(spec, tokenizer, config.num_hidden_layers, config_d_mlp(config))
 
 
-def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
-    """Load the model (unless given) and check every choice before any patching starts."""
-    parse_method(spec.method)  # the cheap checks first: a typo should not wait for a model to load
-    parse_modules(",".join(spec.modules))
-    lm = lm or load_model(
+def spec_model(spec: RunSpec) -> LoadedModel:
+    return load_model(
         spec.model,
         device=spec.device,
         dtype=spec.dtype,
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
     )
+
+
+def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
+    """Load the model (unless given) and check every choice before any patching starts."""
+    parse_method(spec.method)  # the cheap checks first: a typo should not wait for a model to load
+    parse_modules(",".join(spec.modules))
+    lm = lm or spec_model(spec)
     p = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
     return Prepared(p.spec, p.metric, p.pairs, p.skipped, p.sites, p.method, lm)
 

@@ -9,11 +9,9 @@ import argparse
 import statistics
 
 import torch
-from common import PROMPT, Timer, gpt2_small
+from common import Timer, bench_pair, gpt2_small
 
 from analysis.attribution import Attribution
-from analysis.metrics import parse_metric
-from analysis.pairs import Pair, tokenize_pair
 from analysis.sites import site_grid
 
 
@@ -22,9 +20,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=7, help="timings per side; the median is reported")
     args = ap.parse_args()
     lm = gpt2_small()
-    text, swap = PROMPT
-    tp = tokenize_pair(lm.tokenizer, Pair(text, text.replace("person", swap)), 0, "none")
-    metric = parse_metric("logit-diff:#40,#1849", lm.tokenizer).bind(tp)
+    tp, metric = bench_pair(lm)
     n = len(tp.control_ids)
     layers = range(lm.anatomy.n_layers)
     neurons = site_grid(layers, ["neuron"], list(range(n)), lm.anatomy.d_mlp)

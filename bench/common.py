@@ -10,7 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers as T  # noqa: E402
 
+from analysis.metrics import parse_metric  # noqa: E402
 from analysis.models import load_model  # noqa: E402
+from analysis.pairs import Pair, tokenize_pair  # noqa: E402
 from analysis.sites import ALL_POSITIONS  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -29,6 +31,13 @@ def gpt2_small(root: Path | None = None, n_layer: int = 12):
     T.AutoModelForCausalLM.from_config(T.GPT2Config(n_layer=n_layer)).save_pretrained(root)
     tok.save_pretrained(root)
     return load_model(str(root), device=os.environ.get("BENCH_DEVICE", "cpu"), dtype="float32")
+
+
+def bench_pair(lm):
+    """The benchmark's pair (a 25-token prompt, 'person' -> 'process') and its logit-difference metric."""
+    text, swap = PROMPT
+    tp = tokenize_pair(lm.tokenizer, Pair(text, text.replace("person", swap)), 0, "none")
+    return tp, parse_metric("logit-diff:#40,#1849", lm.tokenizer).bind(tp)
 
 
 def naive_sweep(lm, treatment_ids, control_ids, metric, sites) -> dict:

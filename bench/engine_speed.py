@@ -7,10 +7,8 @@ Run: python bench/engine_speed.py [--naive-sample N]
 import argparse
 import random
 
-from common import PROMPT, Timer, gpt2_small, naive_sweep
+from common import Timer, bench_pair, gpt2_small, naive_sweep
 
-from analysis.metrics import parse_metric
-from analysis.pairs import Pair, tokenize_pair
 from analysis.patching import PairPatcher, auto_batch_tokens
 from analysis.sites import ALL_POSITIONS, site_grid
 
@@ -23,9 +21,7 @@ def main():
     ap.add_argument("--batch-tokens", type=int, default=0, help="token positions per forward (0: auto)")
     args = ap.parse_args()
     lm = gpt2_small()
-    text, swap = PROMPT
-    tp = tokenize_pair(lm.tokenizer, Pair(text, text.replace("person", swap)), 0, "none")
-    metric = parse_metric("logit-diff:#40,#1849", lm.tokenizer).bind(tp)
+    tp, metric = bench_pair(lm)
     n = len(tp.control_ids)
     sites = site_grid(range(12), ["resid", "attn", "mlp"], list(range(n)) + [ALL_POSITIONS], lm.anatomy.d_mlp)
     batch = args.batch_tokens or auto_batch_tokens(lm)

@@ -8,10 +8,8 @@ Run: python bench/neuron_speed.py [--layers 0,6,11] [--naive-sample N]
 import argparse
 import random
 
-from common import PROMPT, Timer, gpt2_small, naive_sweep
+from common import Timer, bench_pair, gpt2_small, naive_sweep
 
-from analysis.metrics import parse_metric
-from analysis.pairs import Pair, tokenize_pair
 from analysis.patching import PairPatcher, auto_batch_tokens
 from analysis.sites import site_grid
 
@@ -22,9 +20,7 @@ def main():
     ap.add_argument("--naive-sample", type=int, default=128, help="neurons timed with the naive loop")
     args = ap.parse_args()
     lm = gpt2_small()
-    text, swap = PROMPT
-    tp = tokenize_pair(lm.tokenizer, Pair(text, text.replace("person", swap)), 0, "none")
-    metric = parse_metric("logit-diff:#40,#1849", lm.tokenizer).bind(tp)
+    tp, metric = bench_pair(lm)
     n = len(tp.control_ids)
     batch = auto_batch_tokens(lm)
     print(f"model: GPT-2-small shape (12 x 768, d_mlp 3072), prompt {n} tokens, batch tokens {batch}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from analysis import gate, mediation
 from analysis.metrics import parse_metric
-from analysis.models import LoadedModel, load_model
+from analysis.models import LoadedModel
 from analysis.pairs import load_pairs, tokenize_pairs
 from analysis.spec import RunSpec
 from db.store import Store
@@ -111,13 +111,7 @@ def check_gate(
     pairs = [p for p in load_pairs(source) if p.treatment not in used]
     if not pairs:
         raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
-    lm = lm or load_model(
-        run_spec.model,
-        device=run_spec.device,
-        dtype=run_spec.dtype,
-        revision=run_spec.revision,
-        trust_remote_code=run_spec.trust_remote_code,
-    )
+    lm = lm or mediation.spec_model(run_spec)
     metric = parse_metric(run_spec.metric, lm.tokenizer, run_spec.refusal_tokens)
     tokenized, skipped = tokenize_pairs(
         lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
