@@ -53,6 +53,7 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "tokenizer": type(self.tokenizer).__name__,
+            "tokenizer_name": self.tokenizer.name_or_path,
             "vocab_size": len(self.tokenizer),
             "versions": package_versions(),
         }

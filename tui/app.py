@@ -240,6 +240,7 @@ class SetupScreen(Screen):
         return options
 
     def on_mount(self) -> None:
+        self.query_one("#model", Input).focus()
         self.check()
 
     def action_pick_model(self) -> None:
@@ -377,7 +378,9 @@ class ExploreScreen(Screen):
         yield Header()
         yield Static("", id="crumb")
         yield Static("", id="gate")
-        yield ProgressBar(id="progress", show_eta=True)
+        with Horizontal(id="running"):
+            yield ProgressBar(id="progress", show_eta=True)
+            yield Static("", id="rate")
         with Horizontal():
             yield Table(id="table", cursor_type="row")
             yield PlotextPlot(id="plot")
@@ -386,7 +389,8 @@ class ExploreScreen(Screen):
     def on_mount(self) -> None:
         self.pairs = self.app.store.pairs(self.run_id)
         self.method = queries.run_method(self.app.store, self.run_id)
-        self.query_one("#progress").display = False
+        self.query_one("#running").display = False
+        self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
         self.show()
 
     def show(self) -> None:
@@ -532,9 +536,14 @@ class ExploreScreen(Screen):
         self.show()
 
     def on_run_progress(self, message: RunProgress) -> None:
-        bar = self.query_one(ProgressBar)
-        bar.display = True
-        bar.update(total=message.total, progress=message.done)
+        self.query_one("#running").display = True
+        self.query_one(ProgressBar).update(total=message.total, progress=message.done)
+        now = time.monotonic()
+        self._started = self._started or (now, message.done)
+        rate = (message.done - self._started[1]) / max(now - self._started[0], 1e-9)
+        self.query_one("#rate", Static).update(
+            f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
+        )
         if time.monotonic() - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
             self.show()
 
@@ -692,7 +701,7 @@ class HarmmedApp(App):
             return
         self.notify(f"run {message.run_id} {message.status}")
         if isinstance(self.screen, ExploreScreen):
-            self.screen.query_one(ProgressBar).display = False
+            self.screen.query_one("#running").display = False
             self.screen.show()
 
 

@@ -52,9 +52,11 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
     g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
     g.add_argument(
-        "--positions", default="all,*", help="all | last | last:N | * | indices; '*' = every position at once"
+        "--positions", help="all | last | last:N | * | indices; '*' = every position at once (default: all,*)"
     )
-    g.add_argument("--neuron-positions", default="last", help="positions of neuron sites (same syntax)")
+    g.add_argument(
+        "--neuron-positions", help="positions of neuron sites (default: --positions when given, else last)"
+    )
     g.add_argument(
         "--method",
         default="exact",

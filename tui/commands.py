@@ -53,8 +53,9 @@ def spec_from_args(a) -> RunSpec:
         refusal_tokens=a.refusal_tokens,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
         layers=a.layers,
-        positions=a.positions,
-        neuron_positions=a.neuron_positions,
+        positions=a.positions or RunSpec.positions,
+        # neurons are many: they take the last position unless positions are asked for
+        neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
         method=a.method,
         verify_top=a.verify_top,
         device=a.device,

@@ -140,3 +140,14 @@ def test_an_old_schema_migrates_forward_keeping_its_runs(tmp_path):
     assert store.db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     assert store.run(1)["model"] == "m" and store.pairs(1)[0]["atp_spearman"] is None
     assert store.gate_checks(1) == []
+
+
+def test_neuron_sites_take_positions_when_asked(capsys, db_path, llama_dir):
+    base = ["run", "--model", llama_dir, "--max-pairs", "1", "--db", str(db_path), "--json"]
+    base += ["--modules", "neuron", "--layers", "0"]
+    code, out, _ = run_cli(capsys, *base)
+    assert code == 0 and json.loads(out)["sites"] == 48  # every unit of the layer, at the last position
+    code, out, _ = run_cli(capsys, *base, "--positions", "last:2")
+    assert code == 0 and json.loads(out)["sites"] == 2 * 48
+    run = Store(db_path).run(json.loads(out)["run_id"])
+    assert run["provenance"]["tokenizer_name"] == llama_dir and run["provenance"]["n_layers"] == 3
