@@ -44,13 +44,15 @@ class Attribution:
         # all in one flat table so that any list of sites is read out with one gather.
         tables, self.offsets, offset = [], {}, 0
         for key, grad in zip(keys, grads, strict=True):
-            delta = (treatment[key] - control[key][0].detach()) * grad[0]
+            # in float64: half-precision differences of close activations are mostly rounding
+            a_t, a_c, g = (x.double() for x in (treatment[key], control[key][0].detach(), grad[0]))
+            delta = (a_t - a_c) * g
             per_pos = delta if key[1] == "neuron" else delta.sum(-1, keepdim=True)
             table = torch.cat([per_pos, per_pos.sum(0, keepdim=True)])
             # base + position * width + neuron addresses a unit; the +1 cancels NO_NEURON (-1) of other sites
             self.offsets[key] = (offset + (key[1] != "neuron"), table.shape[1], table.shape[0] - 1)
             offset += table.numel()
-            tables.append(table.flatten().double())
+            tables.append(table.flatten())
         self.flat = torch.cat(tables).cpu()
 
     @staticmethod
