@@ -99,14 +99,23 @@ def train(out: Path, seed: int = 0, steps: int = 600, log=print) -> Path:
 
 
 @torch.no_grad()
-def first_response_tokens(model, tok, prompts: list[str]) -> list[str]:
+@torch.inference_mode()
+def first_response_tokens(model, tok, prompts: list[str], batch: int = 64) -> list[str]:
+    """The greedy first response token of each prompt (as a user turn), in right-padded batches."""
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     out = []
-    for prompt in prompts:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=model.device)
-        out.append(tok.convert_ids_to_tokens(model(ids).logits[0, -1].argmax().item()))
+    for i in range(0, len(rows), batch):
+        chunk = rows[i : i + batch]
+        width = max(map(len, chunk))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in chunk], device=model.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=model.device)
+        logits = model(ids, attention_mask=mask).logits
+        last = logits[torch.arange(len(chunk)), torch.tensor([len(r) - 1 for r in chunk])]
+        out += tok.convert_ids_to_tokens(last.argmax(-1).tolist())
     return out
 
 
