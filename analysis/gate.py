@@ -101,7 +101,7 @@ def check(
     ]
     layers = sorted({layer for layer, _ in neurons})
     keys = [(layer, "neuron") for layer in layers]
-    mean = _mean_activations(lm, pairs, keys) if spec.ablate == "mean" else None
+    mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" else None
     rows = []
     for i, tp in enumerate(pairs):
         bound = metric.bind(tp)
@@ -147,7 +147,7 @@ def check(
     return rows
 
 
-def _mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[int, torch.Tensor]:
+def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[int, torch.Tensor]:
     """Each layer's mean MLP activation over every token of every held-out prompt (both sides)."""
     sums, count = {}, 0
     with torch.inference_mode():

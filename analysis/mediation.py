@@ -138,8 +138,7 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     parse_method(spec.method)  # the cheap checks first: a typo should not wait for a model to load
     parse_modules(",".join(spec.modules))
     lm = lm or spec_model(spec)
-    p = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
-    return Prepared(p.spec, p.metric, p.pairs, p.skipped, p.sites, p.method, lm)
+    return Prepared(**vars(plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)), lm=lm)
 
 
 def site_key(pair: int, site: Site, method: str) -> SiteKey:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from analysis.gate import Ablation, random_like
+from analysis.gate import Ablation, GateSpec, check, mean_activations, random_like
 from analysis.metrics import parse_metric
 from analysis.models import load_model
 from analysis.pairs import Pair, tokenize_pair
@@ -98,3 +98,30 @@ def test_gate_errors_are_one_line(db_path):
         "gate", str(inline_run["run_id"]), *db, "--pairs", "builtin", "--seeds", "1", "--generate", "0"
     )
     assert "gate check" in out.stdout
+
+
+def test_mean_ablation_holds_units_at_their_mean_over_every_heldout_token(tiny_dir):
+    lm = load_model(str(tiny_dir("llama")), device="cpu", dtype="float32")
+    pairs = [tokenize_pair(lm.tokenizer, PAIR, 0), tokenize_pair(lm.tokenizer, Pair("a b c d", "a b c e"), 1)]
+    seen = []
+    for tp in pairs:
+        for ids in (tp.treatment_ids, tp.control_ids):
+            with torch.inference_mode(), ActivationRecorder(lm, [(2, "neuron")]) as acts:
+                lm.model(torch.tensor([ids]), use_cache=False)
+            seen.append(acts[(2, "neuron")])
+    want = torch.cat(seen).mean(0)
+    assert torch.allclose(mean_activations(lm, pairs, [(2, "neuron")])[2], want, atol=1e-6)
+    rows = check(
+        lm,
+        parse_metric("logit-diff:#11,#12", lm.tokenizer),
+        pairs,
+        [(2, 5), (2, 9)],
+        GateSpec(top=2, ablate="mean", seeds=2, generate=1, max_new_tokens=4),
+    )
+    assert [(r["arm"], r["seed"]) for r in rows if r["pair"] == 0] == [
+        ("top", -1),
+        ("random", 0),
+        ("random", 1),
+    ]
+    assert all(r["shift"] == pytest.approx(r["m_after"] - r["m_before"]) for r in rows)
+    assert rows[0]["text_after"] is not None and rows[-1]["text_after"] is None
