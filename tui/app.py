@@ -590,11 +590,24 @@ class HarmmedApp(App):
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
         yield SystemCommand("run: new run", "open Setup", self.action_new_run)
+        yield SystemCommand(
+            "run: preselected", "run the preselected model and pairs now", self.action_run_now
+        )
         yield SystemCommand("run: cancel", "cancel the running job", self.action_cancel)
         if isinstance(screen, ExploreScreen):
             yield SystemCommand(
                 "run: gate check", "ablate the run's top neurons on held-out pairs", screen.action_gate
             )
+            yield SystemCommand(
+                "view: next pair", "one pair, the next, or the aggregate", screen.action_next_pair
+            )
+            yield SystemCommand(
+                "view: next neurons", "the next page of neurons", lambda: screen.action_page(1)
+            )
+            yield SystemCommand("view: back", "up one level", screen.action_up)
+        if isinstance(screen, RunsScreen):
+            yield SystemCommand("run: resume", "finish the selected run", screen.action_resume)
+            yield SystemCommand("view: delete run", "delete the selected run", screen.action_delete)
         yield SystemCommand("view: runs", "run history", self.action_runs)
         yield SystemCommand("export: open run", "export the open run's table", self.action_export)
         yield SystemCommand("view: help", "keys", self.action_help)

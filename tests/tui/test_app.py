@@ -37,6 +37,8 @@ async def test_run_drill_down_and_export(tmp_path):
         gate = str(screen.query_one("#gate").render())
         assert "gate check 1: top 20" in gate and "held-out pairs" in gate
         assert app.store.gate_checks(screen.run_id)[0]["summary"]["pairs"] == 46
+        titles = {c.title for c in app.get_system_commands(screen)}  # ctrl+p lists every action here
+        assert {"run: gate check", "view: next pair", "view: next neurons", "export: open run"} <= titles
         await pilot.press("p")  # pair 0 only
         assert screen.pair == 0
         await pilot.press("escape", "escape")
