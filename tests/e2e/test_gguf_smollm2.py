@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.pairs import load_pairs
+from db.store import Store
 from tui.cli import main
 
 pytestmark = pytest.mark.gguf
@@ -55,3 +57,35 @@ def test_gguf_mediation_run_store_export(tmp_path, capsys):
     main(["show", str(res["run_id"]), "--db", db])
     shown = capsys.readouterr().out
     assert "sha256:" in shown and "llama" in shown
+
+
+def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys):
+    """On a real model: AtP ranks all 30 x 1536 neurons, exact patching of its top 20 agrees in rank, and
+    the gate check runs (with generations) on held-out pairs given as a file."""
+    db = str(tmp_path / "runs.db")
+    common = ["--model", str(smollm2_gguf()), "--device", "cpu", "--db", db]
+    args = [
+        "run",
+        *common,
+        "--max-pairs",
+        "2",
+        "--modules",
+        "neuron",
+        "--method",
+        "atp",
+        "--verify-top",
+        "20",
+    ]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["sites"] == 2 * (30 * 1536 + 20)
+    store = Store(db)
+    assert all(p["atp_spearman"] > 0.5 for p in store.pairs(res["run_id"]))  # 0.99 measured
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(vars(p)) + "\n" for p in load_pairs("builtin")[10:12]))
+    gate = ["gate", str(res["run_id"]), "--db", db, "--pairs", str(heldout), "--top", "10", "--seeds", "2"]
+    assert main([*gate, "--generate", "1", "--max-new-tokens", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pairs"] == 2 and summary["seeds"] == 2
+    neurons = store.gate_checks(res["run_id"])[0]["neurons"]
+    assert len(neurons) == 10 and all(0 <= layer < 30 and 0 <= unit < 1536 for layer, unit in neurons)
