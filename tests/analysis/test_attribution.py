@@ -106,3 +106,23 @@ def test_atp_run_with_exact_verification(db_path):
     assert all(0.5 < rho <= 1 for rho in rhos), rhos
     layer_csv = _cli("export", str(atp["run_id"]), "--db", str(db_path), "--format", "jsonl")
     assert {json.loads(line)["ie"] for line in layer_csv.splitlines()} <= set(estimates.values())
+
+
+def test_an_interrupted_atp_run_resumes_to_the_same_rows(db_path):
+    args = ["--db", str(db_path), "--max-pairs", "2", "--modules", "neuron", "--layers", "2-3"]
+    run = json.loads(_cli("run", *args, "--method", "atp", "--verify-top", "10", "--json"))
+    store = Store(db_path)
+    sql = "SELECT pair, layer, module, position, neuron, method, ie FROM effects WHERE run_id = ?"
+    before = {r[:6]: r[6] for r in store.db.execute(sql, [run["run_id"]])}
+    rho = [p["atp_spearman"] for p in store.pairs(run["run_id"])]
+    with store.db.conn:  # as if killed while storing pair 1's estimates
+        store.db.execute(
+            "DELETE FROM effects WHERE run_id = ? AND pair = 1 AND neuron % 3 = 0", [run["run_id"]]
+        )
+        store.db.execute("UPDATE pairs SET atp_spearman = NULL WHERE pair = 1")
+    store.set_status(run["run_id"], "interrupted")
+    resumed = json.loads(_cli("resume", str(run["run_id"]), "--db", str(db_path), "--json"))
+    assert resumed["status"] == "done"
+    after = {r[:6]: r[6] for r in store.db.execute(sql, [run["run_id"]])}
+    assert after.keys() == before.keys() and max(abs(after[k] - before[k]) for k in before) < 1e-6
+    assert [p["atp_spearman"] for p in store.pairs(run["run_id"])] == pytest.approx(rho)
