@@ -4,7 +4,9 @@ import csv
 
 from analysis.spec import RunSpec
 from db import export
-from tui.app import ExploreScreen, HarmmedApp, SetupScreen
+from tui.app import HarmmedApp
+from tui.explore_screen import ExploreScreen
+from tui.setup_screen import SetupScreen
 
 
 async def test_run_drill_down_and_export(tmp_path):

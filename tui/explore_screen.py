@@ -1,0 +1,211 @@
+"""Explore: run > layer > module > neuron panes, with plots and the gate verdict."""
+
+from __future__ import annotations
+
+import time
+
+from rich.markup import escape
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual_plotext import PlotextPlot
+
+from analysis.gate import GateSpec
+from db import export
+from tui import queries
+from tui.messages import RunProgress
+from tui.widgets import Table, heat
+
+
+class ExploreScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "drill", "drill in", id="explore.drill"),
+        Binding("escape", "up", "back", id="explore.up"),
+        Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
+        Binding("a", "gate", "gate check", id="explore.gate"),
+        Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
+        Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
+    ]
+    PAGE = 200  # neurons fetched per page
+
+    def __init__(self, run_id: int):
+        super().__init__()
+        self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
+        self.page = 0
+        self._view: tuple | None = None  # what show() last drew
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="crumb")
+        yield Static("", id="gate")
+        with Horizontal(id="running"):
+            yield ProgressBar(id="progress", show_eta=True)
+            yield Static("", id="rate")
+        with Horizontal():
+            yield Table(id="table", cursor_type="row")
+            yield PlotextPlot(id="plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.pairs = self.app.store.pairs(self.run_id)
+        self.method = queries.run_method(self.app.store, self.run_id)
+        self.query_one("#running").display = False
+        self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
+        self.show()
+
+    def show(self) -> None:
+        self._shown = time.monotonic()
+        run = self.app.store.run(self.run_id)
+        who = "aggregate over pairs" if self.pair is None else f"pair {self.pair}"
+        crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
+        if self.focus_layer is not None:
+            crumb.append(f"layer {self.focus_layer}")
+        if self.level == "neurons":
+            crumb += ["mlp", "neurons"]
+        self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
+        t, plot = self.query_one(Table), self.query_one(PlotextPlot)
+        view = (self.level, self.focus_layer, self.page, self.pair)
+        cursor = t.cursor_row if view == self._view else 0  # kept while a run streams in
+        self._view = view
+        t.clear(columns=True)
+        t.cursor_type = "row"
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        store = self.app.store
+        if self.level == "layers":
+            data = queries.layer_effects(store, self.run_id, self.pair, self.method)
+            for col in ("layer", "resid", "attn", "mlp"):
+                t.add_column(col, key=col)
+            for layer in sorted(data):
+                t.add_row(
+                    str(layer),
+                    *(f"{data[layer].get(m, float('nan')):.4f}" for m in ("resid", "attn", "mlp")),
+                    key=str(layer),
+                )
+            layers = sorted(data)
+            for m in ("attn", "mlp"):
+                plt.plot(layers, [data[i].get(m, 0.0) for i in layers])
+            plt.title("IE by layer: attn (1st line) vs mlp (2nd)")
+            plt.xlabel("layer")
+        elif self.level == "modules":
+            grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair, self.method)
+            positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
+            tokens = self.pairs[self.pair or 0]["treatment_tokens"] if self.pairs else []
+            scale = max((abs(v) for row in grid.values() for v in row.values()), default=0.0)
+            t.add_column("module", key="module")
+            for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
+                label = "*" if p is None else tokens[p] if -len(tokens) <= p < len(tokens) else ""
+                t.add_column(f"{'*' if p is None else p}:{label}"[:12], key=str(p))
+            for m in ("resid", "attn", "mlp"):
+                if m in grid:
+                    t.add_row(m, *(heat(grid[m].get(p, float("nan")), scale) for p in positions), key=m)
+            ps = [p for p in positions if p is not None]
+            for m in ("attn", "mlp"):
+                if m in grid:
+                    plt.bar(ps, [grid[m].get(p, 0.0) for p in ps])
+            plt.xticks(
+                ps[:: max(1, -(-len(ps) // 4))]
+            )  # few enough to fit: plotext thins crowded ticks unstably
+            plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
+            # the decision is read at the end of the prompt: start on `*`, with the last positions in view
+            t.cursor_type = "cell"
+            t.move_cursor(column=len(positions))
+        else:
+            first = self.page * self.PAGE
+            rows = queries.top_neurons(
+                store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first
+            )
+            verified = self.method == "atp"
+            checks = store.gate_checks(self.run_id)
+            gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
+            recur = export.recurrence(store, self.run_id, self.method)
+            method_col = f"IE ({self.method})"
+            for col in ("#", "neuron", "pos", method_col, "exact" if verified else "", "n", "recur", "gate"):
+                if col:
+                    t.add_column(col, key=col)
+            for i, (neuron, pos, ie, exact, n) in enumerate(rows):
+                cells = [str(first + i + 1), str(neuron), "*" if pos is None else str(pos), f"{ie:+.4f}"]
+                cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
+                recurs = str(recur.get((self.focus_layer, neuron), 0))
+                t.add_row(*cells, str(n), recurs, "●" if neuron in gated else "")
+            if rows:
+                plt.hist([r[2] for r in rows], bins=30)
+                plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
+            else:
+                plt.title("no neuron rows: run with modules including 'neuron'")
+        plot.refresh()
+        self._show_gate()
+        if cursor < t.row_count:
+            t.move_cursor(row=cursor)
+        t.focus()
+
+    def _show_gate(self) -> None:
+        box = self.query_one("#gate", Static)
+        checks = self.app.store.gate_checks(self.run_id) if self.level == "neurons" else []
+        box.display = bool(checks)
+        if checks:
+            rows = self.app.store.db.execute(
+                "SELECT pair_id, text_before, text_after FROM gate_rows WHERE check_id = ? AND arm = 'top' "
+                "AND text_after IS NOT NULL ORDER BY pair LIMIT 1",
+                [checks[0]["id"]],
+            ).fetchall()
+            texts = [f"\n{pid}: {before!r} -> {after!r}" for pid, before, after in rows]
+            box.update(queries.gate_verdict(checks[0]) + "".join(texts))
+
+    def action_gate(self) -> None:
+        """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
+        self.app.run_gate(self.run_id, GateSpec())
+
+    @on(DataTable.RowSelected)
+    @on(DataTable.CellSelected)
+    def _row_selected(self) -> None:  # the focused table consumes enter itself
+        self.action_drill()
+
+    def action_drill(self) -> None:
+        t = self.query_one(Table)
+        if not t.row_count:
+            return
+        key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+        if self.level == "layers":
+            self.focus_layer, self.level = int(key), "modules"
+        elif self.level == "modules" and key == "mlp":
+            self.level, self.page = "neurons", 0
+        else:
+            return
+        self.show()
+
+    def action_up(self) -> None:
+        if self.level == "layers":
+            self.app.pop_screen()
+            return
+        self.level = "modules" if self.level == "neurons" else "layers"
+        self.focus_layer = self.focus_layer if self.level != "layers" else None
+        self.show()
+
+    def action_page(self, step: int) -> None:
+        if self.level == "neurons" and (step > 0 or self.page > 0):
+            self.page = (
+                self.page + step if step < 0 or self.query_one(Table).row_count == self.PAGE else self.page
+            )
+            self.show()
+
+    def action_next_pair(self) -> None:
+        order = [None] + [p["pair"] for p in self.pairs]
+        self.pair = order[(order.index(self.pair) + 1) % len(order)]
+        self.show()
+
+    def on_run_progress(self, message: RunProgress) -> None:
+        self.query_one("#running").display = True
+        self.query_one(ProgressBar).update(total=message.total, progress=message.done)
+        now = time.monotonic()
+        self._started = self._started or (now, message.done)
+        rate = (message.done - self._started[1]) / max(now - self._started[0], 1e-9)
+        self.query_one("#rate", Static).update(
+            f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
+        )
+        if time.monotonic() - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
+            self.show()

@@ -1,0 +1,158 @@
+"""Setup: every choice of a run, checked as it is typed."""
+
+from __future__ import annotations
+
+import time
+
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Footer, Header, Input, Label, Static
+from textual.worker import get_current_worker
+
+from analysis.mediation import preview
+from analysis.models import cached_hub_models, load_tokenizer_and_config
+from analysis.sites import SiteError
+from analysis.spec import RunSpec
+from tui import queries
+from tui.dialogs import ModelPicker
+
+
+class SetupScreen(Screen):
+    """Every choice of a run, checked against the model's tokenizer and config as it is typed."""
+
+    BINDINGS = [
+        Binding("ctrl+r", "start", "run", id="setup.run"),
+        Binding("ctrl+o", "pick_model", "pick model", id="setup.pick"),
+        Binding("escape", "app.pop_screen", "back"),
+    ]
+    FIELDS = [
+        ("model", "model"),
+        ("pairs", "pairs (builtin, file)"),
+        ("treatment", "treatment (optional)"),
+        ("control", "control (optional)"),
+        ("max_pairs", "max pairs"),
+        ("metric", "metric"),
+        ("modules", "modules"),
+        ("layers", "layers"),
+        ("positions", "positions"),
+        ("neuron_positions", "neuron positions"),
+        ("method", "method"),
+        ("verify_top", "atp: verify top K"),
+    ]
+    PLACEHOLDERS = {
+        "model": "hub id, directory, .gguf file or default",
+        "treatment": "a harmful prompt, typed in place of the pairs",
+        "control": "its benign twin, of the same token length",
+        "metric": "refusal | logit-diff:A,B | target-logprob",
+        "modules": "resid,attn,mlp,neuron",
+        "method": "exact | atp | block:N",
+    }
+
+    def __init__(self, spec: RunSpec):
+        super().__init__()
+        self.spec = spec
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        known = self._known_models()
+        with VerticalScroll(id="setup"):
+            for name, label in self.FIELDS:
+                value = getattr(self.spec, name)
+                value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    suggester = SuggestFromList([m for _, m in known]) if name == "model" else None
+                    yield Input(
+                        value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester
+                    )
+            yield Static("", id="preview")
+            yield Static("", id="problem")
+            yield Button("Run (ctrl+r)", id="start", variant="primary")
+        yield Footer()
+
+    def _known_models(self) -> list[tuple[str, str]]:
+        """(label, model): the embedded default, recently used models, those in the local HF cache."""
+        seen, options = set(), []
+        groups = [("default", ["default"]), ("recent", queries.recent_models(self.app.store))]
+        groups.append(("HF cache", cached_hub_models()))
+        for group, models in groups:
+            for m in models:
+                if m not in seen:
+                    seen.add(m)
+                    options.append((f"{group}: {m}", m))
+        return options
+
+    def on_mount(self) -> None:
+        self.query_one("#model", Input).focus()
+        self.check()
+
+    def action_pick_model(self) -> None:
+        def picked(model: str | None) -> None:
+            if model:
+                self.query_one("#model", Input).value = model
+
+        self.app.push_screen(ModelPicker(self._known_models()), picked)
+
+    @on(Input.Changed)
+    def _edited(self) -> None:
+        self.check()
+
+    def read_spec(self) -> RunSpec:
+        values = {name: self.query_one(f"#{name}", Input).value.strip() for name, _ in self.FIELDS}
+        numbers = {}
+        for name in ("max_pairs", "verify_top"):
+            text = values.pop(name)
+            if text and not text.isdigit():
+                raise SiteError(f"{name.replace('_', ' ')} must be a whole number")
+            numbers[name] = int(text) if text else None
+        return self.spec.replace(
+            **{k: v or None for k, v in values.items() if k in ("treatment", "control")},
+            **{k: v for k, v in values.items() if k not in ("treatment", "control", "modules")},
+            modules=tuple(m.strip() for m in values["modules"].split(",") if m.strip()),
+            max_pairs=numbers["max_pairs"],
+            verify_top=numbers["verify_top"] or 0,
+        )
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="setup-check")
+    def check(self) -> None:
+        """Explain the setup's problems, or what it will run, before anything runs (debounced)."""
+        time.sleep(0.3)
+        if get_current_worker().is_cancelled:  # a newer edit supersedes this one
+            return
+        try:
+            spec = self.app.call_from_thread(self.read_spec)
+            plan = preview(spec)
+            if not plan.pairs:
+                raise SiteError("no pairs left to run")
+        except Exception as e:  # whatever is wrong is explained here, before anything runs
+            self.app.call_from_thread(self._show_check, "", str(e))
+            return
+        tp = plan.pairs[0]
+        tokenizer = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)[0]
+        lines = [
+            f"ok: {len(plan.pairs)} pairs, {plan.n_sites:,} sites, method {plan.method}",
+            f"pair {tp.pair.id or 0}: treatment {len(tp.treatment_ids)} tokens = control "
+            f"{len(tp.control_ids)} tokens",
+            f"as the model reads it: {tokenizer.decode(tp.treatment_ids)!r}",
+            *(f"skipped: {m}" for m in plan.skipped),
+        ]
+        self.app.call_from_thread(self._show_check, "\n".join(lines), "")
+
+    def _show_check(self, preview_text: str, problem: str) -> None:
+        self.query_one("#preview", Static).update(escape(preview_text))
+        self.query_one("#problem", Static).update(escape(problem))
+
+    @on(Button.Pressed, "#start")
+    @on(Input.Submitted)
+    def action_start(self) -> None:
+        try:
+            spec = self.read_spec()
+        except SiteError as e:
+            self.query_one("#problem", Static).update(escape(str(e)))
+            return
+        self.app.start_run(spec)
