@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-MODULES = ("resid", "attn", "mlp", "neuron")
-
 
 class UnsupportedModelError(ValueError):
     pass

@@ -96,18 +96,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached_hub_models() -> list[str]:
-    """Hub ids of the models in the local Hugging Face cache (usable offline)."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        repos = scan_cache_dir().repos
-    except (CacheNotFound, OSError):
-        return []
-    return sorted(r.repo_id for r in repos if r.repo_type == "model")
-
-
 def _resolve(source: str, revision: str | None, trust_remote_code: bool) -> tuple[str, dict, str | None]:
     """(what from_pretrained loads, its keyword arguments, the revision to record) for a model spec."""
     path = ORGANISM_DIR if source == DEFAULT_MODEL else Path(source).expanduser()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from analysis.families import MODULES
-
+MODULES = ("resid", "attn", "mlp", "neuron")
 ALL_POSITIONS = -1  # the position `*`: the module at every position at once
 NO_NEURON = -1
 

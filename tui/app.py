@@ -11,7 +11,6 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
-from analysis.gate import GateSpec
 from analysis.spec import RunSpec
 from db import export
 from db.store import Store
@@ -19,7 +18,6 @@ from themes import THEMES
 from tui.dialogs import ErrorDialog, ExportScreen, HelpScreen
 from tui.explore_screen import ExploreScreen
 from tui.messages import RunEnded, RunProgress
-from tui.runner import check_gate, execute
 from tui.runs_screen import RunsScreen
 from tui.setup_screen import SetupScreen
 
@@ -52,6 +50,7 @@ class HarmmedApp(App):
             self.register_theme(theme)
         self.theme = self._saved_theme()
         self.push_screen(RunsScreen())
+        self.warm_up()
 
     def _saved_theme(self) -> str:
         try:
@@ -136,8 +135,18 @@ class HarmmedApp(App):
         finally:
             store.close()
 
+    @work(thread=True, exit_on_error=False, group="warm-up")
+    def warm_up(self) -> None:
+        """Import the engine (torch, transformers: seconds) while the user looks at the runs."""
+        import tui.runner  # noqa: F401
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
-    def run_gate(self, run_id: int, spec: GateSpec) -> None:
+    def run_gate(self, run_id: int) -> None:
+        """Gate-check a run's top neurons on held-out pairs, with `harmmed-tui gate`'s defaults."""
+        from analysis.gate import GateSpec
+        from tui.runner import check_gate
+
+        spec = GateSpec()
         self.call_from_thread(
             self.notify, f"gate check of run {run_id}: top {spec.top} neurons on held-out pairs"
         )
@@ -157,6 +166,8 @@ class HarmmedApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_mediation(self, spec: RunSpec, run_id: int | None) -> None:
+        from tui.runner import execute
+
         store = Store(self.store.path)  # sqlite connections belong to their thread
         started: list[int] = []
 

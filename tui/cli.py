@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from analysis.families import MODULES
+from analysis.sites import MODULES
 
 EPILOG = """examples:
   harmmed-tui                                   open the explorer on the embedded default model
@@ -176,19 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    from tui import commands  # heavy imports (torch) only once arguments are valid
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
     try:
+        if args.command is None:  # the explorer opens at once and imports the engine in the background
+            from tui.app import launch
+
+            return launch(db=args.db, model=args.model, pairs=args.pairs, mouse=not args.no_mouse)
+        from tui import commands  # heavy imports (torch) only once arguments are valid
+
         return commands.dispatch(args)
     except KeyboardInterrupt:
         print("harmmed-tui: interrupted", file=sys.stderr)
         return 130
-    except commands.USER_ERRORS as e:
+    except Exception as e:
+        from tui.commands import USER_ERRORS
+
+        if not isinstance(e, USER_ERRORS):
+            raise
         print(f"harmmed-tui: error: {e}", file=sys.stderr)
         return 2
 

@@ -255,10 +255,6 @@ def cmd_organism(a) -> int:
 
 
 def dispatch(a) -> int:
-    if a.command is None:
-        from tui.app import launch
-
-        return launch(db=a.db, model=a.model, pairs=a.pairs, mouse=not a.no_mouse)
     if a.command == "organism":
         return cmd_organism(a)
     store = Store(a.db)

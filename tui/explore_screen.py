@@ -13,7 +13,6 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from analysis.gate import GateSpec
 from db import export
 from tui import queries
 from tui.messages import RunProgress
@@ -158,7 +157,7 @@ class ExploreScreen(Screen):
 
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
-        self.app.run_gate(self.run_id, GateSpec())
+        self.app.run_gate(self.run_id)
 
     @on(DataTable.RowSelected)
     @on(DataTable.CellSelected)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from transformers.utils import logging as hf_logging
+
 from analysis import gate, mediation
 from analysis.metrics import parse_metric
 from analysis.models import LoadedModel
@@ -13,6 +15,11 @@ from analysis.pairs import load_pairs, tokenize_pairs
 from analysis.spec import RunSpec
 from db.store import Store
 from tui import queries
+
+# Whatever runs models runs through here: keep transformers' warnings and download bars off the terminal
+# (the explorer draws on it).
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 
 @dataclass

@@ -14,8 +14,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, Footer, Header, Input, Label, Static
 from textual.worker import get_current_worker
 
-from analysis.mediation import preview
-from analysis.models import cached_hub_models, load_tokenizer_and_config
+from analysis.hub_cache import cached_hub_models
 from analysis.sites import SiteError
 from analysis.spec import RunSpec
 from tui import queries
@@ -124,6 +123,11 @@ class SetupScreen(Screen):
         time.sleep(0.3)
         if get_current_worker().is_cancelled:  # a newer edit supersedes this one
             return
+        # torch and transformers load here, off the UI thread (tui.runner also quiets transformers' logging)
+        import tui.runner  # noqa: F401
+        from analysis.mediation import preview
+        from analysis.models import load_tokenizer_and_config
+
         try:
             spec = self.app.call_from_thread(self.read_spec)
             plan = preview(spec)
