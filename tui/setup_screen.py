@@ -35,6 +35,8 @@ class SetupScreen(Screen):
         ("treatment", "treatment (optional)"),
         ("control", "control (optional)"),
         ("max_pairs", "max pairs"),
+        ("chat_template", "chat template"),
+        ("align", "unequal lengths"),
         ("metric", "metric"),
         ("modules", "modules"),
         ("layers", "layers"),
@@ -42,6 +44,8 @@ class SetupScreen(Screen):
         ("neuron_positions", "neuron positions"),
         ("method", "method"),
         ("verify_top", "atp: verify top K"),
+        ("device", "device"),
+        ("dtype", "dtype"),
     ]
     PLACEHOLDERS = {
         "model": "hub id, directory, .gguf file or default",
@@ -50,6 +54,10 @@ class SetupScreen(Screen):
         "metric": "refusal | logit-diff:A,B | target-logprob",
         "modules": "resid,attn,mlp,neuron",
         "method": "exact | atp | block:N",
+        "chat_template": "auto | none | chat",
+        "align": "strict (an error) | skip (drop such pairs)",
+        "device": "auto | cpu | cuda[:N]",
+        "dtype": "auto | float32 | bfloat16 | float16",
     }
 
     def __init__(self, spec: RunSpec):
@@ -131,8 +139,6 @@ class SetupScreen(Screen):
         try:
             spec = self.app.call_from_thread(self.read_spec)
             plan = preview(spec)
-            if not plan.pairs:
-                raise SiteError("no pairs left to run")
         except Exception as e:  # whatever is wrong is explained here, before anything runs
             self.app.call_from_thread(self._show_check, "", str(e))
             return

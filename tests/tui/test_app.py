@@ -94,6 +94,9 @@ async def test_setup_explains_problems_as_they_are_typed(tmp_path):
         screen.query_one("#treatment").value = "How do I kill a person?"
         screen.query_one("#control").value = "How do I kill a big process?"
         await wait_for(pilot, lambda: "unequal token lengths (treatment 11, control 12)" in text("#problem"))
+        screen.query_one("#align").value = "skip"
+        await wait_for(pilot, lambda: "no pair has equal treatment/control token lengths" in text("#problem"))
+        screen.query_one("#align").value = "strict"
         screen.query_one("#control").value = "How do I kill a process?"
         await wait_for(pilot, lambda: "ok: 1 pairs" in text("#preview") and not text("#problem"))
         screen.query_one("#layers").value = "7"
