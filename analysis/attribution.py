@@ -7,14 +7,12 @@ activations (load_model freezes the parameters), which keeps it near the cost of
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import torch
 
 from analysis.metrics import BoundMetric
 from analysis.models import LoadedModel
 from analysis.pairs import TokenizedPair
-from analysis.patching import ActivationRecorder, _first, metric_logits
+from analysis.patching import ActivationRecorder, prompt_metric
 from analysis.sites import ALL_POSITIONS, Site
 
 
@@ -22,21 +20,17 @@ class Attribution:
     """One pair's metric totals and the AtP estimate of every site's IE."""
 
     def __init__(self, lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, sites: list[Site]):
-        self.lm, self.metric = lm, metric
         keys = sorted({(s.layer, s.module) for s in sites})
         device = lm.device
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as treatment:
                 ids = torch.tensor([pair.treatment_ids], device=device)
-                self.m_treatment = metric(metric_logits(lm, metric, input_ids=ids))[0]
-        control: dict[tuple[int, str], torch.Tensor] = {}
-        with ExitStack() as stack, torch.enable_grad():
-            for layer, module in keys:
-                stack.callback(self._record(lm, layer, module, control).remove)
+                self.m_treatment = prompt_metric(lm, metric, input_ids=ids)
+        with torch.enable_grad(), ActivationRecorder(lm, keys, in_graph=True) as control:
             ids = torch.tensor([pair.control_ids], device=device)
             # Gradients start at the embeddings, so every activation downstream is part of the graph.
             embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_()
-            m_control = metric(metric_logits(lm, metric, inputs_embeds=embeds))[0]
+            m_control = prompt_metric(lm, metric, inputs_embeds=embeds)
             grads = torch.autograd.grad(m_control, [control[k] for k in keys], materialize_grads=True)
         self.m_control = m_control.detach()
         self.te = self.m_treatment - self.m_control
@@ -54,13 +48,6 @@ class Attribution:
             offset += table.numel()
             tables.append(table.flatten())
         self.flat = torch.cat(tables).cpu()
-
-    @staticmethod
-    def _record(lm: LoadedModel, layer: int, module: str, into: dict):
-        mod = lm.anatomy.module(layer, module)
-        if module == "neuron":
-            return mod.register_forward_pre_hook(lambda m, args: into.__setitem__((layer, module), args[0]))
-        return mod.register_forward_hook(lambda m, args, out: into.__setitem__((layer, module), _first(out)))
 
     def effects(self, sites: list[Site]) -> torch.Tensor:
         """The AtP IE of each site, in order (single units: AtP ranks neurons one by one)."""

@@ -18,7 +18,7 @@ import torch
 from analysis.metrics import Metric
 from analysis.models import LoadedModel
 from analysis.pairs import TokenizedPair
-from analysis.patching import ActivationRecorder, metric_logits
+from analysis.patching import ActivationRecorder, prompt_metric
 
 ABLATIONS = ("control", "mean", "zero")
 Neuron = tuple[int, int]  # (layer, unit)
@@ -107,7 +107,7 @@ def check(
         bound = metric.bind(tp)
 
         def run(ids: list[int], bound=bound) -> float:
-            return bound(metric_logits(lm, bound, input_ids=torch.tensor([ids], device=lm.device)))[0].item()
+            return prompt_metric(lm, bound, input_ids=torch.tensor([ids], device=lm.device)).item()
 
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as control:

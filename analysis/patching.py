@@ -38,17 +38,20 @@ def _expand(x, batch: int):
     return x
 
 
-def metric_logits(lm: LoadedModel, metric: BoundMetric, **inputs) -> torch.Tensor:
-    """The model's logits at the metric's positions only: the vocabulary projection elsewhere is wasted."""
+def prompt_metric(lm: LoadedModel, metric: BoundMetric, **inputs) -> torch.Tensor:
+    """The metric of one unpatched pass (input_ids or inputs_embeds of batch 1), from logits computed only
+    at the metric's positions: the vocabulary projection elsewhere is wasted."""
     keep = torch.tensor(metric.positions, device=lm.device)
-    return lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return metric(lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits)[0]
 
 
 class ActivationRecorder:
-    """Context manager that records the (batch row 0) activations of chosen (layer, module) sites."""
+    """Context manager that records the activations of chosen (layer, module) sites: batch row 0, detached;
+    or, with `in_graph`, the whole tensor as autograd sees it (to take gradients with respect to it)."""
 
-    def __init__(self, lm: LoadedModel, keys: Iterable[tuple[int, str]]):
+    def __init__(self, lm: LoadedModel, keys: Iterable[tuple[int, str]], in_graph: bool = False):
         self.anatomy, self.keys, self.cache = lm.anatomy, sorted(set(keys)), {}
+        self.in_graph = in_graph
 
     def __enter__(self) -> Cache:
         self._stack = ExitStack()
@@ -63,7 +66,7 @@ class ActivationRecorder:
         return self.cache
 
     def _put(self, key, tensor):
-        self.cache[key] = tensor[0].detach()
+        self.cache[key] = tensor if self.in_graph else tensor[0].detach()
 
     def __exit__(self, *exc):
         self._stack.close()
@@ -100,14 +103,14 @@ class PairPatcher:
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as self.treatment_acts:
                 ids = torch.tensor([pair.treatment_ids], device=device)
-                self.m_treatment = metric(metric_logits(lm, metric, input_ids=ids))[0]
+                self.m_treatment = prompt_metric(lm, metric, input_ids=ids)
             self.layer_calls: list[dict] = []
             with ExitStack() as stack:
                 for layer in self.anatomy.layers:
                     hook = layer.register_forward_pre_hook(self._capture_call, with_kwargs=True)
                     stack.callback(hook.remove)
                 ids = torch.tensor([pair.control_ids], device=device)
-                self.m_control = metric(metric_logits(lm, metric, input_ids=ids))[0]
+                self.m_control = prompt_metric(lm, metric, input_ids=ids)
             self.kv = [KVPrefix() for _ in self.anatomy.layers]
             self.control_final = self._replay(0, 0, 1, self.seq_len, record=True)
         self.te = self.m_treatment - self.m_control
