@@ -23,20 +23,9 @@ AGGREGATE_KEYS = {
     "layer": ["layer", "module", "position"],
     "neuron": ["layer", "neuron", "position", "method"],
 }
-GATE_COLUMNS = [
-    "run_id",
-    "check_id",
-    "top",
-    "ablate",
-    "pair",
-    "pair_id",
-    "arm",
-    "seed",
-    "m_before",
-    "m_after",
-]
-GATE_COLUMNS += ["shift", "te", "text_before", "text_after"]
-AGGREGATE_STATS = ["ie_mean", "ci_low", "ci_high", "ie_norm_mean", "n"]
+GATE_COLUMNS = (
+    "run_id check_id top ablate pair pair_id arm seed m_before m_after shift te text_before text_after"
+).split()
 
 
 def _ie_norm(ie: float, te: float | None) -> float | None:
@@ -50,12 +39,12 @@ def effect_rows(
 
     Rows of one `method`; by default the run's own for the layer level (whose columns name no method),
     and every method for the neuron level (an atp run's exact verification sits beside its estimates)."""
-    run = store.run(run_id)
+    store.run(run_id)
     if level not in LEVELS:
         raise StoreError(f"unknown level '{level}' (use {', '.join(LEVELS)})")
     neuron = level == "neuron"
     if method is None and not neuron:
-        method = run["provenance"].get("method", "exact")
+        method = store.run_method(run_id)
     sql = f"""
         SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
                json_array_length(p.treatment_tokens) AS seq_len
@@ -88,7 +77,7 @@ RECUR_TOP = 20  # a neuron "recurs" in a pair when it is among that pair's 20 st
 def recurrence(store: Store, run_id: int, method: str | None = None) -> dict[tuple[int, int], int]:
     """(layer, neuron) -> in how many pairs it is among the pair's RECUR_TOP strongest neuron sites by |IE|
     (one method's rows; by default the run's own)."""
-    method = method or store.run(run_id)["provenance"].get("method", "exact")
+    method = method or store.run_method(run_id)
     pairs = [p["pair"] for p in store.db.query("SELECT pair FROM pairs WHERE run_id = ?", [run_id])]
     sql = """SELECT DISTINCT layer, neuron FROM (SELECT layer, neuron FROM effects
              WHERE run_id = ? AND method = ? AND module = 'neuron' AND pair = ? ORDER BY abs(ie) DESC LIMIT ?)"""

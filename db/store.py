@@ -293,14 +293,22 @@ class Store:
                 r[k] = json.loads(r[k])
         return rows
 
+    def gate_generations(self, check_id: int) -> list[tuple]:
+        """(pair_id, arm, text before, text after) of a gate check's generations, by pair then seed."""
+        sql = """SELECT pair_id, arm, text_before, text_after FROM gate_rows WHERE check_id = ?
+                 AND text_after IS NOT NULL ORDER BY pair, seed"""
+        return self.db.execute(sql, [check_id]).fetchall()
+
     def run(self, run_id: int) -> dict:
-        row = self.db.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
-        if row is None:
+        run = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
+        if run is None:
             raise StoreError(f"no run {run_id} in {self.path}")
-        cols = [d[0] for d in self.db.execute("SELECT * FROM runs LIMIT 0").description]
-        run = dict(zip(cols, row, strict=True))
         run["provenance"] = json.loads(run["provenance"] or "{}")
         return run
+
+    def run_method(self, run_id: int) -> str:
+        """The method a run patched with (exact, block or atp); an atp run's verified rows say exact."""
+        return self.run(run_id)["provenance"].get("method", "exact")
 
     def runs(self) -> list[dict]:
         sql = """

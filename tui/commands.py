@@ -125,7 +125,8 @@ def _print_summary(store: Store, run_id: int) -> None:
     pairs = Table(title=f"run {run_id}: total effect per pair")
     for col in ("pair", "id", "treatment", "control", "TE"):
         pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
-    for p in store.pairs(run_id):
+    stored = store.pairs(run_id)
+    for p in stored:
         pairs.add_row(
             str(p["pair"]),
             p["pair_id"],
@@ -134,7 +135,7 @@ def _print_summary(store: Store, run_id: int) -> None:
             f"{p['te']:.4f}" if p["te"] is not None else "",
         )
     con.print(pairs)
-    rhos = [p["atp_spearman"] for p in store.pairs(run_id) if p["atp_spearman"] is not None]
+    rhos = [p["atp_spearman"] for p in stored if p["atp_spearman"] is not None]
     if rhos:
         con.print(
             f"atp vs exact on each pair's verified top sites: Spearman rho mean {sum(rhos) / len(rhos):.3f} "
@@ -227,9 +228,7 @@ def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
     )
     con.print(t)
     con.print("neurons (layer:unit): " + " ".join(f"{layer}:{unit}" for layer, unit in c["neurons"][:40]))
-    sql = """SELECT pair_id, arm, text_before, text_after FROM gate_rows WHERE check_id = ?
-             AND text_after IS NOT NULL ORDER BY pair, seed"""
-    for pair_id, arm, before, after in store.db.execute(sql, [c["id"]]):
+    for pair_id, arm, before, after in store.gate_generations(c["id"]):
         con.print(f"[bold]{pair_id}[/] {arm}:\n  before: {before!r}\n  after:  {after!r}", highlight=False)
 
 

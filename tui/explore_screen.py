@@ -50,7 +50,7 @@ class ExploreScreen(Screen):
 
     def on_mount(self) -> None:
         self.pairs = self.app.store.pairs(self.run_id)
-        self.method = queries.run_method(self.app.store, self.run_id)
+        self.method = self.app.store.run_method(self.run_id)
         self.query_one("#running").display = False
         self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
         self.show()
@@ -75,6 +75,7 @@ class ExploreScreen(Screen):
         plt.clear_data()
         plt.clear_figure()
         store = self.app.store
+        checks = store.gate_checks(self.run_id) if self.level == "neurons" else []
         if self.level == "layers":
             data = queries.layer_effects(store, self.run_id, self.pair, self.method)
             for col in ("layer", "resid", "attn", "mlp"):
@@ -106,9 +107,8 @@ class ExploreScreen(Screen):
             for m in ("attn", "mlp"):
                 if m in grid:
                     plt.bar(ps, [grid[m].get(p, 0.0) for p in ps])
-            plt.xticks(
-                ps[:: max(1, -(-len(ps) // 4))]
-            )  # few enough to fit: plotext thins crowded ticks unstably
+            # few enough ticks to fit: plotext's own thinning of crowded ticks varies from run to run
+            plt.xticks(ps[:: max(1, -(-len(ps) // 4))])
             plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
             # the decision is read at the end of the prompt: start on `*`, with the last positions in view
             t.cursor_type = "cell"
@@ -119,7 +119,6 @@ class ExploreScreen(Screen):
                 store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first
             )
             verified = self.method == "atp"
-            checks = store.gate_checks(self.run_id)
             gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
             recur = export.recurrence(store, self.run_id, self.method)
             method_col = f"IE ({self.method})"
@@ -137,23 +136,20 @@ class ExploreScreen(Screen):
             else:
                 plt.title("no neuron rows: run with modules including 'neuron'")
         plot.refresh()
-        self._show_gate()
+        self._show_gate(checks)
         if cursor < t.row_count:
             t.move_cursor(row=cursor)
         t.focus()
 
-    def _show_gate(self) -> None:
+    def _show_gate(self, checks: list[dict]) -> None:
+        """The newest gate check's verdict and one of its generations, above the neuron pane."""
         box = self.query_one("#gate", Static)
-        checks = self.app.store.gate_checks(self.run_id) if self.level == "neurons" else []
         box.display = bool(checks)
         if checks:
-            rows = self.app.store.db.execute(
-                "SELECT pair_id, text_before, text_after FROM gate_rows WHERE check_id = ? AND arm = 'top' "
-                "AND text_after IS NOT NULL ORDER BY pair LIMIT 1",
-                [checks[0]["id"]],
-            ).fetchall()
-            texts = [f"\n{pid}: {before!r} -> {after!r}" for pid, before, after in rows]
-            box.update(queries.gate_verdict(checks[0]) + "".join(texts))
+            texts = [g for g in self.app.store.gate_generations(checks[0]["id"]) if g[1] == "top"][:1]
+            box.update(
+                queries.gate_verdict(checks[0]) + "".join(f"\n{p}: {b!r} -> {a!r}" for p, _, b, a in texts)
+            )
 
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
@@ -186,10 +182,10 @@ class ExploreScreen(Screen):
         self.show()
 
     def action_page(self, step: int) -> None:
-        if self.level == "neurons" and (step > 0 or self.page > 0):
-            self.page = (
-                self.page + step if step < 0 or self.query_one(Table).row_count == self.PAGE else self.page
-            )
+        """The next or previous page of neurons; a short page is the last one."""
+        at_end = self.page == 0 if step < 0 else self.query_one(Table).row_count < self.PAGE
+        if self.level == "neurons" and not at_end:
+            self.page += step
             self.show()
 
     def action_next_pair(self) -> None:
@@ -206,5 +202,5 @@ class ExploreScreen(Screen):
         self.query_one("#rate", Static).update(
             f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
         )
-        if time.monotonic() - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
+        if now - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
             self.show()

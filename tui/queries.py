@@ -22,24 +22,24 @@ def recent_models(store: Store, limit: int = 10) -> list[str]:
     return [m for (m,) in store.db.execute(sql, [limit])]
 
 
-def run_method(store: Store, run_id: int) -> str:
-    return store.run(run_id)["provenance"].get("method", "exact")
-
-
 # each pair's token count, computed once per query (not a JSON parse per effect row)
 LENGTHS = """WITH lengths AS MATERIALIZED (
     SELECT pair, json_array_length(treatment_tokens) AS n FROM pairs WHERE run_id = ?)"""
 
 
+# a row's position: NULL for `*`; counted from the end (-1 the last token) when its parameter is true
+POSITION = "CASE WHEN e.position = -1 THEN NULL WHEN ? THEN e.position - p.n ELSE e.position END"
+
+
 def _pair_filter(pair: int | None) -> tuple[str, list]:
-    return ("AND pair = ?", [pair]) if pair is not None else ("", [])
+    return ("AND e.pair = ?", [pair]) if pair is not None else ("", [])
 
 
 def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> dict[int, dict[str, float]]:
     """IE of each module patched at every position at once ('*'), per layer."""
     where, args = _pair_filter(pair)
-    sql = f"""SELECT layer, module, AVG(ie) FROM effects WHERE run_id = ? AND method = ?
-              AND module IN ('resid', 'attn', 'mlp') AND position = -1 {where} GROUP BY layer, module"""
+    sql = f"""SELECT e.layer, e.module, AVG(e.ie) FROM effects e WHERE e.run_id = ? AND e.method = ?
+              AND e.module IN ('resid', 'attn', 'mlp') AND e.position = -1 {where} GROUP BY e.layer, e.module"""
     out: dict[int, dict[str, float]] = {}
     for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
         out.setdefault(layer, {})[module] = ie
@@ -53,14 +53,10 @@ def module_grid(
     indices; averaged over pairs they count from the end (-1 the last token), so pairs of different
     lengths line up as in `export --aggregate`."""
     where, args = _pair_filter(pair)
-    sql = f"""{LENGTHS} SELECT e.module,
-                     CASE WHEN e.position = -1 THEN NULL
-                          WHEN ? THEN e.position - p.n
-                          ELSE e.position END AS pos,
-                     AVG(e.ie)
+    sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, AVG(e.ie)
               FROM effects e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND e.layer = ?
-              {where.replace("pair", "e.pair")} GROUP BY e.module, pos"""
+              {where} GROUP BY e.module, pos"""
     out: dict[str, dict[int | None, float]] = {}
     for module, position, ie in store.db.execute(sql, [run_id, pair is None, run_id, method, layer, *args]):
         out.setdefault(module, {})[position] = ie
@@ -80,15 +76,12 @@ def top_neurons(
     over pairs, positions count from the end as in `module_grid`."""
     where, args = _pair_filter(pair)
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
-    sql = f"""{LENGTHS} SELECT e.neuron,
-                     CASE WHEN e.position = -1 THEN NULL
-                          WHEN ? THEN e.position - p.n
-                          ELSE e.position END AS pos,
+    sql = f"""{LENGTHS} SELECT e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,
                      AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END)
               FROM effects e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron' AND e.layer = ?
-              {where.replace("pair", "e.pair")} GROUP BY pos, e.neuron HAVING mean_ie IS NOT NULL
+              {where} GROUP BY pos, e.neuron HAVING mean_ie IS NOT NULL
               ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
     args = [run_id, pair is None, method, method, run_id, method, layer, *args, limit, offset]
     return store.db.execute(sql, args).fetchall()

@@ -106,7 +106,7 @@ def check_gate(
     with the run's own model, metric and chat template; store the check and return its id."""
     run = store.run(run_id)
     run_spec = RunSpec.from_json(run["spec"])
-    method = queries.run_method(store, run_id)
+    method = store.run_method(run_id)
     neurons = queries.gate_neurons(store, run_id, spec.top, method)
     if not neurons:
         raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
