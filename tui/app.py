@@ -125,15 +125,13 @@ class HarmmedApp(App):
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="export")
     def export_table(self, run_id: int, level: str, fmt: str, aggregated: bool, path: str) -> None:
-        store = Store(self.store.path)
         try:
-            rows = export.table(store, run_id, level, aggregated)
+            with Store(self.store.path) as store:  # sqlite connections belong to their thread
+                rows = export.table(store, run_id, level, aggregated)
             export.write(export.render(rows, fmt), path)
             self.call_from_thread(self.notify, f"wrote {len(rows)} rows to {path}")
         except Exception as e:  # shown in a dialog, never as a traceback
             self.call_from_thread(self.push_screen, ErrorDialog(str(e)))
-        finally:
-            store.close()
 
     @work(thread=True, exit_on_error=False, group="warm-up")
     def warm_up(self) -> None:
@@ -150,14 +148,12 @@ class HarmmedApp(App):
         self.call_from_thread(
             self.notify, f"gate check of run {run_id}: top {spec.top} neurons on held-out pairs"
         )
-        store = Store(self.store.path)
         try:
-            check_gate(store, run_id, spec)
+            with Store(self.store.path) as store:
+                check_gate(store, run_id, spec)
             self.post_message(RunEnded(run_id, "gate-checked"))
         except Exception as e:  # shown in a dialog, never as a traceback
             self.post_message(RunEnded(run_id, "failed", str(e)))
-        finally:
-            store.close()
 
     def start_run(self, spec: RunSpec, run_id: int | None = None) -> None:
         self.spec = spec
@@ -168,7 +164,6 @@ class HarmmedApp(App):
     def run_mediation(self, spec: RunSpec, run_id: int | None) -> None:
         from tui.runner import execute
 
-        store = Store(self.store.path)  # sqlite connections belong to their thread
         started: list[int] = []
 
         def on_prepared(rid, prep):
@@ -176,19 +171,18 @@ class HarmmedApp(App):
             self.call_from_thread(self._open_run, rid)
 
         try:
-            outcome = execute(
-                spec,
-                store,
-                run_id,
-                progress=lambda d, t: self.post_message(RunProgress(d, t)),
-                cancelled=self._cancel.is_set,
-                on_prepared=on_prepared,
-            )
+            with Store(self.store.path) as store:
+                outcome = execute(
+                    spec,
+                    store,
+                    run_id,
+                    progress=lambda d, t: self.post_message(RunProgress(d, t)),
+                    cancelled=self._cancel.is_set,
+                    on_prepared=on_prepared,
+                )
             self.post_message(RunEnded(outcome.run_id, outcome.status))
         except Exception as e:
             self.post_message(RunEnded(started[0] if started else None, "failed", str(e)))
-        finally:
-            store.close()
 
     def _open_run(self, run_id: int) -> None:
         while len(self.screen_stack) > 2:
