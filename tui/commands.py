@@ -260,10 +260,7 @@ def dispatch(a) -> int:
     if a.command == "run":
         return _execute(spec_from_args(a), store, a.json)
     if a.command == "resume":
-        run = store.run(a.run_id)
-        if run["status"] == "done":
-            raise StoreError(f"run {a.run_id} is already done")
-        return _execute(RunSpec.from_json(run["spec"]), store, a.json, run_id=a.run_id)
+        return _execute(RunSpec.from_json(store.run(a.run_id)["spec"]), store, a.json, run_id=a.run_id)
     if a.command == "export":
         rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method)
         export.write(export.render(rows, a.format), a.output)

@@ -13,7 +13,7 @@ from analysis.metrics import parse_metric
 from analysis.models import LoadedModel
 from analysis.pairs import load_pairs, tokenize_pairs
 from analysis.spec import RunSpec
-from db.store import Store
+from db.store import Store, StoreError
 from tui import queries
 
 # Whatever runs models runs through here: keep transformers' warnings and download bars off the terminal
@@ -60,6 +60,8 @@ def execute(
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
     if run_id is None:
         run_id = store.create_run(spec.model, spec.to_json())
+    elif store.run(run_id)["status"] == "done":
+        raise StoreError(f"run {run_id} is already done")
     done = store.done_keys(run_id)
     compute = 0.0
     te: dict[int, float] = {}

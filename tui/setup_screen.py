@@ -66,14 +66,14 @@ class SetupScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        known = self._known_models()
+        self.known = self._known_models()  # read once: the HF cache scan touches the disk
         with VerticalScroll(id="setup"):
             for name, label in self.FIELDS:
                 value = getattr(self.spec, name)
                 value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
                 with Horizontal(classes="field"):
                     yield Label(label, classes="label")
-                    suggester = SuggestFromList([m for _, m in known]) if name == "model" else None
+                    suggester = SuggestFromList([m for _, m in self.known]) if name == "model" else None
                     yield Input(
                         value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester
                     )
@@ -103,7 +103,7 @@ class SetupScreen(Screen):
             if model:
                 self.query_one("#model", Input).value = model
 
-        self.app.push_screen(ModelPicker(self._known_models()), picked)
+        self.app.push_screen(ModelPicker(self.known), picked)
 
     @on(Input.Changed)
     def _edited(self) -> None:
@@ -111,19 +111,15 @@ class SetupScreen(Screen):
 
     def read_spec(self) -> RunSpec:
         values = {name: self.query_one(f"#{name}", Input).value.strip() for name, _ in self.FIELDS}
-        numbers = {}
         for name in ("max_pairs", "verify_top"):
-            text = values.pop(name)
-            if text and not text.isdigit():
+            if values[name] and not values[name].isdigit():
                 raise SiteError(f"{name.replace('_', ' ')} must be a whole number")
-            numbers[name] = int(text) if text else None
-        return self.spec.replace(
-            **{k: v or None for k, v in values.items() if k in ("treatment", "control")},
-            **{k: v for k, v in values.items() if k not in ("treatment", "control", "modules")},
-            modules=tuple(m.strip() for m in values["modules"].split(",") if m.strip()),
-            max_pairs=numbers["max_pairs"],
-            verify_top=numbers["verify_top"] or 0,
-        )
+            values[name] = int(values[name]) if values[name] else None
+        values["verify_top"] = values["verify_top"] or 0
+        values["treatment"] = values["treatment"] or None  # empty: the pairs source is used
+        values["control"] = values["control"] or None
+        values["modules"] = tuple(m.strip() for m in values["modules"].split(",") if m.strip())
+        return self.spec.replace(**values)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="setup-check")
     def check(self) -> None:

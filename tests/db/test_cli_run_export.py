@@ -151,3 +151,5 @@ def test_neuron_sites_take_positions_when_asked(capsys, db_path, llama_dir):
     assert code == 0 and json.loads(out)["sites"] == 2 * 48
     run = Store(db_path).run(json.loads(out)["run_id"])
     assert run["provenance"]["tokenizer_name"] == llama_dir and run["provenance"]["n_layers"] == 3
+    code, _, err = run_cli(capsys, "resume", str(run["id"]), "--db", str(db_path))
+    assert code == 2 and "is already done" in err  # the explorer's resume gets the same check
