@@ -7,9 +7,9 @@ Run: python bench/engine_speed.py [--naive-sample N]
 import argparse
 import random
 
-from common import Timer, bench_pair, gpt2_small, naive_sweep
+from common import bench_pair, engine_vs_naive, gpt2_small
 
-from analysis.patching import PairPatcher, auto_batch_tokens
+from analysis.patching import auto_batch_tokens
 from analysis.sites import ALL_POSITIONS, site_grid
 
 
@@ -27,20 +27,12 @@ def main():
     batch = args.batch_tokens or auto_batch_tokens(lm)
     print(f"model: GPT-2-small shape (12 x 768), prompt {n} tokens, {len(sites)} sites, batch tokens {batch}")
 
-    with Timer() as fast:
-        patcher = PairPatcher(lm, tp, metric, {(s.layer, s.module) for s in sites})
-        got = {}
-        for chunk, ie in patcher.effects(sites, batch):
-            got.update(zip(chunk, ie.tolist(), strict=True))
     sample = random.Random(0).sample(sites, args.naive_sample) if args.naive_sample else sites
-    with Timer() as slow:
-        ref = naive_sweep(lm, tp.treatment_ids, tp.control_ids, metric, sample)
-    naive_s = slow.s * len(sites) / len(sample)
-    err = max(abs(got[s] - ref[s]) for s in sample)
+    engine_s, naive_s, err = engine_vs_naive(lm, tp, metric, sites, batch, sample)
     print(
-        f"engine: {fast.s:.2f} s   naive: {naive_s:.2f} s ({len(sample)} sites timed)   max |diff| {err:.2e}"
+        f"engine: {engine_s:.2f} s   naive: {naive_s:.2f} s ({len(sample)} sites timed)   max |diff| {err:.2e}"
     )
-    print(f"speed-up: {naive_s / fast.s:.1f}x (target >= 8x)")
+    print(f"speed-up: {naive_s / engine_s:.1f}x (target >= 8x)")
 
 
 if __name__ == "__main__":

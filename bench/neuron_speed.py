@@ -8,9 +8,9 @@ Run: python bench/neuron_speed.py [--layers 0,6,11] [--naive-sample N]
 import argparse
 import random
 
-from common import Timer, bench_pair, gpt2_small, naive_sweep
+from common import bench_pair, engine_vs_naive, gpt2_small
 
-from analysis.patching import PairPatcher, auto_batch_tokens
+from analysis.patching import auto_batch_tokens
 from analysis.sites import site_grid
 
 
@@ -26,19 +26,11 @@ def main():
     print(f"model: GPT-2-small shape (12 x 768, d_mlp 3072), prompt {n} tokens, batch tokens {batch}")
     for layer in (int(x) for x in args.layers.split(",")):
         sites = site_grid([layer], ["neuron"], [n - 1], lm.anatomy.d_mlp)
-        with Timer() as fast:
-            patcher = PairPatcher(lm, tp, metric, {(layer, "neuron")})
-            got = {}
-            for chunk, ie in patcher.effects(sites, batch):
-                got.update(zip(chunk, ie.tolist(), strict=True))
         sample = random.Random(layer).sample(sites, args.naive_sample)
-        with Timer() as slow:
-            ref = naive_sweep(lm, tp.treatment_ids, tp.control_ids, metric, sample)
-        naive_s = slow.s * len(sites) / len(sample)
-        err = max(abs(got[s] - ref[s]) for s in sample)
+        engine_s, naive_s, err = engine_vs_naive(lm, tp, metric, sites, batch, sample)
         print(
-            f"layer {layer:2d}: {len(sites)} neurons  engine {fast.s:.2f} s   naive {naive_s:.1f} s "
-            f"({len(sample)} timed)   max |diff| {err:.1e}   speed-up {naive_s / fast.s:.0f}x (target >= 20x)"
+            f"layer {layer:2d}: {len(sites)} neurons  engine {engine_s:.2f} s   naive {naive_s:.1f} s "
+            f"({len(sample)} timed)   max |diff| {err:.1e}   speed-up {naive_s / engine_s:.0f}x (target >= 20x)"
         )
 
 
