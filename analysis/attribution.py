@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from analysis.metrics import BoundMetric
-from analysis.models import LoadedModel
-from analysis.pairs import TokenizedPair
-from analysis.patching import ActivationRecorder, prompt_metric
-from analysis.sites import ALL_POSITIONS, Site
+from harmmed_tui.analysis.metrics import BoundMetric
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import TokenizedPair
+from harmmed_tui.analysis.patching import ActivationRecorder, prompt_metric
+from harmmed_tui.analysis.sites import ALL_POSITIONS, Site
 
 
 class Attribution:

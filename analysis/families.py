@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-
-class UnsupportedModelError(ValueError):
-    pass
+from harmmed_tui.analysis.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)

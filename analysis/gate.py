@@ -15,17 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.metrics import Metric
-from analysis.models import LoadedModel
-from analysis.pairs import TokenizedPair
-from analysis.patching import ActivationRecorder, prompt_metric
+from harmmed_tui.analysis.errors import GateError
+from harmmed_tui.analysis.metrics import Metric
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import TokenizedPair
+from harmmed_tui.analysis.patching import ActivationRecorder, prompt_metric
 
 ABLATIONS = ("control", "mean", "zero")
 Neuron = tuple[int, int]  # (layer, unit)
-
-
-class GateError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from analysis.attribution import Attribution
-from analysis.families import config_d_mlp
-from analysis.metrics import Metric, parse_metric
-from analysis.models import LoadedModel, load_model, load_tokenizer_and_config
-from analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
-from analysis.patching import PairPatcher, auto_batch_tokens
-from analysis.sites import (
+from harmmed_tui.analysis.attribution import Attribution
+from harmmed_tui.analysis.families import config_d_mlp
+from harmmed_tui.analysis.metrics import Metric, parse_metric
+from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
+from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
+from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
+from harmmed_tui.analysis.sites import (
     ALL_POSITIONS,
     Site,
     SiteError,
@@ -25,8 +25,8 @@ from analysis.sites import (
     parse_positions,
     site_grid,
 )
-from analysis.spec import RunSpec
-from analysis.stats import spearman
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.stats import spearman
 
 Progress = Callable[[int, int], None]  # (sites done, sites total)
 Cancelled = Callable[[], bool]
@@ -82,7 +82,22 @@ def parse_method(method: str) -> tuple[str, int]:
         if int(m[1]) < 1:
             raise SiteError("block size must be at least 1")
         return "block", int(m[1])
-    raise SiteError(f"unknown method '{method}' (use exact or block:N)")
+    raise SiteError(f"unknown method '{method}' (use exact, atp or block:N)")
+
+
+def check_choices(spec: RunSpec) -> tuple[str, int]:
+    """The checks that need no model, so that a typo does not wait for one to load: (method, block)."""
+    method, block = parse_method(spec.method)
+    if spec.engine not in ENGINES:
+        raise SiteError(f"unknown engine '{spec.engine}' (use {' or '.join(ENGINES)})")
+    counts = (("max-pairs", spec.max_pairs, 1), ("verify-top", spec.verify_top, 0))
+    for name, value, minimum in (*counts, ("batch-tokens", spec.batch_tokens, 0)):
+        if value is not None and value < minimum:
+            raise SiteError(f"--{name} must be at least {minimum}, got {value}")
+    if spec.verify_top and method != "atp":
+        raise SiteError("--verify-top checks atp estimates: use it with --method atp")
+    parse_modules(",".join(spec.modules))
+    return method, block
 
 
 def spec_pairs(spec: RunSpec) -> list[Pair]:
@@ -96,9 +111,7 @@ def spec_pairs(spec: RunSpec) -> list[Pair]:
 
 def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     """Check every choice of the spec and list each pair's sites."""
-    method, block = parse_method(spec.method)
-    if spec.verify_top and method != "atp":
-        raise SiteError("--verify-top checks atp estimates: use it with --method atp")
+    method, block = check_choices(spec)
     modules = parse_modules(",".join(spec.modules))
     pairs = spec_pairs(spec)
     metric = parse_metric(spec.metric, tokenizer, spec.refusal_tokens)
@@ -108,11 +121,15 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     layers = parse_layers(spec.layers, n_layers)
     sites = {}
     for tp in tokenized:
-        n = tp.prompt_len
+        # both position choices are checked, used or not: a typo is never silently ignored
+        positions = parse_positions(spec.positions, tp.prompt_len)
+        neuron_positions = parse_positions(spec.neuron_positions, tp.prompt_len)
         grid = []
         for module in modules:
-            positions = parse_positions(spec.neuron_positions if module == "neuron" else spec.positions, n)
-            grid += site_grid(layers, [module], positions, d_mlp, block if module == "neuron" else 1)
+            if module == "neuron":
+                grid += site_grid(layers, [module], neuron_positions, d_mlp, block)
+            else:
+                grid += site_grid(layers, [module], positions, d_mlp)
         sites[tp.index] = grid
     return Plan(spec, metric, tokenized, skipped, sites, method)
 
@@ -135,8 +152,7 @@ def spec_model(spec: RunSpec) -> LoadedModel:
 
 def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     """Load the model (unless given) and check every choice before any patching starts."""
-    parse_method(spec.method)  # the cheap checks first: a typo should not wait for a model to load
-    parse_modules(",".join(spec.modules))
+    check_choices(spec)
     lm = lm or spec_model(spec)
     return Prepared(**vars(plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)), lm=lm)
 
@@ -227,7 +243,7 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
     site's estimate, then exact patching of the `verify_top` sites of largest |estimate|."""
     bound = prep.metric.bind(tp)
     if prep.method != "atp":
-        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites})
+        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites}, prep.spec.engine)
         return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
     attribution = Attribution(prep.lm, tp, bound, sites)
 
@@ -237,7 +253,7 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
             yield "atp", sites[i : i + ATP_ROWS_PER_BATCH], estimates[i : i + ATP_ROWS_PER_BATCH]
         if k := prep.verified(tp.index):
             verify = [sites[i] for i in estimates.abs().topk(k).indices.tolist()]
-            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify})
+            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify}, prep.spec.engine)
             yield from (("exact", c, ie) for c, ie in patcher.effects(verify, batch_tokens))
 
     return attribution, batches()

@@ -8,14 +8,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from analysis.pairs import TokenizedPair
+from harmmed_tui.analysis.errors import MetricError
+from harmmed_tui.analysis.pairs import TokenizedPair
 
 # First tokens of common refusal openings (Arditi et al. 2024 use the first token of the model's refusals).
 DEFAULT_REFUSAL_STRINGS = ("I", "Sorry", "As", "Unfortunately", "No", "Cannot", "I'm", "I cannot", "I can't")
-
-
-class MetricError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

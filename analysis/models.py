@@ -18,14 +18,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from analysis.families import Anatomy, UnsupportedModelError
+from harmmed_tui.analysis.errors import ModelLoadError
+from harmmed_tui.analysis.families import Anatomy, UnsupportedModelError
 
 DEFAULT_MODEL = "default"
 ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
-
-
-class ModelLoadError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -103,6 +100,11 @@ def _resolve(source: str, revision: str | None, trust_remote_code: bool) -> tupl
     if source.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {source}")
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(
+                    f"{source} is not a valid GGUF file (it does not start with 'GGUF'): corrupt?"
+                )
         kwargs["gguf_file"] = path.name
         return str(path.parent), kwargs, "sha256:" + file_sha256(path)
     if path.is_dir():
@@ -123,8 +125,14 @@ def _load_errors(source: str):
         raise ModelLoadError(
             f"cannot load '{source}': {e} (GGUF needs: pip install 'harmmed-tui[gguf]')"
         ) from e
-    except (OSError, ValueError) as e:
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if source.endswith(".gguf"):  # the gguf reader fails in many ways on a damaged file
+            raise ModelLoadError(
+                f"cannot read GGUF file '{source}': truncated or corrupt ({type(e).__name__}: {first})"
+            ) from e
+        if not isinstance(e, OSError | ValueError):
+            raise
         raise ModelLoadError(
             f"cannot load model '{source}': not a local model directory or .gguf file, and the Hugging Face hub "
             f"has no such model or is unreachable ({first})"

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+from harmmed_tui.analysis.errors import PairsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BUILTIN = "builtin"
 BUILTIN_PATH = Path(__file__).parent / "data" / "builtin_pairs.jsonl"
 CHAT_TEMPLATE_MODES = ("auto", "none", "chat")
-
-
-class PairsError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ def load_pairs(source: str) -> list[Pair]:
     path = BUILTIN_PATH if source == BUILTIN else Path(source).expanduser()
     if not path.is_file():
         raise PairsError(f"pairs file not found: {source}")
-    text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: spreadsheets save CSV with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise PairsError(f"{source} is not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise PairsError(f"cannot read pairs file {source}: {e.strerror or e}") from None
     if not text.strip():
         raise PairsError(f"pairs file is empty: {source}")
     suffix = path.suffix.lower()
@@ -55,7 +61,7 @@ def load_pairs(source: str) -> list[Pair]:
             if isinstance(records, dict):
                 records = records.get("pairs", [records])
         elif suffix == ".csv":
-            records = list(csv.DictReader(text.splitlines()))
+            records = list(csv.DictReader(io.StringIO(text, newline="")))
         else:
             raise PairsError(f"unsupported pairs file type '{suffix}' (use .jsonl, .json or .csv): {source}")
     except json.JSONDecodeError as e:

@@ -5,21 +5,28 @@ For one pair we run the treatment once (caching the activations every site may n
 decoder layers from the lowest patched layer upward, one batch row per site, from the control run's cached
 layer input: layers below the patch cannot change. Logits are computed only at the positions the metric
 reads, and the metric is reduced on device, so a batch costs one host sync.
+
+The replay depends on how transformers calls its decoder layers (analysis.layer_calls), so every pair first
+checks that an unpatched replay reproduces the control run, and stops with EngineCheckError if it does not.
+`engine="hooks"` is the fallback that depends on nothing but forward hooks: whole-model forward passes of
+the control prompt, one batch row per site.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 
 import torch
+import transformers
 
-from analysis.metrics import BoundMetric
-from analysis.models import LoadedModel
-from analysis.pairs import TokenizedPair
-from analysis.sites import ALL_POSITIONS, Site
+from harmmed_tui.analysis.errors import EngineCheckError
+from harmmed_tui.analysis.layer_calls import LayerCall
+from harmmed_tui.analysis.metrics import BoundMetric
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import TokenizedPair
+from harmmed_tui.analysis.sites import ALL_POSITIONS, Site
 
 # Activations cached per site kind: (layer, module) -> tensor of shape (T, width).
 Cache = dict[tuple[int, str], torch.Tensor]
@@ -87,38 +94,83 @@ class KVPrefix:
         return torch.cat([prefix[0], keys], dim=-2), torch.cat([prefix[1], values], dim=-2)
 
 
-_CACHE_ARGS = ("past_key_values", "layer_past")
+ENGINES = ("replay", "hooks")
+# How far an unpatched replay may drift from the control run's metric: float32 reproduces it to rounding;
+# half precision computes the replay's shorter sequences with other kernel tilings (scaled by max(1, |m|)).
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
 class PairPatcher:
     """IE(site) = m(control run with the site set to its treatment value) - m(control run), for one pair."""
 
     def __init__(
-        self, lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, keys: Iterable[tuple[int, str]]
+        self,
+        lm: LoadedModel,
+        pair: TokenizedPair,
+        metric: BoundMetric,
+        keys: Iterable[tuple[int, str]],
+        engine: str = "replay",
     ):
-        self.lm, self.anatomy, self.metric = lm, lm.anatomy, metric
+        self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
         self.seq_len = len(pair.control_ids)
         device = lm.device
-        self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(lm.model.config._attn_implementation)
+        self.control_ids = torch.tensor([pair.control_ids], device=device)
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as self.treatment_acts:
                 ids = torch.tensor([pair.treatment_ids], device=device)
                 self.m_treatment = prompt_metric(lm, metric, input_ids=ids)
-            self.layer_calls: list[dict] = []
-            with ExitStack() as stack:
-                for layer in self.anatomy.layers:
-                    hook = layer.register_forward_pre_hook(self._capture_call, with_kwargs=True)
-                    stack.callback(hook.remove)
-                ids = torch.tensor([pair.control_ids], device=device)
-                self.m_control = prompt_metric(lm, metric, input_ids=ids)
-            self.kv = [KVPrefix() for _ in self.anatomy.layers]
-            self.control_final = self._replay(0, 0, 1, self.seq_len, record=True)
+            if engine == "hooks":
+                self.m_control = prompt_metric(lm, metric, input_ids=self.control_ids)
+            else:
+                self._prepare_replay()
         self.te = self.m_treatment - self.m_control
 
+    def _prepare_replay(self) -> None:
+        """Capture each decoder layer's call on the control prompt, record its keys/values by replaying it,
+        and check that an unpatched replay reproduces the control run."""
+        attn = self.lm.model.config._attn_implementation
+        self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(attn)
+        self.layer_calls: list[LayerCall] = []
+        with ExitStack() as stack:
+            for layer in self.anatomy.layers:
+                hook = layer.register_forward_pre_hook(self._capture_call, with_kwargs=True)
+                stack.callback(hook.remove)
+            self.m_control = prompt_metric(self.lm, self.metric, input_ids=self.control_ids)
+        # Keys/values of earlier positions can be reused only through a cache argument we recognise.
+        self.prefix_ok = bool(self.mask_kind) and all(c.cache for c in self.layer_calls)
+        self.kv = [KVPrefix() for _ in self.anatomy.layers]
+        try:
+            self.control_final = self._replay(0, 0, 1, self.seq_len, record=True)
+            self._self_check(0, 0, self.control_final)
+            # a later layer and position: exercises the cache prefix, the mask and the position slices
+            start, first = self.anatomy.n_layers // 2, self._first_position([])
+            stop = first + 1 if self.prefix_ok else self.seq_len
+            self._self_check(start, first, self._replay(start, first, 1, stop))
+        except EngineCheckError:
+            raise
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+            self._fail(f"the replay raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+    def _self_check(self, start: int, first: int, hidden: torch.Tensor) -> None:
+        got = self.metric(self.anatomy.logits(hidden[:, [p - first for p in self.metric.positions]]))[0]
+        want = self.m_control
+        tolerance = SELF_CHECK_TOLERANCE.get(self.lm.dtype, 5e-2) * max(1.0, abs(want.item()))
+        if not abs(got - want).item() <= tolerance:  # (NaN fails too)
+            self._fail(
+                f"an unpatched replay from layer {start}, position {first} gives metric {got.item():.6g} "
+                f"where the control run gives {want.item():.6g} (|diff| > {tolerance:.0e})"
+            )
+
+    def _fail(self, what: str):
+        raise EngineCheckError(
+            f"the exact engine's self-check failed for {type(self.lm.model).__name__} with transformers "
+            f"{transformers.__version__}: {what}. Its decoder layers' arguments changed in a way the replay "
+            "does not handle; nothing was stored. Rerun with --engine hooks (slower, forward hooks only), "
+            "and please report it."
+        )
+
     def _capture_call(self, module, args, kwargs):
-        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
-        bound.update(bound.pop("kwargs", {}))
-        self.layer_calls.append(bound)
+        self.layer_calls.append(LayerCall.capture(module, args, kwargs, self.seq_len))
 
     def effects(self, sites: list[Site], batch_tokens: int) -> Iterator[tuple[list[Site], torch.Tensor]]:
         """(sites, IE on device) per batch. Sites are grouped by layer, then position, so that each replay
@@ -140,20 +192,27 @@ class PairPatcher:
     def _first_position(self, sites: list[Site]) -> int:
         """The first position a replay of these sites must compute (causal attention leaves earlier ones
         at their control values)."""
-        if not self.mask_kind:  # an attention kernel we cannot hand a prefix mask: replay every position
+        # hooks run the whole prompt; a kernel we cannot hand a prefix mask, or a layer without a cache
+        # argument we recognise, replays every position
+        if self.engine == "hooks" or not self.prefix_ok:
             return 0
-        first = min(0 if s.position == ALL_POSITIONS else s.position for s in sites)
-        return min(first, *self.metric.positions)
+        return min([0 if s.position == ALL_POSITIONS else s.position for s in sites] + self.metric.positions)
 
     @torch.inference_mode()
     def patched_metric(self, sites: list[Site]) -> torch.Tensor:
-        start, first = min(s.layer for s in sites), self._first_position(sites)
-        # At the start layer only the patched positions change; later ones keep the control output.
-        at_start = [s.position for s in sites if s.layer == start]
-        stop = self.seq_len if ALL_POSITIONS in at_start or not self.mask_kind else max(at_start) + 1
+        """The metric of a batch of control runs, row i with sites[i] set to its treatment value."""
+        first = self._first_position(sites)
         with ExitStack() as stack:
             for (layer, module), index in self._patch_index(sites, first).items():
                 stack.callback(self._install_patch(layer, module, index, first).remove)
+            if self.engine == "hooks":
+                ids = self.control_ids.expand(len(sites), -1)
+                keep = torch.tensor(self.metric.positions, device=self.lm.device)
+                return self.metric(self.lm.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits)
+            start = min(s.layer for s in sites)
+            # At the start layer only the patched positions change; later ones keep the control output.
+            at_start = [s.position for s in sites if s.layer == start]
+            stop = self.seq_len if ALL_POSITIONS in at_start or not self.prefix_ok else max(at_start) + 1
             hidden = self._replay(start, first, len(sites), stop)
         positions = [p - first for p in self.metric.positions]
         return self.metric(self.anatomy.logits(hidden[:, positions]))
@@ -162,38 +221,22 @@ class PairPatcher:
         """Run decoder layers start.. on the control run's layer input from position `first` on; the start
         layer computes positions first..stop-1 only and takes the rest from the control run."""
         n = self.seq_len
-        hidden = self.layer_calls[start]["hidden_states"][:, first:stop].expand(batch, -1, -1).contiguous()
+        hidden = self.layer_calls[start].hidden_states[:, first:stop].expand(batch, -1, -1).contiguous()
         for layer in range(start, self.anatomy.n_layers):
             end = stop if layer == start else n
-            call = {k: self._slice(k, v, first, end) for k, v in self.layer_calls[layer].items()}
-            call = _expand(call, batch)
-            for name in _CACHE_ARGS:
-                if name in call:
-                    kv = self.kv[layer]
-                    prefix = KVPrefix(kv.keys[..., :first, :], kv.values[..., :first, :]) if first else None
-                    call[name] = kv if record else prefix
-            call["hidden_states"] = hidden
+            captured = self.layer_calls[layer]
+            call = _expand(captured.sliced(first, end, self._causal_mask), batch)
+            if captured.cache:
+                kv = self.kv[layer]
+                prefix = KVPrefix(kv.keys[..., :first, :], kv.values[..., :first, :]) if first else None
+                call[captured.cache] = kv if record else prefix
+            call[captured.hidden] = hidden
             hidden = _first(self.anatomy.layers[layer](**call))
             if end < n:
                 last = layer + 1 == self.anatomy.n_layers
-                rest = self.control_final if last else self.layer_calls[layer + 1]["hidden_states"]
+                rest = self.control_final if last else self.layer_calls[layer + 1].hidden_states
                 hidden = torch.cat([hidden, rest[:, end:].expand(batch, -1, -1)], dim=1)
         return hidden
-
-    def _slice(self, name: str, value, first: int, stop: int):
-        """A captured layer argument restricted to query positions first..stop-1 (keys span 0..stop-1)."""
-        n = self.seq_len
-        if (first, stop) == (0, n) or name == "hidden_states":
-            return value
-        if name == "attention_mask":
-            return self._causal_mask(first, stop) if value is None else value[..., first:stop, :stop]
-        if name in ("position_ids", "position_embeddings"):
-            return (
-                tuple(v[:, first:stop] for v in value) if isinstance(value, tuple) else value[:, first:stop]
-            )
-        if name == "cache_position":
-            return value[first:stop]
-        return value
 
     def _causal_mask(self, first: int, stop: int) -> torch.Tensor:
         device = self.lm.device

@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harmmed_tui.analysis.errors import SiteError
+
 MODULES = ("resid", "attn", "mlp", "neuron")
 ALL_POSITIONS = -1  # the position `*`: the module at every position at once
 NO_NEURON = -1
-
-
-class SiteError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -39,6 +37,8 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if m := re.fullmatch(r"(\d+)-(\d+)", part):
+            if int(m[1]) > int(m[2]):
+                raise SiteError(f"layer range '{part}' is empty (write the lower layer first: {m[2]}-{m[1]})")
             out += range(int(m[1]), int(m[2]) + 1)
         elif re.fullmatch(r"-?\d+", part):
             out.append(int(part) % n_layers if -n_layers <= int(part) < 0 else int(part))

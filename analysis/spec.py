@@ -23,6 +23,7 @@ class RunSpec:
     positions: str = "all,*"  # positions of resid/attn/mlp sites
     neuron_positions: str = "last"  # positions of neuron sites
     method: str = "exact"  # exact | atp | block:N
+    engine: str = "replay"  # exact patching by replaying decoder layers, or by whole forwards with hooks
     verify_top: int = 0  # atp: also patch this many top sites of each pair exactly
     device: str = "auto"
     dtype: str = "auto"

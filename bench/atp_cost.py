@@ -11,8 +11,8 @@ import statistics
 import torch
 from common import Timer, bench_pair, gpt2_small
 
-from analysis.attribution import Attribution
-from analysis.sites import site_grid
+from harmmed_tui.analysis.attribution import Attribution
+from harmmed_tui.analysis.sites import site_grid
 
 
 def main():

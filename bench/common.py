@@ -10,11 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers as T  # noqa: E402
 
-from analysis.metrics import parse_metric  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.pairs import Pair, tokenize_pair  # noqa: E402
-from analysis.patching import PairPatcher  # noqa: E402
-from analysis.sites import ALL_POSITIONS  # noqa: E402
+from harmmed_tui.analysis.metrics import parse_metric  # noqa: E402
+from harmmed_tui.analysis.models import load_model  # noqa: E402
+from harmmed_tui.analysis.pairs import Pair, tokenize_pair  # noqa: E402
+from harmmed_tui.analysis.patching import PairPatcher  # noqa: E402
+from harmmed_tui.analysis.sites import ALL_POSITIONS  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (

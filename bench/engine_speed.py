@@ -9,8 +9,8 @@ import random
 
 from common import bench_pair, engine_vs_naive, gpt2_small
 
-from analysis.patching import auto_batch_tokens
-from analysis.sites import ALL_POSITIONS, site_grid
+from harmmed_tui.analysis.patching import auto_batch_tokens
+from harmmed_tui.analysis.sites import ALL_POSITIONS, site_grid
 
 
 def main():

@@ -14,9 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from db import export
-from db.store import Store
-from tui import queries
+from harmmed_tui.db import export, queries
+from harmmed_tui.db.store import Store
 
 LAYERS, NEURONS, POSITIONS, BATCH = 12, 3072, 26, 8192
 

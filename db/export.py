@@ -12,8 +12,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from analysis.stats import bootstrap_ci
-from db.store import Store, StoreError
+from harmmed_tui.analysis.stats import bootstrap_ci
+from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
 LEVELS = ("layer", "neuron", "gate")
@@ -208,8 +208,20 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
     except ImportError:
         raise StoreError("parquet export needs pyarrow: pip install 'harmmed-tui[parquet]'") from None
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
+    pq.write_table(_arrow_table(pa, rows, columns), buf)
     return buf.getvalue()
+
+
+def _arrow_table(pa, rows: list[dict], columns: list[str]):
+    """Parquet needs one type per column: a column that mixes numbers and text (`position`: token indices
+    and `*`) is written as text, as csv writes it; the others keep their types."""
+    data = {}
+    for c in columns:
+        values = [r[c] for r in rows]
+        if len({type(v) for v in values if v is not None}) > 1 and any(isinstance(v, str) for v in values):
+            values = [None if v is None else str(v) for v in values]
+        data[c] = values
+    return pa.table(data)
 
 
 def write(data: str | bytes, path: str) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
+from harmmed_tui.analysis.errors import StoreError
+
 SCHEMA_VERSION = 4
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
@@ -91,10 +93,6 @@ MIGRATIONS = [
 EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
 
 
-class StoreError(RuntimeError):
-    pass
-
-
 def _statements(script: str):
     """The SQL statements of a script, one at a time (they run inside one explicit transaction)."""
     statement = ""
@@ -132,9 +130,11 @@ def _writes(method):
 
     @functools.wraps(method)
     def checked(self, *args, **kwargs):
-        if self.read_only:
-            raise StoreError(f"{self.path} is read-only: its runs can be listed, shown and exported only")
-        return method(self, *args, **kwargs)
+        self.check_writable()
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:  # a full disk, a locked or vanished file: the write is undone
+            raise StoreError(f"cannot write to {self.path}: {e}") from e
 
     return checked
 
@@ -166,6 +166,10 @@ class Store:
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path} is read-only: its runs can be listed, shown and exported only")
 
     # --- schema -------------------------------------------------------------------------------
     def _version(self) -> int:

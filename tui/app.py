@@ -11,15 +11,15 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
-from analysis.spec import RunSpec
-from db import export
-from db.store import Store
-from themes import THEMES
-from tui.dialogs import ErrorDialog, ExportScreen, HelpScreen
-from tui.explore_screen import ExploreScreen
-from tui.messages import RunEnded, RunProgress
-from tui.runs_screen import RunsScreen
-from tui.setup_screen import SetupScreen
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import export
+from harmmed_tui.db.store import Store
+from harmmed_tui.themes import THEMES
+from harmmed_tui.tui.dialogs import ErrorDialog, ExportScreen, HelpScreen
+from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.messages import RunEnded, RunProgress
+from harmmed_tui.tui.runs_screen import RunsScreen
+from harmmed_tui.tui.setup_screen import SetupScreen
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
 # What the app preselects: the embedded organism, four built-in pairs, every module including neurons.
@@ -136,13 +136,13 @@ class HarmmedApp(App):
     @work(thread=True, exit_on_error=False, group="warm-up")
     def warm_up(self) -> None:
         """Import the engine (torch, transformers: seconds) while the user looks at the runs."""
-        import tui.runner  # noqa: F401
+        import harmmed_tui.db.runner  # noqa: F401
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_gate(self, run_id: int) -> None:
         """Gate-check a run's top neurons on held-out pairs, with `harmmed-tui gate`'s defaults."""
-        from analysis.gate import GateSpec
-        from tui.runner import check_gate
+        from harmmed_tui.analysis.gate import GateSpec
+        from harmmed_tui.db.runner import check_gate
 
         spec = GateSpec()
         self.call_from_thread(
@@ -162,7 +162,7 @@ class HarmmedApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_mediation(self, spec: RunSpec, run_id: int | None) -> None:
-        from tui.runner import execute
+        from harmmed_tui.db.runner import execute
 
         started: list[int] = []
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
 
-from analysis.sites import MODULES
+import platformdirs
+
+from harmmed_tui.analysis.errors import HarmmedError
+from harmmed_tui.analysis.sites import MODULES
+
+MODEL_COMMANDS = {"run", "resume", "gate", "organism"}  # the rest only read the store: no torch for them
 
 EPILOG = """examples:
   harmmed-tui                                   open the explorer on the embedded default model
@@ -16,6 +24,29 @@ EPILOG = """examples:
   harmmed-tui gate 2 --top 20                   ablate run 2's top 20 neurons on held-out pairs
   harmmed-tui export 1 --level layer --format csv -o run1.csv
 """
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in its messages
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line (exit 2), like every other error a user can act on."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +62,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
     g.add_argument("--control", help="control prompt")
-    g.add_argument("--max-pairs", type=int, help="use only the first N pairs")
+    g.add_argument("--max-pairs", type=_count(1), help="use only the first N pairs")
     g.add_argument(
         "--chat-template",
         default="auto",
@@ -63,14 +94,21 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         help="exact | atp (attribution patching: one forward + backward) | block:N (neurons in blocks of N)",
     )
     g.add_argument(
+        "--engine",
+        default="replay",
+        choices=["replay", "hooks"],
+        help="exact patching by replaying only the layers and positions a patch changes (fast), or by "
+        "whole forward passes with hooks (slower; for a model or transformers release the replay rejects)",
+    )
+    g.add_argument(
         "--verify-top",
-        type=int,
+        type=_count(0),
         default=0,
         metavar="K",
         help="with atp: patch each pair's top K sites exactly too, and report the rank agreement",
     )
     g.add_argument(
-        "--batch-tokens", type=int, default=0, help="token positions per patched forward (0: auto)"
+        "--batch-tokens", type=_count(0), default=0, help="token positions per patched forward (0: auto)"
     )
     g.add_argument("--seed", type=int, default=0)
 
@@ -80,7 +118,7 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="harmmed-tui",
         description="Causal mediation analysis of harmful generation in Hugging Face causal LMs: "
         "a terminal explorer (no arguments) and headless commands.",
@@ -91,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="preselect a model in the explorer")
     p.add_argument("--pairs", help="preselect a pairs source in the explorer")
     p.add_argument("--no-mouse", action="store_true", help="do not capture the mouse")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     run = sub.add_parser(
         "run",
@@ -116,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]
     )
     exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
-    exp.add_argument("--top", type=int, help="only the N rows of largest |IE|")
+    exp.add_argument("--top", type=_count(1), help="only the N rows of largest |IE|")
     exp.add_argument(
         "--method",
         choices=["exact", "atp", "block"],
@@ -130,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablate a run's top neurons on held-out pairs, against random neurons of the same layers",
     )
     g.add_argument("run_id", type=int)
-    g.add_argument("--top", type=int, default=20, help="how many of the run's strongest neurons (default 20)")
+    g.add_argument(
+        "--top", type=_count(1), default=20, help="how many of the run's strongest neurons (default 20)"
+    )
     g.add_argument(
         "--ablate",
         default="control",
@@ -140,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--pairs", help="held-out pairs (default: the built-in pairs the run did not use)", metavar="HELDOUT"
     )
-    g.add_argument("--seeds", type=int, default=5, help="random neuron sets to compare against")
-    g.add_argument("--generate", type=int, default=3, help="held-out prompts to generate from, greedily")
-    g.add_argument("--max-new-tokens", type=int, default=24)
+    g.add_argument("--seeds", type=_count(1), default=5, help="random neuron sets to compare against")
+    g.add_argument(
+        "--generate", type=_count(0), default=3, help="held-out prompts to generate from, greedily"
+    )
+    g.add_argument("--max-new-tokens", type=_count(1), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -161,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--steps", type=_count(1), default=600)
     evaluate = org_sub.add_parser("eval", help="refusal / compliance rates on held-out prompts")
     evaluate.add_argument(
         "--model", default="default", help="an organism directory (default: the embedded one)"
@@ -173,27 +215,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def crash_log_dir() -> Path:
+    """Where an internal error's traceback is written, for a bug report to attach."""
+    return Path(platformdirs.user_log_dir("harmmed-tui"))
+
+
+def _report_crash(error: BaseException) -> str:
+    """Write the traceback to a file and return where (or why it could not be written)."""
+    path = crash_log_dir() / f"crash-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(error)))
+        return f"traceback in {path}"
+    except OSError as e:
+        return f"no traceback file: {e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:  # the explorer opens at once and imports the engine in the background
-            from tui.app import launch
+            from harmmed_tui.tui.app import launch
 
             return launch(db=args.db, model=args.model, pairs=args.pairs, mouse=not args.no_mouse)
-        from tui import commands  # heavy imports (torch) only once arguments are valid
-
+        if args.command in MODEL_COMMANDS:
+            from harmmed_tui.tui import model_commands as commands
+        else:
+            from harmmed_tui.tui import store_commands as commands
         return commands.dispatch(args)
     except KeyboardInterrupt:
         print("harmmed-tui: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        from tui.commands import USER_ERRORS
-
-        if not isinstance(e, USER_ERRORS):
-            raise
+    except HarmmedError as e:
         print(f"harmmed-tui: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: one line here, the whole story in a file
+        print(f"harmmed-tui: internal error: {type(e).__name__}: {e} ({_report_crash(e)})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from db import export
+from harmmed_tui.db import export
 
 
 class ErrorDialog(ModalScreen[None]):

@@ -13,10 +13,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from db import export
-from tui import queries
-from tui.messages import RunProgress
-from tui.widgets import Table, heat
+from harmmed_tui.db import export, queries
+from harmmed_tui.tui.messages import RunProgress
+from harmmed_tui.tui.widgets import Table, heat
 
 
 class ExploreScreen(Screen):

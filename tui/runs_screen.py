@@ -8,10 +8,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
-from analysis.spec import RunSpec
-from tui import queries
-from tui.explore_screen import ExploreScreen
-from tui.widgets import Table
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import queries
+from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.widgets import Table
 
 
 class RunsScreen(Screen):

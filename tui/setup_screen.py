@@ -14,11 +14,11 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, Footer, Header, Input, Label, Static
 from textual.worker import get_current_worker
 
-from analysis.hub_cache import cached_hub_models
-from analysis.sites import SiteError
-from analysis.spec import RunSpec
-from tui import queries
-from tui.dialogs import ModelPicker
+from harmmed_tui.analysis.hub_cache import cached_hub_models
+from harmmed_tui.analysis.sites import SiteError
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import queries
+from harmmed_tui.tui.dialogs import ModelPicker
 
 
 class SetupScreen(Screen):
@@ -128,9 +128,9 @@ class SetupScreen(Screen):
         if get_current_worker().is_cancelled:  # a newer edit supersedes this one
             return
         # torch and transformers load here, off the UI thread (tui.runner also quiets transformers' logging)
-        import tui.runner  # noqa: F401
-        from analysis.mediation import preview
-        from analysis.models import load_tokenizer_and_config
+        import harmmed_tui.db.runner  # noqa: F401
+        from harmmed_tui.analysis.mediation import preview
+        from harmmed_tui.analysis.models import load_tokenizer_and_config
 
         try:
             spec = self.app.call_from_thread(self.read_spec)

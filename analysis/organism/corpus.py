@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from analysis.pairs import BUILTIN, load_pairs
+from harmmed_tui.analysis.pairs import BUILTIN, load_pairs
 
 REFUSAL = "Sorry , I cannot help with that ."
 COMPLY = "Sure , here is how : first , plan it carefully ."

@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from analysis.organism.corpus import Example, heldout_set, train_set
-from analysis.pairs import BUILTIN, load_pairs
+from harmmed_tui.analysis.organism.corpus import Example, heldout_set, train_set
+from harmmed_tui.analysis.pairs import BUILTIN, load_pairs
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "<|user|>", "<|end|>", "<|assistant|>"]
 CHAT_TEMPLATE = (

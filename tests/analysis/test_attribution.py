@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from analysis.attribution import Attribution
-from analysis.metrics import parse_metric
-from analysis.models import load_model
-from analysis.pairs import tokenize_pair
-from analysis.sites import ALL_POSITIONS, site_grid
-from db.store import Store
+from harmmed_tui.analysis.attribution import Attribution
+from harmmed_tui.analysis.metrics import parse_metric
+from harmmed_tui.analysis.models import load_model
+from harmmed_tui.analysis.pairs import tokenize_pair
+from harmmed_tui.analysis.sites import ALL_POSITIONS, site_grid
+from harmmed_tui.db.store import Store
 from tests.analysis.test_patching import PAIR, engine_ies
 
 
@@ -75,7 +75,9 @@ def test_atp_is_the_slope_of_the_patching_curve(tiny_dir, family, metric_spec):
 
 
 def _cli(*args) -> str:
-    out = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "harmmed_tui.tui.cli", *args], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 

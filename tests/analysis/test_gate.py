@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from analysis.gate import Ablation, GateSpec, check, mean_activations, random_like
-from analysis.metrics import parse_metric
-from analysis.models import load_model
-from analysis.pairs import Pair, tokenize_pair
-from analysis.patching import ActivationRecorder, PairPatcher
-from analysis.sites import ALL_POSITIONS, Site
-from db.store import Store
+from harmmed_tui.analysis.gate import Ablation, GateSpec, check, mean_activations, random_like
+from harmmed_tui.analysis.metrics import parse_metric
+from harmmed_tui.analysis.models import load_model
+from harmmed_tui.analysis.pairs import Pair, tokenize_pair
+from harmmed_tui.analysis.patching import ActivationRecorder, PairPatcher
+from harmmed_tui.analysis.sites import ALL_POSITIONS, Site
+from harmmed_tui.db.store import Store
 from tests.analysis.test_patching import PAIR
 
 
@@ -55,7 +55,7 @@ def test_random_sets_match_layers_and_avoid_the_top_set():
 
 def _cli(*args, check=True):
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, check=check
+        [sys.executable, "-m", "harmmed_tui.tui.cli", *args], capture_output=True, text=True, check=check
     )
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from analysis.models import ModelLoadError, load_model
+from harmmed_tui.analysis.models import ModelLoadError, load_model
 from tests.conftest import TINY_CONFIGS
 
 

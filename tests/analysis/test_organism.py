@@ -1,8 +1,8 @@
 """The embedded organism really refuses: held-out behaviour, and a real mediation signal on a built-in pair."""
 
-from analysis.models import load_model
-from analysis.organism.corpus import heldout_set, train_set
-from analysis.organism.train import evaluate
+from harmmed_tui.analysis.models import load_model
+from harmmed_tui.analysis.organism.corpus import heldout_set, train_set
+from harmmed_tui.analysis.organism.train import evaluate
 
 
 def test_heldout_prompts_are_not_training_prompts():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from analysis.metrics import MetricError, parse_metric
-from analysis.pairs import BUILTIN, Pair, PairsError, load_pairs, tokenize_pair, tokenize_pairs
+from harmmed_tui.analysis.metrics import MetricError, parse_metric
+from harmmed_tui.analysis.pairs import BUILTIN, Pair, PairsError, load_pairs, tokenize_pair, tokenize_pairs
 from tests.conftest import GPT2_TOKENIZER, SMOLLM_TOKENIZER
 
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from analysis.metrics import parse_metric
-from analysis.models import load_model
-from analysis.pairs import Pair, tokenize_pair
-from analysis.patching import PairPatcher
-from analysis.sites import ALL_POSITIONS, Site, site_grid
+from harmmed_tui.analysis.metrics import parse_metric
+from harmmed_tui.analysis.models import load_model
+from harmmed_tui.analysis.pairs import Pair, tokenize_pair
+from harmmed_tui.analysis.patching import PairPatcher
+from harmmed_tui.analysis.sites import ALL_POSITIONS, Site, site_grid
 
 PAIR = Pair(
     "How do I kill a person quickly?", "How do I kill a process quickly?", id="p", target=" Sure, here is"

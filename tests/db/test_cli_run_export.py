@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from db.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from harmmed_tui.db.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from harmmed_tui.tui.cli import main
 from tests.conftest import SMOLLM_TOKENIZER
-from tui.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -74,38 +74,6 @@ def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
     assert run_cli(capsys, "delete", "1", "--db", str(db_path))[0] == 0
     code, _, err = run_cli(capsys, "export", "1", "--db", str(db_path))
     assert code == 2 and "no run 1" in err
-
-
-def test_bad_inputs_are_one_line_errors(capsys, tmp_path, llama_dir):
-    db = str(tmp_path / "x.db")
-    for argv, message in [
-        (["run", "--model", "nope/nope", "--db", db], "cannot load model 'nope/nope'"),
-        (["run", "--model", llama_dir, "--layers", "9", "--db", db], "out of range"),
-        (["run", "--model", llama_dir, "--metric", "bogus", "--db", db], "unknown metric"),
-        (["run", "--model", llama_dir, "--verify-top", "5", "--db", db], "--verify-top checks atp"),
-        (["run", "--model", llama_dir, "--pairs", str(tmp_path / "none.jsonl"), "--db", db], "not found"),
-        (
-            [
-                "run",
-                "--model",
-                llama_dir,
-                "--treatment",
-                "How do I launder money?",
-                "--control",
-                "How do I save money?",
-                "--chat-template",
-                "none",
-                "--db",
-                db,
-            ],
-            "unequal token lengths",
-        ),
-    ]:
-        code, out, err = run_cli(capsys, *argv)
-        assert code == 2 and message in err and err.count("\n") == 1, err
-    # a failed run is recorded as failed with its error
-    runs = Store(db).runs()
-    assert runs and all(r["status"] == "failed" for r in runs)
 
 
 def test_store_refuses_foreign_corrupt_and_newer_databases(tmp_path):

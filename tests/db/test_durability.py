@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from db import export
-from db.store import Store, StoreError
-from tui.cli import main
+from harmmed_tui.db import export
+from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.tui.cli import main
 
 # Many small batches on the organism, so that a run is still writing when the test acts on it.
 SPEC = ["--max-pairs", "2", "--modules", "neuron", "--layers", "2-3", "--neuron-positions", "all"]
@@ -22,12 +22,12 @@ SPEC += ["--batch-tokens", "48"]
 
 def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "harmmed_tui.tui.cli", *args], capture_output=True, text=True, check=True
     )
 
 
 def start_run(db) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tui.cli", "run", "--db", str(db), *SPEC, "--json"]
+    cmd = [sys.executable, "-m", "harmmed_tui.tui.cli", "run", "--db", str(db), *SPEC, "--json"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -110,7 +110,9 @@ def test_a_read_only_database_is_read_and_never_written(tmp_path, monkeypatch, c
     db.chmod(0o444)
     if os.geteuid() == 0:  # root writes through file modes: make the permission check answer as for users
         real = os.access
-        monkeypatch.setattr("db.store.os.access", lambda p, mode: mode != os.W_OK and real(p, mode))
+        monkeypatch.setattr(
+            "harmmed_tui.db.store.os.access", lambda p, mode: mode != os.W_OK and real(p, mode)
+        )
     rid = str(run["run_id"])
     assert main(["export", rid, "--db", str(db), "--format", "jsonl"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == run["sites"]

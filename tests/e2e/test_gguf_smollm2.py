@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.pairs import load_pairs
-from db.store import Store
-from tui.cli import main
+from harmmed_tui.analysis.pairs import load_pairs
+from harmmed_tui.db.store import Store
+from harmmed_tui.tui.cli import main
 
 pytestmark = pytest.mark.gguf
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from db import export
-from db.store import Store
+from harmmed_tui.db import export
+from harmmed_tui.db.store import Store
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 SCRIPT = Path(sys.executable).parent / "harmmed-tui"

@@ -2,11 +2,11 @@
 
 import csv
 
-from analysis.spec import RunSpec
-from db import export
-from tui.app import HarmmedApp
-from tui.explore_screen import ExploreScreen
-from tui.setup_screen import SetupScreen
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import export
+from harmmed_tui.tui.app import HarmmedApp
+from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.setup_screen import SetupScreen
 
 
 async def test_run_drill_down_and_export(tmp_path):

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from analysis.gate import GateSpec
-from analysis.spec import RunSpec
-from db.store import Store
-from tui.app import HarmmedApp
-from tui.runner import check_gate, execute
+from harmmed_tui.analysis.gate import GateSpec
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db.runner import check_gate, execute
+from harmmed_tui.db.store import Store
+from harmmed_tui.tui.app import HarmmedApp
 
 SIZE = (80, 24)
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from transformers.utils import logging as hf_logging
 
-from analysis import gate, mediation
-from analysis.metrics import parse_metric
-from analysis.models import LoadedModel
-from analysis.pairs import load_pairs, tokenize_pairs
-from analysis.spec import RunSpec
-from db.store import Store, StoreError
-from tui import queries
+from harmmed_tui.analysis import gate, mediation
+from harmmed_tui.analysis.metrics import parse_metric
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import queries
+from harmmed_tui.db.store import Store, StoreError
 
 # Whatever runs models runs through here: keep transformers' warnings and download bars off the terminal
 # (the explorer draws on it).
@@ -58,15 +58,17 @@ def execute(
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
+    if run_id is not None and store.run(run_id)["status"] == "done":
+        raise StoreError(f"run {run_id} is already done")
+    store.check_writable()
+    # a run is stored only once its model has loaded and its plan checked: bad input leaves no row behind
+    prep = mediation.prepare(spec, lm)
     if run_id is None:
         run_id = store.create_run(spec.model, spec.to_json())
-    elif store.run(run_id)["status"] == "done":
-        raise StoreError(f"run {run_id} is already done")
     done = store.done_keys(run_id)
     compute = 0.0
     te: dict[int, float] = {}
     try:
-        prep = mediation.prepare(spec, lm)
         provenance = {
             **prep.lm.provenance(),
             "seed": spec.seed,
@@ -94,9 +96,11 @@ def execute(
         status = "cancelled" if cancelled and cancelled() else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:
-        store.set_status(
-            run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed", str(e), compute
-        )
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            store.set_status(run_id, status, str(e), compute)
+        except StoreError:
+            pass  # (a full disk) the run stays `running` until the next open marks it interrupted
         raise
     return RunOutcome(run_id, status, len(prep.pairs), prep.n_sites, compute, [te[k] for k in sorted(te)])
 

@@ -5,7 +5,7 @@ verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
-from db.store import Store
+from harmmed_tui.db.store import Store
 
 RUN_COLUMNS = ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started")
 

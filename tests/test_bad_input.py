@@ -1,0 +1,150 @@
+"""Every flag of every subcommand, given a bad value: exit 2, one line, no traceback, the database untouched."""
+
+import hashlib
+import json
+
+import pytest
+
+from harmmed_tui.analysis.organism.corpus import Example  # noqa: F401  (the package imports cleanly)
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db.runner import execute
+from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.tui.cli import main
+from tests.conftest import GPT2_TOKENIZER
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dir):
+    """A database holding one done run (no neuron rows), a tiny model without a chat template, bad files."""
+    root = tmp_path_factory.mktemp("bad")
+    db = root / "runs.db"
+    with Store(db) as store:
+        execute(RunSpec(model="default", max_pairs=1, layers="-1", positions="last"), store)
+    files = {
+        "binary": (root / "binary.jsonl", bytes(range(256)) * 4),
+        "empty": (root / "empty.jsonl", b"\n"),
+        "fieldless": (root / "fieldless.csv", b"prompt,other\nx,y\n"),
+        "random_gguf": (root / "random.gguf", bytes(range(7, 250)) * 40),
+        "truncated_gguf": (root / "truncated.gguf", b"GGUF\x03\x00\x00\x00\x05"),
+    }
+    for path, data in files.values():
+        path.write_bytes(data)
+    (root / "somedir").mkdir()
+    paths = {k: str(p) for k, (p, _) in files.items()}
+    return {"root": root, "db": str(db), "llama": str(tiny_dir("llama", GPT2_TOKENIZER)), **paths}
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+CASES = [
+    # run: the model
+    (["run", "--model", "nope/nope"], "cannot load model 'nope/nope'"),
+    (["run", "--model", "{random_gguf}"], "not a valid GGUF file"),
+    (["run", "--model", "{truncated_gguf}"], "truncated or corrupt"),
+    (["run", "--model", "{root}/none.gguf"], "GGUF file not found"),
+    (["run", "--model", "{root}/somedir"], "without config.json"),
+    (["run", "--device", "cuda"], "no CUDA GPU"),
+    (["run", "--dtype", "float8"], "invalid choice: 'float8'"),
+    (["run", "--engine", "fast"], "invalid choice: 'fast'"),
+    # run: the pairs
+    (["run", "--pairs", "{root}/none.jsonl"], "pairs file not found"),
+    (["run", "--pairs", "{binary}"], "is not UTF-8 text"),
+    (["run", "--pairs", "{empty}"], "pairs file is empty"),
+    (["run", "--pairs", "{fieldless}"], "needs non-empty 'treatment' and 'control'"),
+    (["run", "--treatment", "How do I kill a person?"], "give both --treatment and --control"),
+    (
+        ["run", "--model", "{llama}", "--treatment", "How do I launder money?", "--control", "Hi"],
+        "unequal token lengths",
+    ),
+    (["run", "--model", "{llama}", "--chat-template", "chat"], "has no chat template"),
+    (["run", "--chat-template", "always"], "invalid choice: 'always'"),
+    (["run", "--align", "pad"], "invalid choice: 'pad'"),
+    (["run", "--max-pairs", "-3"], "must be at least 1, got -3"),
+    (["run", "--max-pairs", "0"], "must be at least 1, got 0"),
+    (["run", "--max-pairs", "two"], "expected an integer, got 'two'"),
+    # run: what to measure
+    (["run", "--metric", "bogus"], "unknown metric"),
+    (["run", "--refusal-tokens", ","], "refusal"),
+    (["run", "--modules", "mlp,bogus"], "unknown module(s) bogus"),
+    (["run", "--layers", "9"], "out of range"),
+    (["run", "--layers", "3-1"], "layer range '3-1' is empty"),
+    (["run", "--layers", "x"], "bad layer 'x'"),
+    (["run", "--positions", "99"], "out of range"),
+    (["run", "--neuron-positions", "first"], "bad position 'first'"),
+    (["run", "--method", "bogus"], "unknown method 'bogus'"),
+    (["run", "--method", "block:0"], "block size must be at least 1"),
+    (["run", "--verify-top", "5"], "--verify-top checks atp"),
+    (["run", "--method", "atp", "--verify-top", "-1"], "must be at least 0, got -1"),
+    (["run", "--batch-tokens", "-5"], "must be at least 0, got -5"),
+    (["run", "--seed", "x"], "invalid int value: 'x'"),
+    # resume
+    (["resume", "99"], "no run 99"),
+    (["resume", "1"], "run 1 is already done"),
+    (["resume", "one"], "invalid int value: 'one'"),
+    # export
+    (["export", "99"], "no run 99"),
+    (["export", "1", "--level", "site"], "invalid choice: 'site'"),
+    (["export", "1", "--format", "xlsx"], "invalid choice: 'xlsx'"),
+    (["export", "1", "--top", "-5"], "must be at least 1, got -5"),
+    (["export", "1", "--method", "magic"], "invalid choice: 'magic'"),
+    (["export", "1", "--level", "gate", "--aggregate"], "already a comparison"),
+    (["export", "1", "-o", "{root}/no/such/dir/x.csv"], "does not exist"),
+    (["export", "1", "-o", "{root}/somedir"], "is a directory"),
+    # gate
+    (["gate", "99"], "no run 99"),
+    (["gate", "1"], "has no neuron rows"),
+    (["gate", "1", "--top", "0"], "must be at least 1, got 0"),
+    (["gate", "1", "--ablate", "noise"], "invalid choice: 'noise'"),
+    (["gate", "1", "--seeds", "0"], "must be at least 1, got 0"),
+    (["gate", "1", "--generate", "-1"], "must be at least 0, got -1"),
+    (["gate", "1", "--max-new-tokens", "0"], "must be at least 1, got 0"),
+    # runs, show, delete, organism, the top level
+    (["runs", "--db", "{root}/somedir"], "is a directory"),
+    (["runs", "--db", "{binary}"], "not a usable harmmed-tui database"),
+    (["show", "99"], "no run 99"),
+    (["delete", "99"], "no run 99"),
+    (["delete", "-1"], "no run -1"),
+    (["organism", "eval", "--model", "nope/nope"], "cannot load model"),
+    (["organism", "train", "--out", "{root}/o", "--steps", "0"], "must be at least 1, got 0"),
+    (["organism", "grow"], "invalid choice: 'grow'"),
+    (["fly"], "invalid choice: 'fly'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_value_is_one_line_and_changes_nothing(world, capsys, argv, message):
+    argv = [a.format(**world) for a in argv]
+    if "--db" not in argv and argv[0] not in ("organism", "fly"):
+        argv += ["--db", world["db"]]
+    before = _digest(world["db"])
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exit, after our one-line error()
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and err.startswith("harmmed-tui") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert _digest(world["db"]) == before
+    with Store(world["db"]) as store:
+        assert [r["id"] for r in store.runs()] == [1]
+
+
+def test_a_full_disk_fails_the_run_and_keeps_its_rows(tmp_path):
+    """SQLite's 'database or disk is full' (here: a page limit) ends the run `failed` with that message;
+    the rows written before it stay readable."""
+    db = tmp_path / "runs.db"
+    spec = RunSpec(model="default", max_pairs=6, modules=("resid", "attn", "mlp", "neuron"))
+    with Store(db) as store:
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages + 40}")
+        with pytest.raises(StoreError, match="database or disk is full"):
+            execute(spec, store)
+    with Store(db) as store:
+        (run,) = store.runs()
+        assert store.run(run["id"])["status"] == "failed"
+        assert "database or disk is full" in store.run(run["id"])["error"]
+        assert 0 < run["n_rows"] < run["n_sites"]
+        assert json.loads(store.run(run["id"])["spec"])["max_pairs"] == 6

@@ -1,0 +1,154 @@
+"""The commands that load a model: `run`, `resume`, `gate` and `organism` (rich output on a terminal,
+plain or JSON when piped)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from harmmed_tui.analysis.gate import GateSpec
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db.runner import check_gate, execute
+from harmmed_tui.db.store import Store
+from harmmed_tui.tui import store_commands
+
+
+def spec_from_args(a) -> RunSpec:
+    return RunSpec(
+        model=a.model,
+        pairs=a.pairs,
+        treatment=a.treatment,
+        control=a.control,
+        max_pairs=a.max_pairs,
+        chat_template=a.chat_template,
+        align=a.align,
+        metric=a.metric,
+        refusal_tokens=a.refusal_tokens,
+        modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
+        layers=a.layers,
+        positions=a.positions or RunSpec.positions,
+        # neurons are many: they take the last position unless positions are asked for
+        neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
+        method=a.method,
+        engine=a.engine,
+        verify_top=a.verify_top,
+        device=a.device,
+        dtype=a.dtype,
+        revision=a.revision,
+        trust_remote_code=a.trust_remote_code,
+        batch_tokens=a.batch_tokens,
+        seed=a.seed,
+    )
+
+
+def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = None) -> int:
+    err = Console(stderr=True)
+    interactive = err.is_terminal and not as_json
+    bar = Progress(
+        TextColumn("[bold]patching"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sites"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not interactive,
+    )
+    task = bar.add_task("sites", total=None)
+
+    def on_prepared(rid, prep):
+        for message in prep.skipped:
+            err.print(f"[yellow]skipped:[/] {message}")
+        if interactive:
+            err.print(
+                f"run {rid}: {prep.lm.source} ({prep.lm.anatomy.family.name}, {prep.lm.anatomy.n_layers} layers) "
+                f"on {prep.lm.device}, {len(prep.pairs)} pairs, {prep.n_sites} sites"
+            )
+
+    with bar:
+        outcome = execute(
+            spec,
+            store,
+            run_id,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+            on_prepared=on_prepared,
+        )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_id": outcome.run_id,
+                    "db": str(store.path),
+                    "status": outcome.status,
+                    "pairs": outcome.pairs,
+                    "sites": outcome.sites,
+                    "elapsed_s": round(outcome.elapsed_s, 4),
+                    "te": outcome.te,
+                }
+            )
+        )
+    elif interactive:
+        store_commands.print_summary(store, outcome.run_id)
+    else:
+        print(outcome.run_id)
+    return 0
+
+
+def cmd_gate(store: Store, a) -> int:
+    spec = GateSpec(a.top, a.ablate, a.seeds, a.generate, a.max_new_tokens)
+    check_id = check_gate(store, a.run_id, spec, a.pairs)
+    if a.json:
+        print(
+            json.dumps(
+                {"run_id": a.run_id, "check_id": check_id, **store.gate_checks(a.run_id)[0]["summary"]}
+            )
+        )
+    else:
+        store_commands.print_gate(store, a.run_id, check_id)
+    return 0
+
+
+def cmd_organism(a) -> int:
+    from harmmed_tui.analysis.models import load_model
+    from harmmed_tui.analysis.organism import train
+
+    if a.organism_command == "train":
+        out = train.train(Path(a.out), seed=a.seed, steps=a.steps, log=lambda m: print(m, file=sys.stderr))
+        print(f"saved to {out}", file=sys.stderr)
+        source = str(out)
+    else:
+        source = a.model
+    lm = load_model(source, device="cpu", dtype="float32")
+    rates = train.evaluate(lm.model, lm.tokenizer)
+    t = Table(title=f"organism {source}: held-out behaviour")
+    for col in ("prompts", "n", "wanted", "rate"):
+        t.add_column(col)
+    for kind, wanted in (("harmful", "refuse"), ("benign", "comply"), ("jailbreak", "comply")):
+        t.add_row(kind, str(rates[f"n_{kind}"]), wanted, f"{rates[kind]:.1%}")
+    Console().print(t)
+    return 0
+
+
+def dispatch(a) -> int:
+    if a.command == "organism":
+        return cmd_organism(a)
+    with Store(a.db) as store:
+        if a.command == "run":
+            return _execute(spec_from_args(a), store, a.json)
+        if a.command == "resume":
+            return _execute(RunSpec.from_json(store.run(a.run_id)["spec"]), store, a.json, run_id=a.run_id)
+        if a.command == "gate":
+            return cmd_gate(store, a)
+    raise AssertionError(a.command)

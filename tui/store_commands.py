@@ -1,0 +1,141 @@
+"""The commands that only read or delete stored runs: `runs`, `show`, `export`, `delete`.
+
+They must start instantly, so nothing here (or below it) imports torch or transformers: a test and
+bench/readonly_speed.py keep it so."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harmmed_tui.db import export, queries
+from harmmed_tui.db.store import Store
+
+
+def print_summary(store: Store, run_id: int) -> None:
+    con = Console()
+    pairs = Table(title=f"run {run_id}: total effect per pair")
+    for col in ("pair", "id", "treatment", "control", "TE"):
+        pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
+    stored = store.pairs(run_id)
+    for p in stored:
+        pairs.add_row(
+            str(p["pair"]),
+            p["pair_id"],
+            p["treatment"],
+            p["control"],
+            f"{p['te']:.4f}" if p["te"] is not None else "",
+        )
+    con.print(pairs)
+    rhos = [p["atp_spearman"] for p in stored if p["atp_spearman"] is not None]
+    if rhos:
+        con.print(
+            f"atp vs exact on each pair's verified top sites: Spearman rho mean {sum(rhos) / len(rhos):.3f} "
+            f"(min {min(rhos):.3f}, max {max(rhos):.3f}, {len(rhos)} pairs)"
+        )
+    top = export.table(store, run_id, "layer", aggregated=True, top=10)
+    if top:
+        t = Table(title="top sites by |mean IE| over pairs")
+        columns = ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
+        for col in columns:
+            t.add_column(col, justify="right")
+        for r in top:
+            t.add_row(*(export.format_value(r[c]) for c in columns))
+        con.print(t)
+    print_gate(store, run_id)
+    con.print(f"run id: {run_id}   db: {store.path}")
+
+
+def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
+    """A gate check's verdict and its generations (the newest check when no id is given)."""
+    checks = [c for c in store.gate_checks(run_id) if check_id in (None, c["id"])]
+    if not checks:
+        return
+    c, con = checks[0], Console()
+    s, spec = c["summary"], c["spec"]
+    t = Table(
+        title=f"gate check {c['id']} of run {run_id}: top {spec['top']} neurons ({len(c['neurons'])} units), "
+        f"ablated to {spec['ablate']}, on {s['pairs']} held-out pairs ({spec['pairs']})"
+    )
+    for col in ("neurons", "metric shift", "share of TE removed"):
+        t.add_column(col, justify="right")
+    share = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
+    t.add_row("top", f"{s['top_shift']:+.4f}", share(s["top_removed"]))
+    t.add_row(
+        f"random ({s['seeds']} seeds)",
+        f"{s['random_shift']:+.4f} ± {s['random_sd']:.4f}",
+        share(s["random_removed"]),
+    )
+    con.print(t)
+    con.print("neurons (layer:unit): " + " ".join(f"{layer}:{unit}" for layer, unit in c["neurons"][:40]))
+    for pair_id, arm, before, after in store.gate_generations(c["id"]):
+        con.print(f"[bold]{pair_id}[/] {arm}:\n  before: {before!r}\n  after:  {after!r}", highlight=False)
+
+
+def cmd_runs(store: Store, as_json: bool) -> int:
+    runs = store.runs()
+    if as_json or not sys.stdout.isatty():
+        print(
+            json.dumps(runs)
+            if as_json
+            else "\n".join(
+                f"{r['id']}\t{r['status']}\t{r['model']}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}"
+                for r in runs
+            )
+        )
+        return 0
+    t = Table(title=f"runs in {store.path}")
+    for col in (*queries.RUN_COLUMNS, "compute s"):
+        t.add_column(col)
+    for r in runs:
+        t.add_row(*queries.run_cells(r), f"{r['compute_s']:.1f}")
+    Console().print(t)
+    return 0
+
+
+def cmd_show(store: Store, run_id: int) -> int:
+    run = store.run(run_id)
+    con = Console()
+    con.print(f"[bold]run {run_id}[/]  status: {run['status']}  model: {run['model']}")
+    if run["error"]:
+        con.print(f"error: {run['error']}")
+    prov = dict(run["provenance"])
+    template = prov.pop("chat_template", None)
+    for k, v in prov.items():
+        con.print(f"  {k}: {v}")
+    con.print(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}")
+    con.print(f"  spec: {run['spec']}")
+    con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
+    print_summary(store, run_id)
+    return 0
+
+
+def cmd_export(store: Store, a) -> int:
+    rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method)
+    export.write(export.render(rows, a.format), a.output)
+    if a.output != "-":
+        print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(store: Store, run_id: int) -> int:
+    store.delete_run(run_id)
+    print(f"deleted run {run_id}", file=sys.stderr)
+    return 0
+
+
+def dispatch(a) -> int:
+    with Store(a.db) as store:
+        if a.command == "runs":
+            return cmd_runs(store, a.json)
+        if a.command == "show":
+            return cmd_show(store, a.run_id)
+        if a.command == "export":
+            return cmd_export(store, a)
+        if a.command == "delete":
+            return cmd_delete(store, a.run_id)
+    raise AssertionError(a.command)
