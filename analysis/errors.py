@@ -38,3 +38,7 @@ class GateError(HarmmedError):
 
 class StoreError(HarmmedError):
     """The database or an export target cannot be used as asked."""
+
+
+class ClusterError(HarmmedError):
+    """A Ray cluster cannot be joined, or its workers cannot compute the run."""

@@ -147,6 +147,7 @@ def spec_model(spec: RunSpec) -> LoadedModel:
         dtype=spec.dtype,
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
+        device_map=spec.device_map,
     )
 
 
@@ -155,6 +156,32 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     check_choices(spec)
     lm = lm or spec_model(spec)
     return Prepared(**vars(plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)), lm=lm)
+
+
+def model_provenance(lm: LoadedModel, spec: RunSpec) -> dict:
+    """What a run records about the model it ran on: the loaded model's facts and the exact chat template."""
+    template = getattr(lm.tokenizer, "chat_template", None) if spec.chat_template != "none" else None
+    return {**lm.provenance(), "chat_template": template, "chat_template_mode": spec.chat_template}
+
+
+class InProcess:
+    """The default executor: the run's pairs are computed here, one after another, on one loaded model.
+
+    An executor prepares a run (loads what it needs and checks the plan: (plan, model provenance)), then
+    yields its PairResults; analysis.ray_cluster.RayExecutor is the other one."""
+
+    def __init__(self, lm: LoadedModel | None = None):
+        self.lm = lm
+
+    def prepare(self, spec: RunSpec) -> tuple[Plan, dict]:
+        self.prep = prepare(spec, self.lm)
+        return self.prep, model_provenance(self.prep.lm, spec)
+
+    def run(self, plan: Plan, progress=None, cancelled=None, done=frozenset()) -> Iterator[PairResult]:
+        return run(self.prep, progress, cancelled, done)
+
+    def close(self) -> None:
+        pass
 
 
 def site_key(pair: int, site: Site, method: str) -> SiteKey:
@@ -176,6 +203,16 @@ def _row(tp: TokenizedPair, site: Site, method: str, ie: float) -> dict:
     )
 
 
+def remaining(plan: Plan, done: set[SiteKey] | frozenset) -> tuple[dict[int, list[Site]], int]:
+    """Each pair's sites still to compute, and how many of the plan's sites are done already (resume)."""
+    todo_by_pair, finished = {}, 0
+    for tp in plan.pairs:
+        todo = pair_todo(plan, tp.index, done)
+        todo_by_pair[tp.index] = todo
+        finished += plan.pair_sites(tp.index) - (len(todo) + plan.verified(tp.index) if todo else 0)
+    return todo_by_pair, finished
+
+
 def run(
     prep: Prepared,
     progress: Progress | None = None,
@@ -185,46 +222,43 @@ def run(
     """Yield each pair's totals and then its effect rows in batches; sites in `done` are skipped (resume).
 
     Cancellation is checked between batches; whatever was yielded before it is complete and consistent."""
-    spec, lm = prep.spec, prep.lm
-    torch.manual_seed(spec.seed)
-    random.seed(spec.seed)
-    batch_tokens = spec.batch_tokens or auto_batch_tokens(lm)
-    finished = 0
-    todo_by_pair = {}
-    for tp in prep.pairs:
-        todo = _todo(prep, tp.index, done)
-        todo_by_pair[tp.index] = todo
-        finished += prep.pair_sites(tp.index) - (len(todo) + prep.verified(tp.index) if todo else 0)
+    todo_by_pair, finished = remaining(prep, done)
     if progress:
         progress(finished, prep.n_sites)
     for tp in prep.pairs:
-        todo = todo_by_pair[tp.index]
-        if not todo:
+        if not todo_by_pair[tp.index]:
             continue
         if cancelled and cancelled():
             return
-        source, batches = _pair_batches(prep, tp, todo, batch_tokens)
-        totals = (source.m_treatment.item(), source.m_control.item(), source.te.item())
-        yield PairResult(tp, *totals)
-        estimates, checked = {}, {}
-        for method, chunk, ie in batches:
-            values = ie.tolist()
-            if prep.method == "atp":
-                (estimates if method == "atp" else checked).update(zip(chunk, values, strict=True))
-            yield PairResult(
-                tp, *totals, [_row(tp, s, method, v) for s, v in zip(chunk, values, strict=True)]
-            )
-            finished += len(chunk)
-            if progress:
+        for result in run_pair(prep, tp, todo_by_pair[tp.index]):
+            yield result
+            finished += len(result.rows)
+            if progress and result.rows:
                 progress(finished, prep.n_sites)
             if cancelled and cancelled():
                 return
-        if checked:
-            rho = spearman([estimates[s] for s in checked], list(checked.values()))
-            yield PairResult(tp, *totals, spearman=rho)
 
 
-def _todo(prep: Prepared, pair: int, done: set[SiteKey] | frozenset) -> list[Site]:
+def run_pair(prep: Prepared, tp: TokenizedPair, todo: list[Site]) -> Iterator[PairResult]:
+    """One pair: its totals, its effect rows in batches, and (atp) the rank agreement with exact."""
+    torch.manual_seed(prep.spec.seed)
+    random.seed(prep.spec.seed)
+    batch_tokens = prep.spec.batch_tokens or auto_batch_tokens(prep.lm)
+    source, batches = _pair_batches(prep, tp, todo, batch_tokens)
+    totals = (source.m_treatment.item(), source.m_control.item(), source.te.item())
+    yield PairResult(tp, *totals)
+    estimates, checked = {}, {}
+    for method, chunk, ie in batches:
+        values = ie.tolist()
+        if prep.method == "atp":
+            (estimates if method == "atp" else checked).update(zip(chunk, values, strict=True))
+        yield PairResult(tp, *totals, [_row(tp, s, method, v) for s, v in zip(chunk, values, strict=True)])
+    if checked:
+        rho = spearman([estimates[s] for s in checked], list(checked.values()))
+        yield PairResult(tp, *totals, spearman=rho)
+
+
+def pair_todo(prep: Plan, pair: int, done: set[SiteKey] | frozenset) -> list[Site]:
     sites = prep.sites[pair]
     if prep.method != "atp":
         return [s for s in sites if site_key(pair, s, prep.method) not in done]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ class LoadedModel:
             "d_mlp": a.d_mlp,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            "device_map": {k: str(v) for k, v in getattr(self.model, "hf_device_map", {}).items()} or None,
             "tokenizer": type(self.tokenizer).__name__,
             "tokenizer_name": self.tokenizer.name_or_path,
             "vocab_size": len(self.tokenizer),
@@ -149,6 +152,36 @@ def load_tokenizer_and_config(source: str, revision: str | None = None, trust_re
         )
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def resolve_device_map(device_map: str) -> str | dict:
+    """accelerate's strategy name, or a JSON file mapping module names to a GPU index, 'cpu' or 'disk'."""
+    if device_map in DEVICE_MAPS:
+        return device_map
+    path = Path(device_map).expanduser()
+    try:
+        mapping = json.loads(path.read_text())
+    except OSError as e:
+        raise ModelLoadError(
+            f"device map '{device_map}': not one of {', '.join(DEVICE_MAPS)}, nor a readable file ({e.strerror})"
+        ) from None
+    except ValueError:
+        raise ModelLoadError(f"device map file {device_map} is not valid JSON") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ModelLoadError(f"device map file {device_map} must map module names to devices")
+    return mapping
+
+
+def _execution_device(model: PreTrainedModel) -> torch.device:
+    """Where a model split by a device map takes its inputs: the device of its first placed module
+    (accelerate computes offloaded modules on the CPU)."""
+    first = next(iter(model.hf_device_map.values()))
+    return torch.device(
+        "cpu" if first in ("cpu", "disk") else first if isinstance(first, str) else f"cuda:{first}"
+    )
+
+
 def load_model(
     source: str,
     *,
@@ -156,14 +189,28 @@ def load_model(
     dtype: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModel:
+    """Load a model onto one device, or (device_map) split across GPUs, CPU and disk by accelerate."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     resolved, kwargs, rev = _resolve(source, revision, trust_remote_code)
+    if device_map:
+        # offloaded weights live in a scratch folder for the life of this process
+        kwargs.update(
+            device_map=resolve_device_map(device_map),
+            offload_folder=tempfile.mkdtemp(prefix="harmmed-offload-"),
+        )
     with _load_errors(source):
-        tokenizer = AutoTokenizer.from_pretrained(resolved, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved, **{k: v for k, v in kwargs.items() if k not in ("device_map", "offload_folder")}
+        )
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
-    model.to(dev).eval().requires_grad_(False)
+    if device_map:
+        dev = _execution_device(model)
+    else:
+        model.to(dev)
+    model.eval().requires_grad_(False)
     if rev is None:
         rev = getattr(model.config, "_commit_hash", None)
     try:

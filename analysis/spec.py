@@ -26,6 +26,7 @@ class RunSpec:
     engine: str = "replay"  # exact patching by replaying decoder layers, or by whole forwards with hooks
     verify_top: int = 0  # atp: also patch this many top sites of each pair exactly
     device: str = "auto"
+    device_map: str | None = None  # split the model with accelerate: auto | balanced | a JSON file
     dtype: str = "auto"
     revision: str | None = None
     trust_remote_code: bool = False

@@ -54,35 +54,42 @@ def execute(
     cancelled: mediation.Cancelled | None = None,
     lm: LoadedModel | None = None,
     on_prepared=None,
+    executor=None,
 ) -> RunOutcome:
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
+    The executor computes the pairs (in this process by default, or on Ray actors); whatever it is, this
+    process is the store's one writer. `on_prepared(run_id, plan, provenance)` is called once the run exists.
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
     if run_id is not None and store.run(run_id)["status"] == "done":
         raise StoreError(f"run {run_id} is already done")
     store.check_writable()
-    # a run is stored only once its model has loaded and its plan checked: bad input leaves no row behind
-    prep = mediation.prepare(spec, lm)
-    if run_id is None:
-        run_id = store.create_run(spec.model, spec.to_json())
+    executor = executor or mediation.InProcess(lm)
+    try:
+        # a run is stored only once its model has loaded and its plan checked: bad input leaves no row behind
+        plan, provenance = executor.prepare(spec)
+        if run_id is None:
+            run_id = store.create_run(spec.model, spec.to_json())
+        return _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared)
+    finally:
+        executor.close()
+
+
+def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared) -> RunOutcome:
     done = store.done_keys(run_id)
     compute = 0.0
     te: dict[int, float] = {}
     try:
         provenance = {
-            **prep.lm.provenance(),
+            **provenance,
             "seed": spec.seed,
-            "chat_template": getattr(prep.lm.tokenizer, "chat_template", None)
-            if spec.chat_template != "none"
-            else None,
-            "chat_template_mode": spec.chat_template,
-            "skipped_pairs": prep.skipped,
-            "method": prep.method,
+            "skipped_pairs": plan.skipped,
+            "method": plan.method,
         }
-        store.start_run(run_id, provenance, [_pair_record(tp) for tp in prep.pairs], prep.n_sites)
+        store.start_run(run_id, provenance, [_pair_record(tp) for tp in plan.pairs], plan.n_sites)
         if on_prepared:
-            on_prepared(run_id, prep)
-        for result, seconds in mediation.timed(mediation.run(prep, progress, cancelled, done)):
+            on_prepared(run_id, plan, provenance)
+        for result, seconds in mediation.timed(executor.run(plan, progress, cancelled, done)):
             compute += seconds
             if result.rows:
                 store.add_effects(run_id, result.rows)
@@ -102,7 +109,7 @@ def execute(
         except StoreError:
             pass  # (a full disk) the run stays `running` until the next open marks it interrupted
         raise
-    return RunOutcome(run_id, status, len(prep.pairs), prep.n_sites, compute, [te[k] for k in sorted(te)])
+    return RunOutcome(run_id, status, len(plan.pairs), plan.n_sites, compute, [te[k] for k in sorted(te)])
 
 
 def check_gate(

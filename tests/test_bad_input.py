@@ -48,6 +48,11 @@ CASES = [
     (["run", "--device", "cuda"], "no CUDA GPU"),
     (["run", "--dtype", "float8"], "invalid choice: 'float8'"),
     (["run", "--engine", "fast"], "invalid choice: 'fast'"),
+    (["run", "--device-map", "{root}/none.json"], "not one of auto"),
+    (["run", "--device-map", "{empty}"], "not valid JSON"),
+    (["run", "--workers", "0"], "must be at least 1, got 0"),
+    (["run", "--gpus-per-worker", "0"], "must be more than 0, got 0"),
+    (["resume", "1", "--gpus-per-worker", "x"], "expected a number, got 'x'"),
     # run: the pairs
     (["run", "--pairs", "{root}/none.jsonl"], "pairs file not found"),
     (["run", "--pairs", "{binary}"], "is not UTF-8 text"),

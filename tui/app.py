@@ -155,18 +155,20 @@ class HarmmedApp(App):
         except Exception as e:  # shown in a dialog, never as a traceback
             self.post_message(RunEnded(run_id, "failed", str(e)))
 
-    def start_run(self, spec: RunSpec, run_id: int | None = None) -> None:
+    def start_run(self, spec: RunSpec, run_id: int | None = None, ray: str | None = None) -> None:
+        """Run (or resume) a spec here, or on the Ray cluster at `ray`."""
         self.spec = spec
         self._cancel.clear()
-        self.run_mediation(spec, run_id)
+        self.run_mediation(spec, run_id, ray)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
-    def run_mediation(self, spec: RunSpec, run_id: int | None) -> None:
+    def run_mediation(self, spec: RunSpec, run_id: int | None, ray: str | None = None) -> None:
+        from harmmed_tui.analysis.ray_cluster import RayExecutor
         from harmmed_tui.db.runner import execute
 
         started: list[int] = []
 
-        def on_prepared(rid, prep):
+        def on_prepared(rid, plan, provenance):
             started.append(rid)
             self.call_from_thread(self._open_run, rid)
 
@@ -179,6 +181,7 @@ class HarmmedApp(App):
                     progress=lambda d, t: self.post_message(RunProgress(d, t)),
                     cancelled=self._cancel.is_set,
                     on_prepared=on_prepared,
+                    executor=RayExecutor(ray) if ray else None,
                 )
             self.post_message(RunEnded(outcome.run_id, outcome.status))
         except Exception as e:

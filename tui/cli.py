@@ -56,6 +56,12 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    g.add_argument(
+        "--device-map",
+        metavar="MAP",
+        help="split a model too large for one device with accelerate: auto | balanced | a JSON file "
+        "mapping module names to GPU indices, 'cpu' or 'disk'",
+    )
     g = p.add_argument_group("pairs")
     g.add_argument(
         "--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)"
@@ -113,6 +119,28 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (pip install 'harmmed-tui[ray]')")
+    g.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="compute the pairs on Ray actors, one model replica each: 'auto' joins the running cluster, "
+        "'local' starts one here, or a cluster address",
+    )
+    g.add_argument("--workers", type=_count(1), help="Ray workers (default: one per --gpus-per-worker GPUs)")
+    g.add_argument("--gpus-per-worker", type=_fraction, default=1.0, help="GPUs per worker (default 1)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="database path (default: $HARMMED_DB or the user data directory)")
 
@@ -137,11 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _spec_args(run)
+    _ray_args(run)
     _db_arg(run)
     run.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
     resume = sub.add_parser("resume", help="finish an interrupted or cancelled run")
     resume.add_argument("run_id", type=int)
+    _ray_args(resume)
     _db_arg(resume)
     resume.add_argument("--json", action="store_true")
 

@@ -48,12 +48,23 @@ def spec_from_args(a) -> RunSpec:
         dtype=a.dtype,
         revision=a.revision,
         trust_remote_code=a.trust_remote_code,
+        device_map=a.device_map,
         batch_tokens=a.batch_tokens,
         seed=a.seed,
     )
 
 
-def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = None) -> int:
+def executor_from_args(a):
+    """Ray actors when --ray is given, else this process."""
+    if not a.ray:
+        return None
+    from harmmed_tui.analysis.ray_cluster import RayExecutor
+
+    return RayExecutor(a.ray, a.workers or 0, a.gpus_per_worker)
+
+
+def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
+    as_json = a.json
     err = Console(stderr=True)
     interactive = err.is_terminal and not as_json
     bar = Progress(
@@ -68,13 +79,16 @@ def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = No
     )
     task = bar.add_task("sites", total=None)
 
-    def on_prepared(rid, prep):
-        for message in prep.skipped:
+    def on_prepared(rid, plan, provenance):
+        for message in plan.skipped:
             err.print(f"[yellow]skipped:[/] {message}")
         if interactive:
+            where = provenance["device"]
+            if cluster := provenance.get("cluster"):
+                where = f"{cluster['workers']} Ray workers on {cluster['nodes']} node(s)"
             err.print(
-                f"run {rid}: {prep.lm.source} ({prep.lm.anatomy.family.name}, {prep.lm.anatomy.n_layers} layers) "
-                f"on {prep.lm.device}, {len(prep.pairs)} pairs, {prep.n_sites} sites"
+                f"run {rid}: {provenance['model']} ({provenance['family']}, {provenance['n_layers']} layers) "
+                f"on {where}, {len(plan.pairs)} pairs, {plan.n_sites} sites"
             )
 
     with bar:
@@ -84,6 +98,7 @@ def _execute(spec: RunSpec, store: Store, as_json: bool, run_id: int | None = No
             run_id,
             progress=lambda d, t: bar.update(task, completed=d, total=t),
             on_prepared=on_prepared,
+            executor=executor_from_args(a),
         )
     if as_json:
         print(
@@ -146,9 +161,9 @@ def dispatch(a) -> int:
         return cmd_organism(a)
     with Store(a.db) as store:
         if a.command == "run":
-            return _execute(spec_from_args(a), store, a.json)
+            return _execute(spec_from_args(a), store, a)
         if a.command == "resume":
-            return _execute(RunSpec.from_json(store.run(a.run_id)["spec"]), store, a.json, run_id=a.run_id)
+            return _execute(RunSpec.from_json(store.run(a.run_id)["spec"]), store, a, run_id=a.run_id)
         if a.command == "gate":
             return cmd_gate(store, a)
     raise AssertionError(a.command)

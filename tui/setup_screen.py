@@ -46,6 +46,8 @@ class SetupScreen(Screen):
         ("verify_top", "atp: verify top K"),
         ("device", "device"),
         ("dtype", "dtype"),
+        ("engine", "exact engine"),
+        ("device_map", "device map (optional)"),
     ]
     PLACEHOLDERS = {
         "model": "hub id, directory, .gguf file or default",
@@ -58,6 +60,9 @@ class SetupScreen(Screen):
         "align": "strict (an error) | skip (drop such pairs)",
         "device": "auto | cpu | cuda[:N]",
         "dtype": "auto | float32 | bfloat16 | float16",
+        "engine": "replay (fast) | hooks (whole forwards, for any model)",
+        "device_map": "auto | balanced | a JSON file: split a large model",
+        "ray": "auto | local | address; empty: compute here",
     }
 
     def __init__(self, spec: RunSpec):
@@ -77,6 +82,9 @@ class SetupScreen(Screen):
                     yield Input(
                         value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester
                     )
+            with Horizontal(classes="field"):  # where to compute, not part of the run's spec
+                yield Label("Ray cluster (optional)", classes="label")
+                yield Input("", id="ray", placeholder=self.PLACEHOLDERS["ray"])
             yield Static("", id="preview")
             yield Static("", id="problem")
             yield Button("Run (ctrl+r)", id="start", variant="primary")
@@ -119,6 +127,7 @@ class SetupScreen(Screen):
         values["treatment"] = values["treatment"] or None  # empty: the pairs source is used
         values["control"] = values["control"] or None
         values["modules"] = tuple(m.strip() for m in values["modules"].split(",") if m.strip())
+        values["device_map"] = values["device_map"] or None
         return self.spec.replace(**values)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="setup-check")
@@ -161,4 +170,4 @@ class SetupScreen(Screen):
         except SiteError as e:
             self.query_one("#problem", Static).update(escape(str(e)))
             return
-        self.app.start_run(spec)
+        self.app.start_run(spec, ray=self.query_one("#ray", Input).value.strip() or None)

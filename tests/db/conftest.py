@@ -12,7 +12,11 @@ from harmmed_tui.db.store import Store
 def _stored_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("stored") / "runs.db"
     spec = RunSpec(
-        max_pairs=2, modules=("resid", "mlp", "neuron"), layers="-1", positions="last,*", neuron_positions="last,*"
+        max_pairs=2,
+        modules=("resid", "mlp", "neuron"),
+        layers="-1",
+        positions="last,*",
+        neuron_positions="last,*",
     )
     with Store(path) as store:
         execute(spec, store)

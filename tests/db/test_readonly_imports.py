@@ -29,5 +29,7 @@ sys.exit(code)
 )
 def test_readonly_command_imports_no_torch(stored_db, tmp_path, argv):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    out = subprocess.run([sys.executable, "-c", CHECK, *argv, "--db", stored_db], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK, *argv, "--db", stored_db], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
