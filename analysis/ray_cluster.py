@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from harmmed_tui.analysis.spec import RunSpec
 
 PAIR_ATTEMPTS = 3  # a pair that kills its worker this many times fails the run (e.g. out of memory)
 ACTOR_RESTARTS = 3
+RESTART_TIMEOUT_S = 600  # a restarted worker reloads its model
 
 
 def _ray():
@@ -135,6 +137,17 @@ class RayExecutor:
                 attempts[index] += 1
                 return index, {k for k in received if k[0] == index}
 
+        def back_up(actor) -> bool:
+            """Wait while Ray restarts a worker (it reloads its model); False if it does not come back."""
+            deadline = time.monotonic() + RESTART_TIMEOUT_S
+            while time.monotonic() < deadline and not stop.is_set():
+                try:
+                    ray.get(actor.describe.remote())
+                    return True
+                except ray.exceptions.RayActorError:  # calls fail while it restarts
+                    time.sleep(0.5)
+            return False
+
         def serve(actor) -> None:
             """One thread per actor: stream its pairs' batches into `results` (only the caller writes)."""
             while (job := next_pair()) is not None:
@@ -154,6 +167,8 @@ class RayExecutor:
                             results.put(("error", error))
                             return
                         pending.insert(0, index)
+                    if not back_up(actor):  # out of restarts: the other workers finish the run
+                        break
                 except Exception as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
                     results.put(("error", e))
                     return

@@ -129,3 +129,21 @@ def test_a_killed_driver_leaves_the_run_interrupted_and_resume_finishes_it(clust
     with Store(db) as store:
         assert store.runs()[0]["status"] == "done"
     assert_same(rows(db), single_process(tmp_path, spec))
+
+
+def test_cancel_stops_the_workers_and_resume_finishes(cluster, tmp_path):
+    spec = SPECS["default"]
+    db = tmp_path / "ray.db"
+    with Store(db) as store:
+        seen = []
+        outcome = execute(
+            spec,
+            store,
+            progress=lambda done, total: seen.append(done),
+            cancelled=lambda: any(seen),  # cancel once the first rows have arrived
+            executor=RayExecutor(workers=2),
+        )
+        assert outcome.status == "cancelled"
+        assert 0 < store.runs()[0]["n_rows"] < outcome.sites
+        assert execute(spec, store, run_id=outcome.run_id, executor=RayExecutor(workers=2)).status == "done"
+    assert_same(rows(db), single_process(tmp_path, spec))
