@@ -13,7 +13,7 @@ from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
 from harmmed_tui.analysis.patching import ActivationRecorder, prompt_metric
-from harmmed_tui.analysis.sites import ALL_POSITIONS, Site
+from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, Site
 
 
 class Attribution:
@@ -25,7 +25,7 @@ class Attribution:
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as treatment:
                 ids = torch.tensor([pair.treatment_ids], device=device)
-                self.m_treatment = prompt_metric(lm, metric, input_ids=ids)
+                self.m_treatment = prompt_metric(lm, metric.shifted(pair.shift), input_ids=ids)
         with torch.enable_grad(), ActivationRecorder(lm, keys, in_graph=True) as control:
             ids = torch.tensor([pair.control_ids], device=device)
             # Gradients start at the embeddings, so every activation downstream is part of the graph.
@@ -34,17 +34,20 @@ class Attribution:
             grads = torch.autograd.grad(m_control, [control[k] for k in keys], materialize_grads=True)
         self.m_control = m_control.detach()
         self.te = self.m_treatment - self.m_control
-        # Per (layer, module): contribution of each position (rows; a last row for `*`) and unit (columns),
-        # all in one flat table so that any list of sites is read out with one gather.
+        # Per (layer, module): contribution of each control position (rows; then a row for `*` and one for
+        # `suffix`) and unit (columns), in one flat table so that any list of sites is read out with one gather.
         tables, self.offsets, offset = [], {}, 0
+        n, suffix = len(pair.control_ids), pair.suffix_len
         for key, grad in zip(keys, grads, strict=True):
             # in float64: half-precision differences of close activations are mostly rounding
             a_t, a_c, g = (x.double() for x in (treatment[key], control[key][0].detach(), grad[0]))
-            delta = (a_t - a_c) * g
+            delta = (_aligned(a_t, pair.shift, n) - a_c) * g
             per_pos = delta if key[1] == "neuron" else delta.sum(-1, keepdim=True)
-            table = torch.cat([per_pos, per_pos.sum(0, keepdim=True)])
+            table = torch.cat(
+                [per_pos, per_pos.sum(0, keepdim=True), per_pos[n - suffix :].sum(0, keepdim=True)]
+            )
             # base + position * width + neuron addresses a unit; the +1 cancels NO_NEURON (-1) of other sites
-            self.offsets[key] = (offset + (key[1] != "neuron"), table.shape[1], table.shape[0] - 1)
+            self.offsets[key] = (offset + (key[1] != "neuron"), table.shape[1], n)
             offset += table.numel()
             tables.append(table.flatten())
         self.flat = torch.cat(tables).cpu()
@@ -52,9 +55,20 @@ class Attribution:
     def effects(self, sites: list[Site]) -> torch.Tensor:
         """The AtP IE of each site, in order (single units: AtP ranks neurons one by one)."""
         offsets = self.offsets
+        rows = {ALL_POSITIONS: 0, SUFFIX: 1}  # after the n position rows
         index = [
-            base + (s.position if s.position != ALL_POSITIONS else star) * width + s.neuron
+            base + (n + rows[s.position] if s.position in rows else s.position) * width + s.neuron
             for s in sites
-            for base, width, star in (offsets[s.layer, s.module],)
+            for base, width, n in (offsets[s.layer, s.module],)
         ]
         return self.flat[torch.tensor(index, dtype=torch.long)]
+
+
+def _aligned(a_t: torch.Tensor, shift: int, n: int) -> torch.Tensor:
+    """The treatment's activations at the control's n positions (position p + shift pairs with p); control
+    positions with no treatment counterpart (a shorter treatment) are never sites, and get zeros."""
+    if shift == 0:
+        return a_t
+    out = a_t.new_zeros((n, *a_t.shape[1:]))
+    out[max(0, -shift) :] = a_t[max(0, shift) : max(0, shift) + n - max(0, -shift)]
+    return out

@@ -160,7 +160,7 @@ def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[
 
 def _generate(lm: LoadedModel, tp: TokenizedPair, spec: GateSpec) -> str:
     """Greedy continuation of the treatment prompt (its target, if any, left out)."""
-    ids = torch.tensor([tp.treatment_ids[: tp.prompt_len]], device=lm.device)
+    ids = torch.tensor([tp.treatment_ids[: tp.treatment_prompt_len]], device=lm.device)
     tok = lm.tokenizer
     out = lm.model.generate(
         ids,

@@ -17,12 +17,12 @@ from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
 from harmmed_tui.analysis.sites import (
-    ALL_POSITIONS,
     Site,
     SiteError,
     parse_layers,
     parse_modules,
     parse_positions,
+    position_label,
     site_grid,
 )
 from harmmed_tui.analysis.spec import RunSpec
@@ -122,8 +122,9 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     sites = {}
     for tp in tokenized:
         # both position choices are checked, used or not: a typo is never silently ignored
-        positions = parse_positions(spec.positions, tp.prompt_len)
-        neuron_positions = parse_positions(spec.neuron_positions, tp.prompt_len)
+        aligned = min(tp.prompt_len, tp.treatment_prompt_len) if spec.align == "end" else None
+        positions = parse_positions(spec.positions, tp.prompt_len, aligned, tp.suffix_len)
+        neuron_positions = parse_positions(spec.neuron_positions, tp.prompt_len, aligned, tp.suffix_len)
         grid = []
         for module in modules:
             if module == "neuron":
@@ -189,7 +190,8 @@ def site_key(pair: int, site: Site, method: str) -> SiteKey:
 
 
 def _row(tp: TokenizedPair, site: Site, method: str, ie: float) -> dict:
-    token = "*" if site.position == ALL_POSITIONS else tp.treatment_tokens[site.position]
+    label = position_label(site.position)
+    token = label if isinstance(label, str) else tp.treatment_tokens[site.position + tp.shift]
     return dict(
         pair=tp.index,
         layer=site.layer,

@@ -26,6 +26,10 @@ class BoundMetric:
         # at least float32: half-precision log-softmax is too coarse; float64 models keep their precision
         return self.reduce(logits.to(torch.promote_types(logits.dtype, torch.float32)))
 
+    def shifted(self, shift: int) -> BoundMetric:
+        """The same metric read `shift` positions later: on an end-aligned pair's treatment prompt."""
+        return BoundMetric([p + shift for p in self.positions], self.reduce) if shift else self
+
 
 class Metric:
     name: str
@@ -95,9 +99,9 @@ class TargetLogprob(Metric):
     name = "target-logprob"
 
     def bind(self, pair: TokenizedPair) -> BoundMetric:
-        n = len(pair.treatment_ids)
+        n = len(pair.control_ids)
         positions = list(range(pair.prompt_len - 1, n - 1))
-        targets = pair.treatment_ids[pair.prompt_len :]
+        targets = pair.control_ids[pair.prompt_len :]
 
         def reduce(logits):
             idx = torch.tensor(targets, device=logits.device)

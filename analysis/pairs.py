@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 BUILTIN = "builtin"
 BUILTIN_PATH = Path(__file__).parent / "data" / "builtin_pairs.jsonl"
 CHAT_TEMPLATE_MODES = ("auto", "none", "chat")
+ALIGNMENTS = ("strict", "skip", "end")
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,18 @@ class TokenizedPair:
     index: int  # position of the pair in its source
     treatment_ids: list[int]
     control_ids: list[int]
-    prompt_len: int  # tokens before the teacher-forced target (== len(ids) when there is no target)
+    prompt_len: int  # the control's tokens before the teacher-forced target (all of them without one)
     treatment_tokens: list[str]
     control_tokens: list[str]
+    # End alignment: the treatment's position p + shift pairs with the control's p (0 for equal lengths),
+    # over the last `aligned` tokens; the last `suffix_len` tokens are the same in both (chat template, target).
+    shift: int = 0
+    aligned: int = 0
+    suffix_len: int = 0
+
+    @property
+    def treatment_prompt_len(self) -> int:
+        return self.prompt_len + self.shift
 
 
 def load_pairs(source: str) -> list[Pair]:
@@ -99,20 +109,36 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: 
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), False
 
 
+def _common_suffix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
 def tokenize_pair(
-    tokenizer: PreTrainedTokenizerBase, pair: Pair, index: int, chat_template: str = "auto", need_target=False
+    tokenizer: PreTrainedTokenizerBase,
+    pair: Pair,
+    index: int,
+    chat_template: str = "auto",
+    need_target=False,
+    align: str = "strict",
 ) -> TokenizedPair:
+    """`align='end'` accepts prompts of any lengths, aligned from their last token; otherwise unequal token
+    lengths are an error."""
+
     def encode(text: str) -> list[int]:
         prompt, special = format_prompt(tokenizer, text, chat_template)
         return tokenizer(prompt, add_special_tokens=special)["input_ids"]
 
     t, c = encode(pair.treatment), encode(pair.control)
-    if len(t) != len(c):
+    if len(t) != len(c) and align != "end":
         raise PairsError(
             f"pair {pair.id!r} has unequal token lengths (treatment {len(t)}, control {len(c)}): "
-            f"{pair.treatment!r} / {pair.control!r}; edit it or pass --align skip to drop such pairs"
+            f"{pair.treatment!r} / {pair.control!r}; edit it, or pass --align end (aligned from the last "
+            "token) or --align skip (drop such pairs)"
         )
-    prompt_len = len(t)
+    prompt_len, shift = len(c), len(t) - len(c)
     if need_target:
         if not pair.target:
             raise PairsError(f"pair {pair.id!r} has no 'target' (needed by the target-logprob metric)")
@@ -126,6 +152,9 @@ def tokenize_pair(
         prompt_len,
         tokenizer.convert_ids_to_tokens(t),
         tokenizer.convert_ids_to_tokens(c),
+        shift=shift,
+        aligned=min(len(t), len(c)),
+        suffix_len=_common_suffix(t, c),
     )
 
 
@@ -137,12 +166,12 @@ def tokenize_pairs(
     need_target: bool = False,
 ) -> tuple[list[TokenizedPair], list[str]]:
     """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length."""
-    if align not in ("strict", "skip"):
-        raise PairsError(f"unknown alignment '{align}' (use strict or skip)")
+    if align not in ALIGNMENTS:
+        raise PairsError(f"unknown alignment '{align}' (use {', '.join(ALIGNMENTS)})")
     out, skipped = [], []
     for i, p in enumerate(pairs):
         try:
-            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target))
+            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target, align))
         except PairsError as e:
             if align == "strict" or "unequal token lengths" not in str(e):
                 raise

@@ -26,7 +26,7 @@ from harmmed_tui.analysis.layer_calls import LayerCall
 from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
-from harmmed_tui.analysis.sites import ALL_POSITIONS, Site
+from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, Site
 
 # Activations cached per site kind: (layer, module) -> tensor of shape (T, width).
 Cache = dict[tuple[int, str], torch.Tensor]
@@ -113,12 +113,13 @@ class PairPatcher:
     ):
         self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
         self.seq_len = len(pair.control_ids)
+        self.shift, self.suffix_len = pair.shift, pair.suffix_len
         device = lm.device
         self.control_ids = torch.tensor([pair.control_ids], device=device)
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as self.treatment_acts:
                 ids = torch.tensor([pair.treatment_ids], device=device)
-                self.m_treatment = prompt_metric(lm, metric, input_ids=ids)
+                self.m_treatment = prompt_metric(lm, metric.shifted(pair.shift), input_ids=ids)
             if engine == "hooks":
                 self.m_control = prompt_metric(lm, metric, input_ids=self.control_ids)
             else:
@@ -196,7 +197,15 @@ class PairPatcher:
         # argument we recognise, replays every position
         if self.engine == "hooks" or not self.prefix_ok:
             return 0
-        return min([0 if s.position == ALL_POSITIONS else s.position for s in sites] + self.metric.positions)
+        return min([self._positions(s)[0] for s in sites] + self.metric.positions)
+
+    def _positions(self, site: Site) -> range:
+        """The control positions a site patches (`*`: all of them; `suffix`: the shared final tokens)."""
+        if site.position == ALL_POSITIONS:
+            return range(self.seq_len)
+        if site.position == SUFFIX:
+            return range(self.seq_len - self.suffix_len, self.seq_len)
+        return range(site.position, site.position + 1)
 
     @torch.inference_mode()
     def patched_metric(self, sites: list[Site]) -> torch.Tensor:
@@ -211,8 +220,8 @@ class PairPatcher:
                 return self.metric(self.lm.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits)
             start = min(s.layer for s in sites)
             # At the start layer only the patched positions change; later ones keep the control output.
-            at_start = [s.position for s in sites if s.layer == start]
-            stop = self.seq_len if ALL_POSITIONS in at_start or not self.prefix_ok else max(at_start) + 1
+            at_start = [self._positions(s)[-1] for s in sites if s.layer == start]
+            stop = max(at_start) + 1 if self.prefix_ok else self.seq_len
             hidden = self._replay(start, first, len(sites), stop)
         positions = [p - first for p in self.metric.positions]
         return self.metric(self.anatomy.logits(hidden[:, positions]))
@@ -253,7 +262,7 @@ class PairPatcher:
         positions counted in the full sequence."""
         coords: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
         for row, s in enumerate(sites):
-            positions = range(self.seq_len) if s.position == ALL_POSITIONS else (s.position,)
+            positions = self._positions(s)
             target = coords[(s.layer, s.module)]
             if s.module == "neuron":
                 target += [(row, p, u) for p in positions for u in range(s.neuron, s.neuron + s.width)]
@@ -264,7 +273,8 @@ class PairPatcher:
 
     def _install_patch(self, layer: int, module: str, index: tuple[torch.Tensor, ...], first: int):
         source = self.treatment_acts[(layer, module)]
-        values = source[index[1:]]  # treatment value at each (position[, unit])
+        # the treatment's value at each (position[, unit]); its position p + shift pairs with the control's p
+        values = source[(index[1] + self.shift, *index[2:])]
         index = (index[0], index[1] - first, *index[2:])  # the replay's tensors start at position `first`
         mod = self.anatomy.module(layer, module)
         # In place: the patched tensors are fresh outputs of this replay, and no autograd is recording.

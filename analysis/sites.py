@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from harmmed_tui.analysis.errors import SiteError
 
 MODULES = ("resid", "attn", "mlp", "neuron")
-ALL_POSITIONS = -1  # the position `*`: the module at every position at once
+ALL_POSITIONS = -1  # the position `*`: the module at every position at once (equal lengths only)
+SUFFIX = -2  # the position `suffix`: the module at every position of the pair's shared final tokens at once
+POSITION_NAMES = {ALL_POSITIONS: "*", SUFFIX: "suffix"}
 NO_NEURON = -1
 
 
@@ -50,28 +52,58 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
-def parse_positions(text: str, seq_len: int) -> list[int]:
-    """`all`, `last`, `last:N`, `*`, or a comma list of token indices (negative counts from the end)."""
+def parse_positions(text: str, seq_len: int, aligned: int | None = None, suffix_len: int = 0) -> list[int]:
+    """Control-prompt token indices (and the module-level `*`/`suffix`) from `all`, `last`, `last:N`, `*`,
+    `suffix` or a comma list of indices (negative counts from the end).
+
+    `aligned`: the pair is aligned from the end (its prompts may differ in length) over its last `aligned`
+    tokens; positions must then count from the end, and `*` (every position) does not exist."""
+    end = aligned is not None
+    span = aligned if end else seq_len  # positions before it have no counterpart in the other prompt
     out: list[int] = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         if part == "all":
-            out += range(seq_len)
+            out += range(seq_len - span, seq_len)
         elif part == "last":
             out.append(seq_len - 1)
         elif m := re.fullmatch(r"last:(\d+)", part):
-            out += range(max(0, seq_len - int(m[1])), seq_len)
+            out += range(max(seq_len - span, seq_len - int(m[1])), seq_len)
         elif part == "*":
+            if end:
+                raise SiteError(
+                    "'*' patches every position, which needs equal token lengths: with end alignment use 'suffix'"
+                )
             out.append(ALL_POSITIONS)
+        elif part == "suffix":
+            if not suffix_len:
+                raise SiteError("'suffix': the treatment and control prompts share no final tokens")
+            out.append(SUFFIX)
         elif re.fullmatch(r"-?\d+", part):
             i = int(part)
-            if not -seq_len <= i < seq_len:
-                raise SiteError(f"position {i} is out of range for a {seq_len}-token prompt")
+            if end and i >= 0:
+                raise SiteError(
+                    f"position {i}: with end alignment, positions count from the end (-1, -2, ... or last:N)"
+                )
+            if not -span <= i < seq_len:
+                what = (
+                    f"the last {span} tokens that the two prompts align"
+                    if end
+                    else f"a {seq_len}-token prompt"
+                )
+                raise SiteError(f"position {i} is out of range for {what}")
             out.append(i % seq_len)
         else:
-            raise SiteError(f"bad position '{part}' (use all, last, last:N, *, or indices like 0,-1)")
+            raise SiteError(f"bad position '{part}' (use all, last, last:N, *, suffix, or indices like 0,-1)")
     if not out:
         raise SiteError("no positions given")
-    return sorted(set(out), key=lambda p: (p == ALL_POSITIONS, p))
+    if ALL_POSITIONS in out and SUFFIX in out:
+        raise SiteError("give '*' or 'suffix', not both: either is the run's module-level site")
+    return sorted(set(out), key=lambda p: (p < 0, -p if p < 0 else p))
+
+
+def position_label(position: int) -> str | int:
+    """How a stored position reads: a token index, `*` or `suffix`."""
+    return POSITION_NAMES.get(position, position)
 
 
 def site_grid(

@@ -12,13 +12,38 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from harmmed_tui.analysis.sites import position_label
+from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
 LEVELS = ("layer", "neuron", "gate")
-LAYER_COLUMNS = ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
-NEURON_COLUMNS = ["run_id", "pair", "layer", "neuron", "position", "token", "te", "ie", "ie_norm", "method"]
+LAYER_COLUMNS = [
+    "run_id",
+    "pair",
+    "layer",
+    "module",
+    "position",
+    "token",
+    "control_token",
+    "te",
+    "ie",
+    "ie_norm",
+]
+NEURON_COLUMNS = [
+    "run_id",
+    "pair",
+    "layer",
+    "neuron",
+    "position",
+    "token",
+    "control_token",
+    "te",
+    "ie",
+    "ie_norm",
+    "method",
+]
 AGGREGATE_KEYS = {
     "layer": ["layer", "module", "position"],
     "neuron": ["layer", "neuron", "position", "method"],
@@ -38,24 +63,31 @@ def effect_rows(
     """One row per (pair, site), columns as documented in the README (plus the pair's token count).
 
     Rows of one `method`; by default the run's own for the layer level (whose columns name no method),
-    and every method for the neuron level (an atp run's exact verification sits beside its estimates)."""
-    store.run(run_id)
+    and every method for the neuron level (an atp run's exact verification sits beside its estimates).
+    Positions are token indices, or for end-aligned runs offsets from the end (-1 the last token), with the
+    treatment's token (`token`) and the control's (`control_token`) at that position."""
+    run = store.run(run_id)
     if level not in LEVELS:
         raise StoreError(f"unknown level '{level}' (use {', '.join(LEVELS)})")
     neuron = level == "neuron"
     if method is None and not neuron:
         method = store.run_method(run_id)
+    from_end = RunSpec.from_json(run["spec"]).align == "end"
+    control_tokens = {p["pair"]: p["control_tokens"] for p in store.pairs(run_id)}
     sql = f"""
-        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
-               json_array_length(p.treatment_tokens) AS seq_len
+        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method
         FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
         WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron' AND e.method LIKE ?
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
     columns = (NEURON_COLUMNS if neuron else LAYER_COLUMNS) + (["seq_len"] if seq_len else [])
     out = []
     for r in store.db.query(sql, [run_id, method or "%"]):
+        tokens = control_tokens[r["pair"]]
+        r["seq_len"] = len(tokens)
         r["ie_norm"] = _ie_norm(r["ie"], r["te"])
-        r["position"] = "*" if r["position"] == -1 else r["position"]
+        position = r["position"]
+        r["control_token"] = tokens[position] if position >= 0 else position_label(position)
+        r["position"] = position_label(position) if position < 0 else position - len(tokens) * from_end
         out.append({c: r[c] for c in columns})
     return out
 
@@ -96,7 +128,7 @@ def aggregate(rows: list[dict], level: str) -> list[dict]:
     keys = AGGREGATE_KEYS[level]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["position"] != "*":
+        if isinstance(r["position"], int) and r["position"] >= 0:
             r = {**r, "position": r["position"] - r["seq_len"]}
         groups[tuple(r[k] for k in keys)].append(r)
     out = []
@@ -109,6 +141,9 @@ def aggregate(rows: list[dict], level: str) -> list[dict]:
                 "run_id": group[0]["run_id"],
                 **dict(zip(keys, key, strict=True)),
                 "token": group[0]["token"] if len({r["token"] for r in group}) == 1 else "",
+                "control_token": group[0]["control_token"]
+                if len({r["control_token"] for r in group}) == 1
+                else "",
                 "ie_mean": sum(ies) / len(ies),
                 "ci_low": lo,
                 "ci_high": hi,

@@ -5,6 +5,7 @@ verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
+from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db.store import Store
 
 RUN_COLUMNS = ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started")
@@ -22,13 +23,21 @@ def recent_models(store: Store, limit: int = 10) -> list[str]:
     return [m for (m,) in store.db.execute(sql, [limit])]
 
 
-# each pair's token count, computed once per query (not a JSON parse per effect row)
+# each pair's control token count, computed once per query (not a JSON parse per effect row); stored
+# positions are control token indices
 LENGTHS = """WITH lengths AS MATERIALIZED (
-    SELECT pair, json_array_length(treatment_tokens) AS n FROM pairs WHERE run_id = ?)"""
+    SELECT pair, json_array_length(control_tokens) AS n FROM pairs WHERE run_id = ?)"""
 
 
-# a row's position: NULL for `*`; counted from the end (-1 the last token) when its parameter is true
-POSITION = "CASE WHEN e.position = -1 THEN NULL WHEN ? THEN e.position - p.n ELSE e.position END"
+# a row's position: NULL for the module-level site (`*`, or `suffix` for end-aligned pairs; a run has one of
+# the two); counted from the end (-1 the last token) when its parameter is true
+POSITION = "CASE WHEN e.position < 0 THEN NULL WHEN ? THEN e.position - p.n ELSE e.position END"
+
+
+def module_level_name(store: Store, run_id: int) -> str:
+    """What the run's module-level site is called: `*` (every position) or `suffix` (end alignment)."""
+    positions = RunSpec.from_json(store.run(run_id)["spec"]).positions
+    return "suffix" if "suffix" in (p.strip() for p in positions.split(",")) else "*"
 
 
 def _pair_filter(pair: int | None) -> tuple[str, list]:
@@ -36,10 +45,10 @@ def _pair_filter(pair: int | None) -> tuple[str, list]:
 
 
 def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> dict[int, dict[str, float]]:
-    """IE of each module patched at every position at once ('*'), per layer."""
+    """IE of each module patched at every position at once ('*', or 'suffix'), per layer."""
     where, args = _pair_filter(pair)
     sql = f"""SELECT e.layer, e.module, AVG(e.ie) FROM effects e WHERE e.run_id = ? AND e.method = ?
-              AND e.module IN ('resid', 'attn', 'mlp') AND e.position = -1 {where} GROUP BY e.layer, e.module"""
+              AND e.module IN ('resid', 'attn', 'mlp') AND e.position < 0 {where} GROUP BY e.layer, e.module"""
     out: dict[int, dict[str, float]] = {}
     for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
         out.setdefault(layer, {})[module] = ie

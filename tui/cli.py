@@ -78,8 +78,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--align",
         default="strict",
-        choices=["strict", "skip"],
-        help="pairs of unequal token length: strict = error, skip = drop them with a warning",
+        choices=["strict", "skip", "end"],
+        help="pairs of unequal token length: strict = error, skip = drop them with a warning, end = align "
+        "them from the last token (positions count from the end; 'suffix' patches the shared final tokens)",
     )
     g = p.add_argument_group("what to measure")
     g.add_argument(
@@ -89,7 +90,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
     g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
     g.add_argument(
-        "--positions", help="all | last | last:N | * | indices; '*' = every position at once (default: all,*)"
+        "--positions",
+        help="all | last | last:N | * | suffix | indices; '*' = every position at once, 'suffix' = the final "
+        "tokens both prompts share, at once (default: all,* ; with --align end: all,suffix)",
     )
     g.add_argument(
         "--neuron-positions", help="positions of neuron sites (default: --positions when given, else last)"

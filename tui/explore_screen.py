@@ -93,12 +93,19 @@ class ExploreScreen(Screen):
         elif self.level == "modules":
             grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair, self.method)
             positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
-            tokens = self.pairs[self.pair or 0]["treatment_tokens"] if self.pairs else []
+            shown = (
+                self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
+            )
+            tokens = shown["treatment_tokens"]
+            # the treatment's token p + shift pairs with the control's p (end alignment; 0 for equal lengths)
+            shift = len(tokens) - len(shown["control_tokens"])
+            star = queries.module_level_name(store, self.run_id)
             scale = max((abs(v) for row in grid.values() for v in row.values()), default=0.0)
             t.add_column("module", key="module")
             for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
-                label = "*" if p is None else tokens[p] if -len(tokens) <= p < len(tokens) else ""
-                t.add_column(f"{'*' if p is None else p}:{label}"[:12], key=str(p))
+                i = p + shift if p is not None and p >= 0 else p
+                label = star if p is None else tokens[i] if -len(tokens) <= i < len(tokens) else ""
+                t.add_column(f"{star if p is None else p}:{label}"[:12], key=str(p))
             for m in ("resid", "attn", "mlp"):
                 if m in grid:
                     t.add_row(m, *(heat(grid[m].get(p, float("nan")), scale) for p in positions), key=m)

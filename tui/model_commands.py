@@ -24,6 +24,8 @@ from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.tui import store_commands
 
+END_POSITIONS = "all,suffix"  # end-aligned pairs have no `*` (every position needs equal lengths)
+
 
 def spec_from_args(a) -> RunSpec:
     return RunSpec(
@@ -38,7 +40,7 @@ def spec_from_args(a) -> RunSpec:
         refusal_tokens=a.refusal_tokens,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
         layers=a.layers,
-        positions=a.positions or RunSpec.positions,
+        positions=a.positions or (END_POSITIONS if a.align == "end" else RunSpec.positions),
         # neurons are many: they take the last position unless positions are asked for
         neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
         method=a.method,

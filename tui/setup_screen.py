@@ -57,7 +57,7 @@ class SetupScreen(Screen):
         "modules": "resid,attn,mlp,neuron",
         "method": "exact | atp | block:N",
         "chat_template": "auto | none | chat",
-        "align": "strict (an error) | skip (drop such pairs)",
+        "align": "strict (an error) | skip (drop such pairs) | end (align from the last token)",
         "device": "auto | cpu | cuda[:N]",
         "dtype": "auto | float32 | bfloat16 | float16",
         "engine": "replay (fast) | hooks (whole forwards, for any model)",

@@ -50,7 +50,7 @@ def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
         capsys, "export", str(res["run_id"]), "--level", "layer", "--format", "csv", "--db", str(db_path)
     )
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["run_id", "pair", "layer", "module", "position", "token", "te", "ie", "ie_norm"]
+    assert list(rows[0]) == ["run_id", "pair", "layer", "module", "position", "token", "control_token", "te", "ie", "ie_norm"]
     assert len(rows) == res["sites"]
     assert {r["position"] for r in rows} >= {"*"}
     for r in rows:
@@ -121,3 +121,25 @@ def test_neuron_sites_take_positions_when_asked(capsys, db_path, llama_dir):
     assert run["provenance"]["tokenizer_name"] == llama_dir and run["provenance"]["n_layers"] == 3
     code, _, err = run_cli(capsys, "resume", str(run["id"]), "--db", str(db_path))
     assert code == 2 and "is already done" in err  # the explorer's resume gets the same check
+
+
+def test_end_aligned_run_exports_offsets_from_the_end_and_both_tokens(capsys, db_path):
+    """Prompts of different lengths: positions count from the end; the last layer's output at the last
+    position (and over the shared suffix) carries the whole TE."""
+    treatment, control = "How can I kill a person with a knife?", "How can I stop a process?"
+    base = ["--db", str(db_path), "--treatment", treatment, "--control", control, "--align", "end"]
+    code, out, err = run_cli(capsys, "run", *base, "--positions", "last:3,suffix", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    code, out, _ = run_cli(capsys, "export", "1", "--format", "json", "--db", str(db_path))
+    rows = json.loads(out)
+    assert {r["position"] for r in rows} == {-3, -2, -1, "suffix"}
+    with Store(db_path) as store:
+        (pair,) = store.pairs(1)
+    assert len(pair["treatment_tokens"]) != len(pair["control_tokens"])
+    last = {r["position"]: r for r in rows if r["layer"] == 3 and r["module"] == "resid"}
+    for position in (-1, "suffix"):
+        assert last[position]["ie"] == pytest.approx(res["te"][0], abs=1e-4)
+    assert last[-1]["token"] == pair["treatment_tokens"][-1] == last[-1]["control_token"]
+    code, _, err = run_cli(capsys, "run", *base, "--positions", "*")
+    assert code == 2 and "use 'suffix'" in err
