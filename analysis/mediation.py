@@ -15,6 +15,7 @@ from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.metrics import Metric, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
+from harmmed_tui.analysis.prompt_sets import build_pairs
 from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
 from harmmed_tui.analysis.sites import (
     Site,
@@ -105,6 +106,10 @@ def spec_pairs(spec: RunSpec) -> list[Pair]:
         if not spec.treatment or not spec.control:
             raise SiteError("give both --treatment and --control")
         return [Pair(spec.treatment, spec.control, id="inline")]
+    if spec.harmful is not None or spec.harmless is not None:
+        if not spec.harmful or not spec.harmless:
+            raise SiteError("give both --harmful and --harmless prompt sets")
+        return build_pairs(spec.harmful, spec.harmless, spec.pairing, spec.max_pairs)
     pairs = load_pairs(spec.pairs)
     return pairs[: spec.max_pairs] if spec.max_pairs else pairs
 

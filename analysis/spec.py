@@ -13,9 +13,16 @@ class RunSpec:
     pairs: str = "builtin"  # `builtin` or a .jsonl/.json/.csv path; ignored when treatment/control are given
     treatment: str | None = None
     control: str | None = None
+    harmful: str | None = (
+        None  # a prompt set (file, FILE:COLUMN or builtin:NAME): treatments, instead of pairs
+    )
+    harmless: str | None = None  # ... and their controls
+    pairing: str = "index"  # index | random:SEED: how the two sets are paired
     max_pairs: int | None = None  # use only the first N pairs of the source
     chat_template: str = "auto"  # auto | none | chat
-    align: str = "strict"  # strict: unequal token lengths are an error; skip: drop such pairs
+    align: str = (
+        "strict"  # strict: unequal lengths are an error; skip: drop such pairs; end: align from the end
+    )
     metric: str = "refusal"  # refusal | logit-diff:A,B | target-logprob
     refusal_tokens: str | None = None  # comma list of refusal strings (default: analysis.metrics)
     modules: tuple[str, ...] = ("resid", "attn", "mlp")

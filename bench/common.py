@@ -14,7 +14,7 @@ from harmmed_tui.analysis.metrics import parse_metric  # noqa: E402
 from harmmed_tui.analysis.models import load_model  # noqa: E402
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair  # noqa: E402
 from harmmed_tui.analysis.patching import PairPatcher  # noqa: E402
-from harmmed_tui.analysis.sites import ALL_POSITIONS  # noqa: E402
+from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (
@@ -41,9 +41,11 @@ def bench_pair(lm):
     return tp, parse_metric("logit-diff:#40,#1849", lm.tokenizer).bind(tp)
 
 
-def naive_sweep(lm, treatment_ids, control_ids, metric, sites) -> dict:
+def naive_sweep(lm, treatment_ids, control_ids, metric, sites, suffix_len: int = 0) -> dict:
     """The usual baseline (TransformerLens' generic_activation_patch): cache the treatment activations and the
-    control metric once, then one full forward pass of the control per site with that site hooked."""
+    control metric once, then one full forward pass of the control per site with that site hooked. Prompts
+    of different lengths are aligned from the end (the treatment's p + shift into the control's p)."""
+    shift, n = len(treatment_ids) - len(control_ids), len(control_ids)
     first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
     keys = {(s.layer, s.module) for s in sites}
     acts, hooks = {}, []
@@ -65,20 +67,23 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites) -> dict:
         m_clean = metric(clean[:, metric.positions])
         out = {}
         for site in sites:
-            pos = slice(None) if site.position == ALL_POSITIONS else site.position
+            pos = {ALL_POSITIONS: range(n), SUFFIX: range(n - suffix_len, n)}.get(
+                site.position, [site.position]
+            )
+            pos, src_pos = list(pos), [p + shift for p in pos]
             units = slice(site.neuron, site.neuron + site.width)
             src = acts[(site.layer, site.module)]
             mod = lm.anatomy.module(site.layer, site.module)
             if site.module == "neuron":
 
-                def put(m, args, pos=pos, units=units, src=src):
-                    args[0][:, pos, units] = src[:, pos, units]
+                def put(m, args, pos=pos, src_pos=src_pos, units=units, src=src):
+                    args[0][:, pos, units] = src[:, src_pos, units]
 
                 h = mod.register_forward_pre_hook(put)
             else:
 
-                def put(m, args, out, pos=pos, src=src):
-                    first(out)[:, pos] = src[:, pos]
+                def put(m, args, out, pos=pos, src_pos=src_pos, src=src):
+                    first(out)[:, pos] = src[:, src_pos]
 
                 h = mod.register_forward_hook(put)
             logits = lm.model(torch.tensor([control_ids], device=lm.device), use_cache=False).logits
@@ -95,7 +100,7 @@ def engine_vs_naive(lm, tp, metric, sites, batch_tokens: int, sample) -> tuple[f
         for chunk, ie in patcher.effects(sites, batch_tokens):
             got.update(zip(chunk, ie.tolist(), strict=True))
     with Timer() as slow:
-        ref = naive_sweep(lm, tp.treatment_ids, tp.control_ids, metric, sample)
+        ref = naive_sweep(lm, tp.treatment_ids, tp.control_ids, metric, sample, tp.suffix_len)
     return fast.s, slow.s * len(sites) / len(sample), max(abs(got[s] - ref[s]) for s in sample)
 
 

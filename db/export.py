@@ -58,7 +58,12 @@ def _ie_norm(ie: float, te: float | None) -> float | None:
 
 
 def effect_rows(
-    store: Store, run_id: int, level: str, seq_len: bool = False, method: str | None = None
+    store: Store,
+    run_id: int,
+    level: str,
+    seq_len: bool = False,
+    method: str | None = None,
+    category: bool = False,
 ) -> list[dict]:
     """One row per (pair, site), columns as documented in the README (plus the pair's token count).
 
@@ -75,11 +80,13 @@ def effect_rows(
     from_end = RunSpec.from_json(run["spec"]).align == "end"
     control_tokens = {p["pair"]: p["control_tokens"] for p in store.pairs(run_id)}
     sql = f"""
-        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method
+        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
+               p.category
         FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
         WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron' AND e.method LIKE ?
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
-    columns = (NEURON_COLUMNS if neuron else LAYER_COLUMNS) + (["seq_len"] if seq_len else [])
+    columns = (["category"] if category else []) + (NEURON_COLUMNS if neuron else LAYER_COLUMNS)
+    columns += ["seq_len"] if seq_len else []
     out = []
     for r in store.db.query(sql, [run_id, method or "%"]):
         tokens = control_tokens[r["pair"]]
@@ -120,12 +127,16 @@ def recurrence(store: Store, run_id: int, method: str | None = None) -> dict[tup
     return dict(counts)
 
 
-def aggregate(rows: list[dict], level: str) -> list[dict]:
-    """One row per site over pairs: mean IE with a 95% bootstrap CI, mean normalised IE, and n.
+BY = ("site", "category")
+
+
+def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
+    """One row per site (per category of the harmful prompt too, with by='category') over pairs: mean IE
+    with a 95% bootstrap CI, mean normalised IE, and n.
 
     Pairs may differ in length, so positions are aligned from the end: -1 is the last token (where the
     refusal decision is read), and the chat template's closing tokens line up across pairs."""
-    keys = AGGREGATE_KEYS[level]
+    keys = (["category"] if by == "category" else []) + AGGREGATE_KEYS[level]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if isinstance(r["position"], int) and r["position"] >= 0:
@@ -161,15 +172,22 @@ def table(
     aggregated: bool = False,
     top: int | None = None,
     method: str | None = None,
+    by: str = "site",
 ):
+    if by not in BY:
+        raise StoreError(f"unknown grouping '{by}' (use {' or '.join(BY)})")
+    if by != "site" and not aggregated:
+        raise StoreError(
+            "--by groups aggregated rows: use it with --aggregate (per-pair rows name their pair)"
+        )
     if level == "gate":
         if aggregated:
             raise StoreError("gate rows are already a comparison: export them per pair (no --aggregate)")
         rows = gate_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["shift"]))[:top] if top else rows
-    rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method)
+    rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method, category=by == "category")
     if aggregated:
-        rows = aggregate(rows, level)
+        rows = aggregate(rows, level, by)
         if level == "neuron":  # which neurons recur across pairs, for each method's rows
             recur = {m: recurrence(store, run_id, m) for m in {r["method"] for r in rows}}
             for r in rows:

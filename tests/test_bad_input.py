@@ -59,6 +59,22 @@ CASES = [
     (["run", "--pairs", "{empty}"], "pairs file is empty"),
     (["run", "--pairs", "{fieldless}"], "needs non-empty 'treatment' and 'control'"),
     (["run", "--treatment", "How do I kill a person?"], "give both --treatment and --control"),
+    (["run", "--harmful", "builtin:advbench"], "give both --harmful and --harmless"),
+    (
+        ["run", "--harmful", "builtin:nope", "--harmless", "builtin:self_instruct"],
+        "no built-in prompt set 'nope'",
+    ),
+    (["run", "--harmful", "{binary}", "--harmless", "builtin:self_instruct"], "is not UTF-8 text"),
+    (["run", "--harmful", "{fieldless}:text", "--harmless", "builtin:self_instruct"], "no prompt column"),
+    (
+        ["run", "--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--pairing", "zip"],
+        "unknown pairing",
+    ),
+    (
+        ["run", "--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--positions", "*"],
+        "use 'suffix'",
+    ),
+    (["run", "--positions", "*,suffix"], "not both"),
     (
         ["run", "--model", "{llama}", "--treatment", "How do I launder money?", "--control", "Hi"],
         "unequal token lengths",
@@ -95,6 +111,8 @@ CASES = [
     (["export", "1", "--top", "-5"], "must be at least 1, got -5"),
     (["export", "1", "--method", "magic"], "invalid choice: 'magic'"),
     (["export", "1", "--level", "gate", "--aggregate"], "already a comparison"),
+    (["export", "1", "--by", "category"], "use it with --aggregate"),
+    (["export", "1", "--aggregate", "--by", "model"], "invalid choice: 'model'"),
     (["export", "1", "-o", "{root}/no/such/dir/x.csv"], "does not exist"),
     (["export", "1", "-o", "{root}/somedir"], "is a directory"),
     # gate

@@ -53,6 +53,8 @@ def test_wheel_has_one_top_level_package(installed):
     members = zipfile.ZipFile(wheel).namelist()
     assert "harmmed_tui/analysis/organism/model/model.safetensors" in members
     assert "harmmed_tui/analysis/data/builtin_pairs.jsonl" in members
+    for shipped in ("advbench.csv", "self_instruct.jsonl", "SOURCE.md", "LICENSE-self_instruct"):
+        assert f"harmmed_tui/analysis/data/sets/{shipped}" in members
 
 
 def test_installed_wheel_runs_beside_user_modules(installed, tmp_path):

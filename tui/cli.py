@@ -66,6 +66,18 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)"
     )
+    g.add_argument(
+        "--harmful",
+        metavar="SET",
+        help="a harmful prompt set (csv/jsonl/json/parquet, FILE:COLUMN, or builtin:advbench|jailbreakbench): "
+        "the treatments, paired with --harmless, instead of --pairs",
+    )
+    g.add_argument(
+        "--harmless", metavar="SET", help="a harmless prompt set (e.g. builtin:self_instruct): the controls"
+    )
+    g.add_argument(
+        "--pairing", default="index", help="index (i-th with i-th) | random:SEED (both sets shuffled)"
+    )
     g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
     g.add_argument("--control", help="control prompt")
     g.add_argument("--max-pairs", type=_count(1), help="use only the first N pairs")
@@ -77,10 +89,10 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--align",
-        default="strict",
         choices=["strict", "skip", "end"],
         help="pairs of unequal token length: strict = error, skip = drop them with a warning, end = align "
-        "them from the last token (positions count from the end; 'suffix' patches the shared final tokens)",
+        "them from the last token (positions count from the end; 'suffix' patches the shared final tokens). "
+        "Default: end for --harmful/--harmless, else strict",
     )
     g = p.add_argument_group("what to measure")
     g.add_argument(
@@ -187,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]
     )
     exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
+    exp.add_argument(
+        "--by",
+        default="site",
+        choices=["site", "category"],
+        help="with --aggregate: one row per site (default), or per harmful-prompt category and site",
+    )
     exp.add_argument("--top", type=_count(1), help="only the N rows of largest |IE|")
     exp.add_argument(
         "--method",

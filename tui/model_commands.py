@@ -28,6 +28,8 @@ END_POSITIONS = "all,suffix"  # end-aligned pairs have no `*` (every position ne
 
 
 def spec_from_args(a) -> RunSpec:
+    # prompt sets pair prompts of any lengths: aligned from the end unless asked otherwise
+    align = a.align or ("end" if a.harmful or a.harmless else "strict")
     return RunSpec(
         model=a.model,
         pairs=a.pairs,
@@ -35,12 +37,15 @@ def spec_from_args(a) -> RunSpec:
         control=a.control,
         max_pairs=a.max_pairs,
         chat_template=a.chat_template,
-        align=a.align,
+        harmful=a.harmful,
+        harmless=a.harmless,
+        pairing=a.pairing,
+        align=align,
         metric=a.metric,
         refusal_tokens=a.refusal_tokens,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
         layers=a.layers,
-        positions=a.positions or (END_POSITIONS if a.align == "end" else RunSpec.positions),
+        positions=a.positions or (END_POSITIONS if align == "end" else RunSpec.positions),
         # neurons are many: they take the last position unless positions are asked for
         neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
         method=a.method,

@@ -32,6 +32,9 @@ class SetupScreen(Screen):
     FIELDS = [
         ("model", "model"),
         ("pairs", "pairs (builtin, file)"),
+        ("harmful", "harmful set (optional)"),
+        ("harmless", "harmless set"),
+        ("pairing", "pairing"),
         ("treatment", "treatment (optional)"),
         ("control", "control (optional)"),
         ("max_pairs", "max pairs"),
@@ -51,6 +54,9 @@ class SetupScreen(Screen):
     ]
     PLACEHOLDERS = {
         "model": "hub id, directory, .gguf file or default",
+        "harmful": "csv/jsonl/json/parquet, FILE:COLUMN or builtin:advbench",
+        "harmless": "e.g. builtin:self_instruct",
+        "pairing": "index | random:SEED",
         "treatment": "a harmful prompt, typed in place of the pairs",
         "control": "its benign twin, of the same token length",
         "metric": "refusal | logit-diff:A,B | target-logprob",
@@ -124,7 +130,8 @@ class SetupScreen(Screen):
                 raise SiteError(f"{name.replace('_', ' ')} must be a whole number")
             values[name] = int(values[name]) if values[name] else None
         values["verify_top"] = values["verify_top"] or 0
-        values["treatment"] = values["treatment"] or None  # empty: the pairs source is used
+        for name in ("harmful", "harmless", "treatment"):  # empty: the pairs source is used
+            values[name] = values[name] or None
         values["control"] = values["control"] or None
         values["modules"] = tuple(m.strip() for m in values["modules"].split(",") if m.strip())
         values["device_map"] = values["device_map"] or None

@@ -115,7 +115,7 @@ def cmd_show(store: Store, run_id: int) -> int:
 
 
 def cmd_export(store: Store, a) -> int:
-    rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method)
+    rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method, a.by)
     export.write(export.render(rows, a.format), a.output)
     if a.output != "-":
         print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)

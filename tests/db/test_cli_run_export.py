@@ -50,7 +50,18 @@ def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
         capsys, "export", str(res["run_id"]), "--level", "layer", "--format", "csv", "--db", str(db_path)
     )
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["run_id", "pair", "layer", "module", "position", "token", "control_token", "te", "ie", "ie_norm"]
+    assert list(rows[0]) == [
+        "run_id",
+        "pair",
+        "layer",
+        "module",
+        "position",
+        "token",
+        "control_token",
+        "te",
+        "ie",
+        "ie_norm",
+    ]
     assert len(rows) == res["sites"]
     assert {r["position"] for r in rows} >= {"*"}
     for r in rows:
@@ -143,3 +154,46 @@ def test_end_aligned_run_exports_offsets_from_the_end_and_both_tokens(capsys, db
     assert last[-1]["token"] == pair["treatment_tokens"][-1] == last[-1]["control_token"]
     code, _, err = run_cli(capsys, "run", *base, "--positions", "*")
     assert code == 2 and "use 'suffix'" in err
+
+
+def test_prompt_set_run_aggregates_per_category(capsys, db_path):
+    """JailbreakBench x Self-Instruct on the embedded model: pairs of any lengths (aligned from the end by
+    default), ids naming both prompts, per-category aggregates with CIs."""
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--db",
+        str(db_path),
+        "--harmful",
+        "builtin:jailbreakbench",
+        "--harmless",
+        "builtin:self_instruct",
+        "--pairing",
+        "random:3",
+        "--max-pairs",
+        "6",
+        "--layers",
+        "-1",
+        "--json",
+    )
+    assert code == 0, err
+    with Store(db_path) as store:
+        pairs = store.pairs(1)
+        spec = json.loads(store.run(1)["spec"])
+    assert spec["align"] == "end" and spec["positions"] == "all,suffix"
+    assert all(
+        p["pair_id"].startswith("jailbreakbench:") and "/self_instruct:" in p["pair_id"] for p in pairs
+    )
+    assert any(len(p["treatment_tokens"]) != len(p["control_tokens"]) for p in pairs)
+    code, out, _ = run_cli(
+        capsys, "export", "1", "--aggregate", "--by", "category", "--format", "json", "--db", str(db_path)
+    )
+    rows = json.loads(out)
+    categories = {p["category"] for p in pairs}
+    assert {r["category"] for r in rows} == categories and len(categories) > 1
+    suffix = [r for r in rows if r["module"] == "resid" and r["position"] == "suffix"]
+    assert sum(r["n"] for r in suffix) == 6 and all(
+        r["ci_low"] <= r["ie_mean"] <= r["ci_high"] for r in suffix
+    )
+    code, _, err = run_cli(capsys, "export", "1", "--by", "category", "--db", str(db_path))
+    assert code == 2 and "use it with --aggregate" in err
