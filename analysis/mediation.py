@@ -15,8 +15,8 @@ from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.metrics import Metric, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
-from harmmed_tui.analysis.prompt_sets import build_pairs
 from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
+from harmmed_tui.analysis.prompt_sets import build_pairs
 from harmmed_tui.analysis.sites import (
     Site,
     SiteError,
