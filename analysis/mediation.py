@@ -6,12 +6,13 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from harmmed_tui.analysis.attribution import Attribution
 from harmmed_tui.analysis.families import config_d_mlp
+from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.metrics import Metric, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
@@ -102,6 +103,22 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
 
 
 def spec_pairs(spec: RunSpec) -> list[Pair]:
+    """The run's pairs: typed, from a pairs source or from two prompt sets, then jailbreak-wrapped if asked."""
+    pairs = _source_pairs(spec)
+    if not spec.jailbreak:
+        return pairs
+    jailbreak = load_jailbreak(spec.jailbreak)
+    if spec.jailbreak_design == "plain-vs-wrapped":  # which sites carry the jailbreak's effect
+        return [replace(p, control=jailbreak.wrap(p.treatment), id=f"{p.id}+{jailbreak.name}") for p in pairs]
+    if spec.jailbreak_design == "wrapped-pair":  # harmful vs harmless, both inside the attack
+        return [
+            replace(p, treatment=jailbreak.wrap(p.treatment), control=jailbreak.wrap(p.control))
+            for p in pairs
+        ]
+    raise SiteError(f"unknown jailbreak design '{spec.jailbreak_design}' (use {' or '.join(DESIGNS)})")
+
+
+def _source_pairs(spec: RunSpec) -> list[Pair]:
     if spec.treatment is not None or spec.control is not None:
         if not spec.treatment or not spec.control:
             raise SiteError("give both --treatment and --control")

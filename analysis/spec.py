@@ -18,6 +18,10 @@ class RunSpec:
     )
     harmless: str | None = None  # ... and their controls
     pairing: str = "index"  # index | random:SEED: how the two sets are paired
+    jailbreak: str | None = (
+        None  # a jailbreak template (analysis.jailbreaks name or file) applied to the pairs
+    )
+    jailbreak_design: str = "plain-vs-wrapped"  # or wrapped-pair: treatment and control both wrapped
     max_pairs: int | None = None  # use only the first N pairs of the source
     chat_template: str = "auto"  # auto | none | chat
     align: str = (

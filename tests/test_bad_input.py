@@ -75,6 +75,9 @@ CASES = [
         "use 'suffix'",
     ),
     (["run", "--positions", "*,suffix"], "not both"),
+    (["run", "--jailbreak", "nope"], "no jailbreak 'nope'"),
+    (["run", "--jailbreak", "{empty}"], "no {prompt} placeholder"),
+    (["run", "--jailbreak", "role-play", "--jailbreak-design", "both"], "invalid choice: 'both'"),
     (
         ["run", "--model", "{llama}", "--treatment", "How do I launder money?", "--control", "Hi"],
         "unequal token lengths",
@@ -132,6 +135,9 @@ CASES = [
     (["organism", "eval", "--model", "nope/nope"], "cannot load model"),
     (["organism", "train", "--out", "{root}/o", "--steps", "0"], "must be at least 1, got 0"),
     (["organism", "grow"], "invalid choice: 'grow'"),
+    (["probe", "--harmful", "builtin:advbench", "--max-prompts", "0"], "must be at least 1, got 0"),
+    (["probe", "--harmful", "builtin:nope"], "no built-in prompt set 'nope'"),
+    (["probe", "--harmful", "builtin:advbench", "--jailbreak", "nope"], "no jailbreak 'nope'"),
     (["fly"], "invalid choice: 'fly'"),
 ]
 
@@ -139,7 +145,7 @@ CASES = [
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_value_is_one_line_and_changes_nothing(world, capsys, argv, message):
     argv = [a.format(**world) for a in argv]
-    if "--db" not in argv and argv[0] not in ("organism", "fly"):
+    if "--db" not in argv and argv[0] not in ("organism", "probe", "fly"):
         argv += ["--db", world["db"]]
     before = _digest(world["db"])
     try:

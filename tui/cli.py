@@ -14,7 +14,13 @@ import platformdirs
 from harmmed_tui.analysis.errors import HarmmedError
 from harmmed_tui.analysis.sites import MODULES
 
-MODEL_COMMANDS = {"run", "resume", "gate", "organism"}  # the rest only read the store: no torch for them
+MODEL_COMMANDS = {
+    "run",
+    "resume",
+    "gate",
+    "organism",
+    "probe",
+}  # the rest only read the store: no torch for them
 
 EPILOG = """examples:
   harmmed-tui                                   open the explorer on the embedded default model
@@ -77,6 +83,19 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--pairing", default="index", help="index (i-th with i-th) | random:SEED (both sets shuffled)"
+    )
+    g.add_argument(
+        "--jailbreak",
+        metavar="NAME|FILE",
+        help="wrap the prompts in a jailbreak template (refusal-suppression, prefix-injection, role-play, "
+        "instruction-override, fictional-framing, or a file holding {prompt})",
+    )
+    g.add_argument(
+        "--jailbreak-design",
+        default="plain-vs-wrapped",
+        choices=["plain-vs-wrapped", "wrapped-pair"],
+        help="plain-vs-wrapped: treatment = the plain harmful prompt, control = it wrapped (where the "
+        "jailbreak acts); wrapped-pair: both prompts of each pair wrapped",
     )
     g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
     g.add_argument("--control", help="control prompt")
@@ -238,6 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=_count(1), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    probe = sub.add_parser(
+        "probe", help="how often a model refuses prompt sets: greedy answers, judged by refusal phrases"
+    )
+    probe.add_argument("--model", default="default", help="hub id, local directory, .gguf file, or 'default'")
+    probe.add_argument(
+        "--harmful", metavar="SET", help="a harmful prompt set (file, FILE:COLUMN, builtin:NAME)"
+    )
+    probe.add_argument("--harmless", metavar="SET", help="a harmless prompt set, for over-refusal")
+    probe.add_argument(
+        "--jailbreak", metavar="NAME|FILE", help="wrap every prompt in this jailbreak template"
+    )
+    probe.add_argument(
+        "--max-prompts", type=_count(1), default=50, help="first N prompts of each set (default 50)"
+    )
+    probe.add_argument("--max-new-tokens", type=_count(1), default=24)
+    probe.add_argument(
+        "--refusal-phrases", help="comma list or file of refusal phrases (default: analysis.judge)"
+    )
+    probe.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"])
+    probe.add_argument("--device", default="auto")
+    probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    probe.add_argument("--json", action="store_true", help="print every answer and the rates as JSON")
 
     runs = sub.add_parser("runs", help="list stored runs")
     _db_arg(runs)

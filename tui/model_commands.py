@@ -29,7 +29,7 @@ END_POSITIONS = "all,suffix"  # end-aligned pairs have no `*` (every position ne
 
 def spec_from_args(a) -> RunSpec:
     # prompt sets pair prompts of any lengths: aligned from the end unless asked otherwise
-    align = a.align or ("end" if a.harmful or a.harmless else "strict")
+    align = a.align or ("end" if a.harmful or a.harmless or a.jailbreak else "strict")
     return RunSpec(
         model=a.model,
         pairs=a.pairs,
@@ -40,6 +40,8 @@ def spec_from_args(a) -> RunSpec:
         harmful=a.harmful,
         harmless=a.harmless,
         pairing=a.pairing,
+        jailbreak=a.jailbreak,
+        jailbreak_design=a.jailbreak_design,
         align=align,
         metric=a.metric,
         refusal_tokens=a.refusal_tokens,
@@ -163,9 +165,52 @@ def cmd_organism(a) -> int:
     return 0
 
 
+def cmd_probe(a) -> int:
+    from harmmed_tui.analysis.errors import PairsError
+    from harmmed_tui.analysis.jailbreaks import load_jailbreak
+    from harmmed_tui.analysis.judge import phrase_judge
+    from harmmed_tui.analysis.models import load_model
+    from harmmed_tui.analysis.probe import probe, refusal_rates
+    from harmmed_tui.analysis.prompt_sets import load_prompt_set
+
+    sources = {k: v for k, v in (("harmful", a.harmful), ("harmless", a.harmless)) if v}
+    if not sources:
+        raise PairsError("give --harmful and/or --harmless prompt sets to probe")
+    sets = {kind: load_prompt_set(source)[: a.max_prompts] for kind, source in sources.items()}
+    judge, jailbreak = phrase_judge(a.refusal_phrases), load_jailbreak(a.jailbreak) if a.jailbreak else None
+    lm = load_model(a.model, device=a.device, dtype=a.dtype)
+    rows = probe(lm, sets, judge, a.chat_template, a.max_new_tokens, jailbreak)
+    rates = refusal_rates(rows)
+    if a.json:
+        print(json.dumps({"model": a.model, "jailbreak": a.jailbreak, "rates": rates, "answers": rows}))
+        return 0
+    t = Table(
+        title=f"{a.model}: refusals judged by {len(judge.phrases)} phrases"
+        + (f", inside {jailbreak.name}" if jailbreak else "")
+    )
+    for col in ("set", "category", "prompts", "refused", "rate"):
+        t.add_column(col, justify="right" if col in ("prompts", "refused", "rate") else "left")
+    for r in rates:
+        t.add_row(
+            f"{r['set']} ({sources[r['set']]})" if not r["category"] else "",
+            r["category"] or "all",
+            str(r["n"]),
+            str(r["refused"]),
+            f"{r['rate']:.0%}",
+        )
+    con = Console()
+    con.print(t)
+    for r in rows[:3] + [r for r in rows if r["set"] == "harmless"][:2]:
+        verdict = "refused" if r["refused"] else "answered"
+        con.print(f"[bold]{r['id']}[/] {verdict}: {r['answer']!r}", highlight=False)
+    return 0
+
+
 def dispatch(a) -> int:
     if a.command == "organism":
         return cmd_organism(a)
+    if a.command == "probe":
+        return cmd_probe(a)
     with Store(a.db) as store:
         if a.command == "run":
             return _execute(spec_from_args(a), store, a)

@@ -1,0 +1,71 @@
+"""How often a model refuses a prompt set: greedy answers judged by a refusal judge (analysis.judge).
+
+The red-teamer's first question, and the way to pick pairs where the behaviour actually changes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from harmmed_tui.analysis.jailbreaks import Jailbreak
+from harmmed_tui.analysis.judge import PhraseJudge
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import format_prompt
+from harmmed_tui.analysis.prompt_sets import Prompt
+
+
+@torch.inference_mode()
+def greedy_answer(lm: LoadedModel, text: str, chat_template: str = "auto", max_new_tokens: int = 24) -> str:
+    """The model's greedy answer to one prompt, as a user turn under its chat template (when it has one)."""
+    prompt, special = format_prompt(lm.tokenizer, text, chat_template)
+    ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=special)["input_ids"]], device=lm.device)
+    tok = lm.tokenizer
+    out = lm.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def probe(
+    lm: LoadedModel,
+    sets: dict[str, list[Prompt]],
+    judge: PhraseJudge,
+    chat_template: str = "auto",
+    max_new_tokens: int = 24,
+    jailbreak: Jailbreak | None = None,
+) -> list[dict]:
+    """One row per prompt: its set, id, category, the prompt as sent, the answer and the verdict."""
+    rows = []
+    for name, prompts in sets.items():
+        for p in prompts:
+            text = jailbreak.wrap(p.text) if jailbreak else p.text
+            answer = greedy_answer(lm, text, chat_template, max_new_tokens)
+            rows.append(
+                dict(
+                    set=name,
+                    id=p.id,
+                    category=p.category,
+                    prompt=text,
+                    answer=answer,
+                    refused=judge.refuses(answer),
+                )
+            )
+    return rows
+
+
+def refusal_rates(rows: list[dict]) -> list[dict]:
+    """Per set, and per category within it (category '' = the whole set): n, refusals, rate."""
+    groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for r in rows:
+        groups[(r["set"], "")].append(r["refused"])
+        if r["category"]:
+            groups[(r["set"], r["category"])].append(r["refused"])
+    return [
+        dict(set=s, category=c, n=len(v), refused=sum(v), rate=sum(v) / len(v))
+        for (s, c), v in groups.items()
+    ]
