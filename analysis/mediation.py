@@ -15,9 +15,10 @@ from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.metrics import Metric, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
+from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
-from harmmed_tui.analysis.prompt_sets import build_pairs
+from harmmed_tui.analysis.prompt_sets import build_pairs, load_prompt_set
 from harmmed_tui.analysis.sites import (
     Site,
     SiteError,
@@ -98,6 +99,13 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
             raise SiteError(f"--{name} must be at least {minimum}, got {value}")
     if spec.verify_top and method != "atp":
         raise SiteError("--verify-top checks atp estimates: use it with --method atp")
+    if spec.corrupt is not None:
+        if method == "atp":
+            raise SiteError("--corrupt runs patch exactly: use --method exact or block:N")
+        if spec.jailbreak or spec.control is not None:
+            raise SiteError("--corrupt makes the control from the treatment: drop --control and --jailbreak")
+        if not spec.noise_scale > 0 or spec.noise_samples < 1:
+            raise SiteError("--noise-scale must be more than 0 and --noise-samples at least 1")
     parse_modules(",".join(spec.modules))
     return method, block
 
@@ -119,16 +127,23 @@ def spec_pairs(spec: RunSpec) -> list[Pair]:
 
 
 def _source_pairs(spec: RunSpec) -> list[Pair]:
+    """Pairs as typed, from two prompt sets, or from a pairs source; a noise contrast needs only treatments
+    (its control is the treatment, noised)."""
+    noise = spec.corrupt is not None
     if spec.treatment is not None or spec.control is not None:
-        if not spec.treatment or not spec.control:
-            raise SiteError("give both --treatment and --control")
-        return [Pair(spec.treatment, spec.control, id="inline")]
+        if not spec.treatment or not (spec.control or noise):
+            raise SiteError("give both --treatment and --control" + (" (or --corrupt)" if not noise else ""))
+        return [Pair(spec.treatment, spec.treatment if noise else spec.control, id="inline")]
     if spec.harmful is not None or spec.harmless is not None:
+        if noise and spec.harmful and not spec.harmless:
+            prompts = load_prompt_set(spec.harmful)[: spec.max_pairs or None]
+            return [Pair(p.text, p.text, id=p.id, category=p.category, target=p.target) for p in prompts]
         if not spec.harmful or not spec.harmless:
             raise SiteError("give both --harmful and --harmless prompt sets")
         return build_pairs(spec.harmful, spec.harmless, spec.pairing, spec.max_pairs)
     pairs = load_pairs(spec.pairs)
-    return pairs[: spec.max_pairs] if spec.max_pairs else pairs
+    pairs = pairs[: spec.max_pairs] if spec.max_pairs else pairs
+    return [replace(p, control=p.treatment) for p in pairs] if noise else pairs
 
 
 def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
@@ -140,6 +155,14 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     tokenized, skipped = tokenize_pairs(
         tokenizer, pairs, spec.chat_template, spec.align, need_target=spec.metric == "target-logprob"
     )
+    if spec.corrupt is not None:
+        tokenized = [
+            replace(
+                tp,
+                corrupt=corrupted_positions(tokenizer, tp.pair.treatment, spec.chat_template, spec.corrupt),
+            )
+            for tp in tokenized
+        ]
     layers = parse_layers(spec.layers, n_layers)
     sites = {}
     for tp in tokenized:
@@ -300,6 +323,12 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
     """The object holding the pair's metric totals, and its (method, sites, IE) batches. For atp: every
     site's estimate, then exact patching of the `verify_top` sites of largest |estimate|."""
     bound = prep.metric.bind(tp)
+    spec = prep.spec
+    if spec.corrupt is not None:
+        keys = {(s.layer, s.module) for s in sites}
+        args = (spec.engine, spec.noise_samples, spec.noise_scale, spec.seed)
+        patcher = NoisedPatcher(prep.lm, tp, bound, keys, *args)
+        return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
     if prep.method != "atp":
         patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites}, prep.spec.engine)
         return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))

@@ -43,6 +43,7 @@ class TokenizedPair:
     shift: int = 0
     aligned: int = 0
     suffix_len: int = 0
+    corrupt: tuple[int, ...] = ()  # noise contrast: the control is the treatment with these tokens noised
 
     @property
     def treatment_prompt_len(self) -> int:

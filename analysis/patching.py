@@ -110,18 +110,26 @@ class PairPatcher:
         metric: BoundMetric,
         keys: Iterable[tuple[int, str]],
         engine: str = "replay",
+        control_noise: torch.Tensor | None = None,
     ):
+        """`control_noise` (T x d_model): the control run is the control prompt with this added to its token
+        embeddings (a noise contrast, analysis.noise); otherwise the control prompt itself."""
         self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
         self.seq_len = len(pair.control_ids)
         self.shift, self.suffix_len = pair.shift, pair.suffix_len
         device = lm.device
-        self.control_ids = torch.tensor([pair.control_ids], device=device)
+        ids = torch.tensor([pair.control_ids], device=device)
         with torch.inference_mode():
+            if control_noise is None:
+                self.control_inputs = {"input_ids": ids}
+            else:
+                embeds = lm.model.get_input_embeddings()(ids)
+                self.control_inputs = {"inputs_embeds": embeds + control_noise.to(embeds)}
             with ActivationRecorder(lm, keys) as self.treatment_acts:
                 ids = torch.tensor([pair.treatment_ids], device=device)
                 self.m_treatment = prompt_metric(lm, metric.shifted(pair.shift), input_ids=ids)
             if engine == "hooks":
-                self.m_control = prompt_metric(lm, metric, input_ids=self.control_ids)
+                self.m_control = prompt_metric(lm, metric, **self.control_inputs)
             else:
                 self._prepare_replay()
         self.te = self.m_treatment - self.m_control
@@ -136,7 +144,7 @@ class PairPatcher:
             for layer in self.anatomy.layers:
                 hook = layer.register_forward_pre_hook(self._capture_call, with_kwargs=True)
                 stack.callback(hook.remove)
-            self.m_control = prompt_metric(self.lm, self.metric, input_ids=self.control_ids)
+            self.m_control = prompt_metric(self.lm, self.metric, **self.control_inputs)
         # Keys/values of earlier positions can be reused only through a cache argument we recognise.
         self.prefix_ok = bool(self.mask_kind) and all(c.cache for c in self.layer_calls)
         self.kv = [KVPrefix() for _ in self.anatomy.layers]
@@ -215,9 +223,9 @@ class PairPatcher:
             for (layer, module), index in self._patch_index(sites, first).items():
                 stack.callback(self._install_patch(layer, module, index, first).remove)
             if self.engine == "hooks":
-                ids = self.control_ids.expand(len(sites), -1)
+                inputs = {k: v.expand(len(sites), *v.shape[1:]) for k, v in self.control_inputs.items()}
                 keep = torch.tensor(self.metric.positions, device=self.lm.device)
-                return self.metric(self.lm.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits)
+                return self.metric(self.lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits)
             start = min(s.layer for s in sites)
             # At the start layer only the patched positions change; later ones keep the control output.
             at_start = [self._positions(s)[-1] for s in sites if s.layer == start]

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 class RunSpec:
     model: str = "default"
     pairs: str = "builtin"  # `builtin` or a .jsonl/.json/.csv path; ignored when treatment/control are given
+    corrupt: str | None = None  # noise contrast: the control run is the treatment with these tokens noised
+    noise_scale: float = 3.0  # x the std of the embedding matrix (ROME's causal tracing)
+    noise_samples: int = 5  # IEs are averaged over this many noise draws
     treatment: str | None = None
     control: str | None = None
     harmful: str | None = (

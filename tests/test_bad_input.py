@@ -76,6 +76,11 @@ CASES = [
     ),
     (["run", "--positions", "*,suffix"], "not both"),
     (["run", "--jailbreak", "nope"], "no jailbreak 'nope'"),
+    (["run", "--corrupt", "grenade"], "does not occur in the prompt"),
+    (["run", "--corrupt", "tokens:x"], "bad token list"),
+    (["run", "--corrupt", "kill", "--method", "atp"], "patch exactly"),
+    (["run", "--corrupt", "kill", "--noise-scale", "0"], "must be more than 0"),
+    (["run", "--corrupt", "kill", "--noise-samples", "0"], "must be at least 1, got 0"),
     (["run", "--jailbreak", "{empty}"], "no {prompt} placeholder"),
     (["run", "--jailbreak", "role-play", "--jailbreak-design", "both"], "invalid choice: 'both'"),
     (

@@ -97,6 +97,18 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         help="plain-vs-wrapped: treatment = the plain harmful prompt, control = it wrapped (where the "
         "jailbreak acts); wrapped-pair: both prompts of each pair wrapped",
     )
+    g.add_argument(
+        "--corrupt",
+        metavar="TEXT|tokens:LIST",
+        help="noise contrast (causal tracing): the control run is each treatment prompt with Gaussian noise "
+        "on the embeddings of these tokens (a substring of the prompt, or tokens:3,5-7)",
+    )
+    g.add_argument(
+        "--noise-scale", type=_fraction, default=3.0, help="noise sd, x the embeddings' sd (default 3)"
+    )
+    g.add_argument(
+        "--noise-samples", type=_count(1), default=5, help="noise draws to average over (default 5)"
+    )
     g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
     g.add_argument("--control", help="control prompt")
     g.add_argument("--max-pairs", type=_count(1), help="use only the first N pairs")
