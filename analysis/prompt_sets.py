@@ -21,10 +21,13 @@ from harmmed_tui.analysis.errors import PairsError
 from harmmed_tui.analysis.pairs import Pair
 
 SETS_DIR = Path(__file__).parent / "data" / "sets"
+# name -> (file, the rows it keeps: column -> value)
 BUILTIN_SETS = {
-    "advbench": "advbench.csv",
-    "jailbreakbench": "jailbreakbench.csv",
-    "self_instruct": "self_instruct.jsonl",
+    "advbench": ("advbench.csv", {}),
+    "jailbreakbench": ("jailbreakbench.csv", {}),
+    "self_instruct": ("self_instruct.jsonl", {}),
+    "xstest_safe": ("xstest.csv", {"label": "safe"}),  # safe prompts that look unsafe: over-refusal
+    "xstest_unsafe": ("xstest.csv", {"label": "unsafe"}),  # their unsafe contrasts
 }
 # in order of preference: JailbreakBench has both `Goal` (the request) and `Behavior` (a short label)
 PROMPT_COLUMNS = (
@@ -51,19 +54,20 @@ class Prompt:
     target: str = ""
 
 
-def _path_and_column(source: str) -> tuple[Path, str, str | None]:
-    """(file, set name, prompt column or None) from `FILE`, `FILE:COLUMN`, `builtin:NAME`."""
+def _path_and_column(source: str) -> tuple[Path, str, str | None, dict]:
+    """(file, set name, prompt column or None, rows kept) from `FILE`, `FILE:COLUMN`, `builtin:NAME`."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTIN_SETS:
             raise PairsError(f"no built-in prompt set '{name}' (built in: {', '.join(BUILTIN_SETS)})")
-        return SETS_DIR / BUILTIN_SETS[name], name, None
+        file, keep = BUILTIN_SETS[name]
+        return SETS_DIR / file, name, None, keep
     path, column = Path(source).expanduser(), None
     if not path.exists() and (m := re.fullmatch(r"(.+):([^:/\\]+)", source)):
         path, column = Path(m[1]).expanduser(), m[2]
     if not path.is_file():
         raise PairsError(f"prompt set not found: {source}")
-    return path, path.stem, column
+    return path, path.stem, column, {}
 
 
 def _records(path: Path) -> list[dict]:
@@ -104,8 +108,10 @@ def _pick(columns, wanted: tuple[str, ...]) -> str | None:
 
 def load_prompt_set(source: str) -> list[Prompt]:
     """The prompts of one set, with their ids, categories and (AdvBench, JailbreakBench) targets."""
-    path, name, column = _path_and_column(source)
-    records = [r for r in _records(path) if isinstance(r, dict)]
+    path, name, column, keep = _path_and_column(source)
+    records = [
+        r for r in _records(path) if isinstance(r, dict) and all(r.get(k) == v for k, v in keep.items())
+    ]
     if not records:
         raise PairsError(f"prompt set {source} has no records")
     columns = records[0].keys()

@@ -135,6 +135,8 @@ CASES = [
     (["runs", "--db", "{root}/somedir"], "is a directory"),
     (["runs", "--db", "{binary}"], "not a usable harmmed-tui database"),
     (["show", "99"], "no run 99"),
+    (["compare", "1", "99"], "no run 99"),
+    (["compare", "1", "1", "--format", "xls"], "invalid choice: 'xls'"),
     (["delete", "99"], "no run 99"),
     (["delete", "-1"], "no run -1"),
     (["organism", "eval", "--model", "nope/nope"], "cannot load model"),

@@ -293,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     probe.add_argument("--json", action="store_true", help="print every answer and the rates as JSON")
 
+    cmp = sub.add_parser(
+        "compare",
+        help="two runs side by side: layer x module IE/TE of each, their difference and correlation",
+    )
+    cmp.add_argument("run_a", type=int)
+    cmp.add_argument("run_b", type=int)
+    cmp.add_argument(
+        "--format",
+        default="markdown",
+        choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"],
+    )
+    cmp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
+    _db_arg(cmp)
+
     runs = sub.add_parser("runs", help="list stored runs")
     _db_arg(runs)
     runs.add_argument("--json", action="store_true")

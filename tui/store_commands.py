@@ -1,4 +1,4 @@
-"""The commands that only read or delete stored runs: `runs`, `show`, `export`, `delete`.
+"""The commands that only read or delete stored runs: `runs`, `show`, `export`, `compare`, `delete`.
 
 They must start instantly, so nothing here (or below it) imports torch or transformers: a test and
 bench/readonly_speed.py keep it so."""
@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harmmed_tui.db import export, queries
+from harmmed_tui.db import compare, export, queries
 from harmmed_tui.db.store import Store
 
 
@@ -122,6 +122,17 @@ def cmd_export(store: Store, a) -> int:
     return 0
 
 
+def cmd_compare(store: Store, a) -> int:
+    rows, r = compare.compare(store, a.run_a, a.run_b)
+    export.write(export.render(rows, a.format), a.output)
+    correlation = "n/a" if r is None else f"{r:.3f}"
+    print(
+        f"runs {a.run_a} and {a.run_b}: {len(rows)} layer x module cells, Pearson r of IE/TE {correlation}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_delete(store: Store, run_id: int) -> int:
     store.delete_run(run_id)
     print(f"deleted run {run_id}", file=sys.stderr)
@@ -136,6 +147,8 @@ def dispatch(a) -> int:
             return cmd_show(store, a.run_id)
         if a.command == "export":
             return cmd_export(store, a)
+        if a.command == "compare":
+            return cmd_compare(store, a)
         if a.command == "delete":
             return cmd_delete(store, a.run_id)
     raise AssertionError(a.command)

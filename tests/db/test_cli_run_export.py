@@ -197,3 +197,20 @@ def test_prompt_set_run_aggregates_per_category(capsys, db_path):
     )
     code, _, err = run_cli(capsys, "export", "1", "--by", "category", "--db", str(db_path))
     assert code == 2 and "use it with --aggregate" in err
+
+
+def test_over_refusal_against_true_refusal_side_by_side(capsys, db_path):
+    """XSTest's unsafe prompts and its safe-but-scary ones, each against Self-Instruct, then compared."""
+    base = ["run", "--db", str(db_path), "--harmless", "builtin:self_instruct", "--max-pairs", "5", "--json"]
+    for harmful in ("builtin:xstest_unsafe", "builtin:xstest_safe"):
+        code, _, err = run_cli(capsys, *base, "--harmful", harmful)
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "compare", "1", "2", "--format", "json", "--db", str(db_path))
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 4 * 3 and set(rows[0]) == {"layer", "module", "ie_norm_1", "ie_norm_2", "difference"}
+    assert all(r["difference"] == pytest.approx(r["ie_norm_2"] - r["ie_norm_1"]) for r in rows)
+    assert "Pearson r of IE/TE" in err
+    run_cli(capsys, "run", "--db", str(db_path), "--max-pairs", "1", "--modules", "neuron")
+    code, _, err = run_cli(capsys, "compare", "1", "3", "--db", str(db_path))
+    assert code == 2 and "no module-level rows" in err

@@ -23,6 +23,7 @@ sys.exit(code)
         ["export", "1", "--aggregate", "--format", "markdown"],
         ["export", "1", "--level", "neuron", "--format", "parquet", "-o", "{tmp}/n.parquet"],
         ["export", "1", "--level", "gate", "--format", "json"],
+        ["compare", "1", "2", "--format", "csv"],
         ["delete", "2"],
     ],
     ids=lambda argv: " ".join(argv[:3]),
