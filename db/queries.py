@@ -1,4 +1,5 @@
-"""The read queries behind the Runs and Explore screens (parameterised SQL; `pair=None` averages over pairs).
+"""The read queries behind the Runs and Explore screens (parameterised SQL; `pair=None` averages over pairs,
+or over one category's pairs).
 
 Each reads one method's rows: a run's own method (`exact`, `block` or `atp`); an atp run's exact
 verification shows beside its estimates in the neuron pane."""
@@ -40,13 +41,20 @@ def module_level_name(store: Store, run_id: int) -> str:
     return "suffix" if "suffix" in (p.strip() for p in positions.split(",")) else "*"
 
 
-def _pair_filter(pair: int | None) -> tuple[str, list]:
-    return ("AND e.pair = ?", [pair]) if pair is not None else ("", [])
+def _pair_filter(pair: int | None, category: str | None = None) -> tuple[str, list]:
+    """One pair's rows; else the pairs of one category (of the harmful prompt); else every pair's."""
+    if pair is not None:
+        return "AND e.pair = ?", [pair]
+    if category is not None:
+        return "AND e.pair IN (SELECT pair FROM pairs WHERE run_id = e.run_id AND category = ?)", [category]
+    return "", []
 
 
-def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> dict[int, dict[str, float]]:
+def layer_effects(
+    store: Store, run_id: int, pair: int | None, method: str, category: str | None = None
+) -> dict[int, dict[str, float]]:
     """IE of each module patched at every position at once ('*', or 'suffix'), per layer."""
-    where, args = _pair_filter(pair)
+    where, args = _pair_filter(pair, category)
     sql = f"""SELECT e.layer, e.module, AVG(e.ie) FROM effects e WHERE e.run_id = ? AND e.method = ?
               AND e.module IN ('resid', 'attn', 'mlp') AND e.position < 0 {where} GROUP BY e.layer, e.module"""
     out: dict[int, dict[str, float]] = {}
@@ -56,12 +64,12 @@ def layer_effects(store: Store, run_id: int, pair: int | None, method: str) -> d
 
 
 def module_grid(
-    store: Store, run_id: int, layer: int, pair: int | None, method: str
+    store: Store, run_id: int, layer: int, pair: int | None, method: str, category: str | None = None
 ) -> dict[str, dict[int | None, float]]:
     """module -> {position: IE} for one layer; position None is `*`. One pair's positions are its token
     indices; averaged over pairs they count from the end (-1 the last token), so pairs of different
     lengths line up as in `export --aggregate`."""
-    where, args = _pair_filter(pair)
+    where, args = _pair_filter(pair, category)
     sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, AVG(e.ie)
               FROM effects e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND e.layer = ?
@@ -80,10 +88,11 @@ def top_neurons(
     method: str,
     limit: int = 200,
     offset: int = 0,
+    category: str | None = None,
 ) -> list[tuple]:
     """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time. Averaged
     over pairs, positions count from the end as in `module_grid`."""
-    where, args = _pair_filter(pair)
+    where, args = _pair_filter(pair, category)
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
     sql = f"""{LENGTHS} SELECT e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,

@@ -81,6 +81,11 @@ class HarmmedApp(App):
                 "view: next pair", "one pair, the next, or the aggregate", screen.action_next_pair
             )
             yield SystemCommand(
+                "view: next category",
+                "aggregate over one category's pairs, the next, or all",
+                screen.action_next_category,
+            )
+            yield SystemCommand(
                 "view: next neurons", "the next page of neurons", lambda: screen.action_page(1)
             )
             yield SystemCommand("view: back", "up one level", screen.action_up)

@@ -40,6 +40,7 @@ n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  expor
 enter  drill in: run > layer > module > neurons        escape  back up
 p  next pair / aggregate    \\[ ]  previous / next page of neurons (recur: in how many pairs'
    top 20 neuron sites)
+C  aggregate over one category of the harmful prompts (prompt-set runs), the next, all
 a  gate check: ablate the run's top 20 neurons on held-out pairs vs random neurons
 c  cancel the running job   q  quit
 ctrl+p  command palette (every action)   ?/F1  this help

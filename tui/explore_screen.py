@@ -23,6 +23,7 @@ class ExploreScreen(Screen):
         Binding("enter", "drill", "drill in", id="explore.drill"),
         Binding("escape", "up", "back", id="explore.up"),
         Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
+        Binding("C", "next_category", "category", id="explore.category", show=False),  # (in help and ctrl+p)
         Binding("a", "gate", "gate check", id="explore.gate"),
         Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
         Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
@@ -32,6 +33,7 @@ class ExploreScreen(Screen):
     def __init__(self, run_id: int):
         super().__init__()
         self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
+        self.category: str | None = None  # with no pair: average over this category's pairs only
         self.page = 0
         self._view: tuple | None = None  # what show() last drew
 
@@ -57,7 +59,9 @@ class ExploreScreen(Screen):
     def show(self) -> None:
         self._shown = time.monotonic()
         run = self.app.store.run(self.run_id)
-        who = "aggregate over pairs" if self.pair is None else f"pair {self.pair}"
+        who = f"pair {self.pair}" if self.pair is not None else "aggregate over pairs"
+        if self.pair is None and self.category is not None:
+            who += f" of category {self.category}"
         crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
         if self.focus_layer is not None:
             crumb.append(f"layer {self.focus_layer}")
@@ -65,7 +69,7 @@ class ExploreScreen(Screen):
             crumb += ["mlp", "neurons"]
         self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
-        view = (self.level, self.focus_layer, self.page, self.pair)
+        view = (self.level, self.focus_layer, self.page, self.pair, self.category)
         cursor = t.cursor_row if view == self._view else 0  # kept while a run streams in
         self._view = view
         t.clear(columns=True)
@@ -76,7 +80,7 @@ class ExploreScreen(Screen):
         store = self.app.store
         checks = store.gate_checks(self.run_id) if self.level == "neurons" else []
         if self.level == "layers":
-            data = queries.layer_effects(store, self.run_id, self.pair, self.method)
+            data = queries.layer_effects(store, self.run_id, self.pair, self.method, self.category)
             for col in ("layer", "resid", "attn", "mlp"):
                 t.add_column(col, key=col)
             for layer in sorted(data):
@@ -91,7 +95,9 @@ class ExploreScreen(Screen):
             plt.title("IE by layer: attn (1st line) vs mlp (2nd)")
             plt.xlabel("layer")
         elif self.level == "modules":
-            grid = queries.module_grid(store, self.run_id, self.focus_layer, self.pair, self.method)
+            grid = queries.module_grid(
+                store, self.run_id, self.focus_layer, self.pair, self.method, self.category
+            )
             positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
             shown = (
                 self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
@@ -122,7 +128,7 @@ class ExploreScreen(Screen):
         else:
             first = self.page * self.PAGE
             rows = queries.top_neurons(
-                store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first
+                store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first, self.category
             )
             verified = self.method == "atp"
             gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
@@ -197,6 +203,16 @@ class ExploreScreen(Screen):
     def action_next_pair(self) -> None:
         order = [None] + [p["pair"] for p in self.pairs]
         self.pair = order[(order.index(self.pair) + 1) % len(order)]
+        self.show()
+
+    def action_next_category(self) -> None:
+        """Aggregate over all pairs, then over each category of the harmful prompts in turn."""
+        categories = sorted({p["category"] for p in self.pairs if p["category"]})
+        if not categories:
+            self.notify("this run's pairs have no categories")
+            return
+        order = [None, *categories]
+        self.category, self.pair = order[(order.index(self.category) + 1) % len(order)], None
         self.show()
 
     def on_run_progress(self, message: RunProgress) -> None:

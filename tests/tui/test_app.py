@@ -106,3 +106,41 @@ async def test_setup_explains_problems_as_they_are_typed(tmp_path):
         await pilot.press("ctrl+o")  # the picker lists the embedded default first
         await pilot.press("enter")
         assert screen.query_one("#model").value == "default"
+
+
+async def test_aggregate_over_one_category(tmp_path):
+    """C cycles the aggregate view through the categories of the harmful prompts (prompt-set runs)."""
+    from harmmed_tui.db import queries
+    from harmmed_tui.db.runner import execute
+    from harmmed_tui.db.store import Store
+
+    db = tmp_path / "runs.db"
+    spec = RunSpec(
+        harmful="builtin:jailbreakbench",
+        harmless="builtin:self_instruct",
+        pairing="random:3",
+        max_pairs=6,
+        align="end",
+        positions="last:2,suffix",
+    )
+    with Store(db) as store:
+        execute(spec, store)
+        categories = sorted({p["category"] for p in store.pairs(1)})
+        first = [p["pair"] for p in store.pairs(1) if p["category"] == categories[0]]
+        alone = queries.layer_effects(store, 1, first[0], "exact") if len(first) == 1 else None
+    app = HarmmedApp(str(db))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("enter")  # the run
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ExploreScreen) and screen.category is None
+        await pilot.press("C")
+        assert screen.category == categories[0]
+        assert f"of category {categories[0]}" in str(screen.query_one("#crumb").render())
+        shown = queries.layer_effects(app.store, 1, None, "exact", categories[0])
+        assert screen.query_one("#table").row_count == len(shown) == 4
+        if alone is not None:  # a category of one pair averages to that pair
+            assert shown == alone
+        for _ in categories:
+            await pilot.press("C")
+        assert screen.category is None
