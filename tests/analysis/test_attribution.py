@@ -12,13 +12,14 @@ from harmmed_tui.analysis.attribution import Attribution
 from harmmed_tui.analysis.metrics import parse_metric
 from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import tokenize_pair
-from harmmed_tui.analysis.sites import ALL_POSITIONS, site_grid
+from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, site_grid
 from harmmed_tui.db.store import Store
 from tests.analysis.test_patching import PAIR, engine_ies
 
 
 def patching_slope(lm, tp, metric, site, eps=1e-3) -> float:
-    """d/da m(control run with the site at a_c + a (a_t - a_c)) at a = 0, by central differences."""
+    """d/da m(control run with the site at a_c + a (a_t - a_c)) at a = 0, by central differences; a_t is
+    read at the treatment's aligned positions (p + shift for end-aligned pairs)."""
     mod = lm.anatomy.module(site.layer, site.module)
     neuron = site.module == "neuron"
     first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
@@ -38,13 +39,16 @@ def patching_slope(lm, tp, metric, site, eps=1e-3) -> float:
 
     run(tp.treatment_ids, grab("t"))
     run(tp.control_ids, grab("c"))
-    pos = slice(None) if site.position == ALL_POSITIONS else site.position
+    n = len(tp.control_ids)
+    pos = {ALL_POSITIONS: range(n), SUFFIX: range(n - tp.suffix_len, n)}.get(site.position, [site.position])
+    pos, src = list(pos), [p + tp.shift for p in pos]
     units = slice(site.neuron, site.neuron + 1) if neuron else slice(None)
 
     def nudge(alpha):
         def hook(m, args, out=None):
             t = args[0] if neuron else first(out)
-            t[:, pos, units] = (acts["c"] + alpha * (acts["t"] - acts["c"]))[:, pos, units]
+            a_t, a_c = acts["t"][:, src, units], acts["c"][:, pos, units]
+            t[:, pos, units] = a_c + alpha * (a_t - a_c)
 
         return hook
 

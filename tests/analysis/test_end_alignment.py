@@ -10,6 +10,7 @@ from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair
 from harmmed_tui.analysis.patching import PairPatcher
 from harmmed_tui.analysis.sites import SUFFIX, Site, parse_positions, site_grid
+from tests.analysis.test_attribution import patching_slope
 from tests.conftest import SMOLLM_TOKENIZER
 
 PAIRS = {  # a longer and a shorter treatment than control, under the real SmolLM2 chat template
@@ -103,44 +104,8 @@ def test_end_aligned_atp_is_the_slope_of_the_patching_curve(tiny_dir, family):
     metric = parse_metric("logit-diff:#11,#12", lm.tokenizer).bind(tp)
     sites = sites_of(lm, tp)
     got = Attribution(lm, tp, metric, sites).effects(sites)
-    eps = 1e-3
     for site, value in zip(sites[::3], got.tolist()[::3], strict=True):
-        slope = (
-            reference_scaled(lm, tp, metric, site, eps) - reference_scaled(lm, tp, metric, site, -eps)
-        ) / (2 * eps)
-        assert value == pytest.approx(slope, rel=2e-3, abs=2e-3), site
-
-
-def reference_scaled(lm, tp, metric, site, alpha) -> float:
-    """m(control with the site at a_c + alpha (a_t - a_c)), a_t read at the aligned treatment positions."""
-    mod = lm.anatomy.module(site.layer, site.module)
-    neuron = site.module == "neuron"
-    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
-    acts = {}
-    positions = list(control_positions(tp, site))
-    units = slice(site.neuron, site.neuron + 1) if neuron else slice(None)
-
-    def run(ids, hook):
-        h = mod.register_forward_pre_hook(hook) if neuron else mod.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                logits = lm.model(torch.tensor([ids]), use_cache=False).logits
-            return metric(logits[:, metric.positions]).item()
-        finally:
-            h.remove()
-
-    def grab(name):
-        return lambda m, args, out=None: acts.__setitem__(name, (args[0] if neuron else first(out)).clone())
-
-    def nudge(m, args, out=None):
-        t = args[0] if neuron else first(out)
-        a_t = acts["t"][:, [p + tp.shift for p in positions], units]
-        a_c = acts["c"][:, positions, units]
-        t[:, positions, units] = a_c + alpha * (a_t - a_c)
-
-    run(tp.treatment_ids, grab("t"))
-    run(tp.control_ids, grab("c"))
-    return run(tp.control_ids, nudge)
+        assert value == pytest.approx(patching_slope(lm, tp, metric, site), rel=2e-3, abs=2e-3), site
 
 
 def test_end_alignment_positions_count_from_the_end():
