@@ -19,31 +19,8 @@ from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
 LEVELS = ("layer", "neuron", "gate")
-LAYER_COLUMNS = [
-    "run_id",
-    "pair",
-    "layer",
-    "module",
-    "position",
-    "token",
-    "control_token",
-    "te",
-    "ie",
-    "ie_norm",
-]
-NEURON_COLUMNS = [
-    "run_id",
-    "pair",
-    "layer",
-    "neuron",
-    "position",
-    "token",
-    "control_token",
-    "te",
-    "ie",
-    "ie_norm",
-    "method",
-]
+LAYER_COLUMNS = "run_id pair layer module position token control_token te ie ie_norm".split()
+NEURON_COLUMNS = "run_id pair layer neuron position token control_token te ie ie_norm method".split()
 AGGREGATE_KEYS = {
     "layer": ["layer", "module", "position"],
     "neuron": ["layer", "neuron", "position", "method"],
