@@ -15,7 +15,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store
 from harmmed_tui.themes import THEMES
-from harmmed_tui.tui.dialogs import ErrorDialog, ExportScreen, HelpScreen
+from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.messages import RunEnded, RunProgress
 from harmmed_tui.tui.runs_screen import RunsScreen
@@ -44,6 +44,7 @@ class HarmmedApp(App):
         self.store = Store(db)
         self.spec = spec or DEFAULT_SPEC
         self._cancel = threading.Event()
+        self._quitting = False  # the user chose to cancel the running job and quit
 
     def on_mount(self) -> None:
         for theme in THEMES:
@@ -160,11 +161,45 @@ class HarmmedApp(App):
         except Exception as e:  # shown in a dialog, never as a traceback
             self.post_message(RunEnded(run_id, "failed", str(e)))
 
+    def job_running(self) -> bool:
+        """Whether a run or a gate check is in progress (one at a time: they share the model and the CPU)."""
+        return any(w.group == "runs" and not w.is_finished for w in self.workers)
+
+    def _busy(self) -> bool:
+        """Refuse a second job at once, saying why."""
+        if self.job_running():
+            self.notify("a job is already running: wait for it, or cancel it with c", severity="warning")
+            return True
+        return False
+
     def start_run(self, spec: RunSpec, run_id: int | None = None, ray: str | None = None) -> None:
         """Run (or resume) a spec here, or on the Ray cluster at `ray`."""
+        if self._busy():
+            return
         self.spec = spec
         self._cancel.clear()
         self.run_mediation(spec, run_id, ray)
+
+    def start_gate(self, run_id: int) -> None:
+        if not self._busy():
+            self.run_gate(run_id)
+
+    async def action_quit(self) -> None:
+        """Quit; while a job runs, first ask whether to cancel it (a cancelled run can be resumed)."""
+        if not self.job_running():
+            self.exit()
+            return
+
+        def chosen(cancel: bool | None) -> None:
+            if cancel:
+                self._quitting = True
+                self._cancel.set()
+                self.notify("cancelling after the current batch, then quitting")
+
+        question = (
+            "A job is running. Cancel it and quit? (A cancelled run keeps its rows and can be resumed.)"
+        )
+        self.push_screen(ConfirmDialog(question, "Cancel it and quit", "Stay"), chosen)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_mediation(self, spec: RunSpec, run_id: int | None, ray: str | None = None) -> None:
@@ -202,6 +237,9 @@ class HarmmedApp(App):
             self.screen.on_run_progress(message)
 
     def on_run_ended(self, message: RunEnded) -> None:
+        if self._quitting:
+            self.exit()
+            return
         if message.error:
             self.push_screen(ErrorDialog(message.error))
             return
@@ -215,5 +253,8 @@ def launch(
     db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True
 ) -> int:
     spec = DEFAULT_SPEC.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
-    HarmmedApp(db, spec).run(mouse=mouse)
+    try:
+        HarmmedApp(db, spec).run(mouse=mouse)
+    except KeyboardInterrupt:  # ctrl+c from a terminal that sends SIGINT: no traceback
+        pass
     return 0

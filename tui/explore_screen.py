@@ -165,7 +165,7 @@ class ExploreScreen(Screen):
 
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
-        self.app.run_gate(self.run_id)
+        self.app.start_gate(self.run_id)
 
     @on(DataTable.RowSelected)
     @on(DataTable.CellSelected)

@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Footer, Header
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
+from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.widgets import Table
 
@@ -30,12 +31,16 @@ class RunsScreen(Screen):
         self.refresh_runs()
 
     def refresh_runs(self) -> None:
+        """Redraw the history, keeping the cursor on the same row index (a neighbour after a delete)."""
         t = self.query_one(Table)
+        row = t.cursor_row
         t.clear(columns=True)
         for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
         for r in self.app.store.runs():
             t.add_row(*queries.run_cells(r), key=str(r["id"]))
+        if t.row_count:
+            t.move_cursor(row=min(row, t.row_count - 1))
 
     def _selected(self) -> int | None:
         t = self.query_one(Table)
@@ -50,12 +55,27 @@ class RunsScreen(Screen):
             self.app.push_screen(ExploreScreen(run_id))
 
     def action_delete(self) -> None:
-        if (run_id := self._selected()) is not None:
-            self.app.store.delete_run(run_id)
-            self.refresh_runs()
-            self.notify(f"deleted run {run_id}")
+        if (run_id := self._selected()) is None:
+            return
+        run = self.app.store.run(run_id)
+        if run["status"] == "running":
+            self.notify(f"run {run_id} is running: cancel it (c) before deleting it", severity="warning")
+            return
+
+        def chosen(yes: bool | None) -> None:
+            if yes:
+                self.app.store.delete_run(run_id)
+                self.refresh_runs()
+                self.notify(f"deleted run {run_id}")
+
+        question = f"Delete run {run_id} ({run['model']}, {run['n_rows']:,} rows)? This cannot be undone."
+        self.app.push_screen(ConfirmDialog(question, "Delete", "Keep"), chosen)
 
     def action_resume(self) -> None:
-        if (run_id := self._selected()) is not None:
-            run = self.app.store.run(run_id)
-            self.app.start_run(RunSpec.from_json(run["spec"]), run_id)
+        if (run_id := self._selected()) is None:
+            return
+        run = self.app.store.run(run_id)
+        if run["status"] in ("done", "running"):
+            self.notify(f"run {run_id} is {run['status']}: nothing to resume", severity="warning")
+            return
+        self.app.start_run(RunSpec.from_json(run["spec"]), run_id)

@@ -144,3 +144,94 @@ async def test_aggregate_over_one_category(tmp_path):
         for _ in categories:
             await pilot.press("C")
         assert screen.category is None
+
+
+SLOW = RunSpec(max_pairs=8, modules=("neuron",), layers="all", neuron_positions="all", batch_tokens=64)
+
+
+async def until_rows(app, pilot):
+    while not app.store.runs() or not app.store.runs()[0]["n_rows"]:
+        await pilot.pause(0.05)
+
+
+async def test_quit_during_a_run_asks_then_cancels_and_exits(tmp_path):
+    from harmmed_tui.tui.dialogs import ConfirmDialog
+
+    app = HarmmedApp(str(tmp_path / "runs.db"), SLOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("x")
+        await until_rows(app, pilot)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")  # stay: the run goes on
+        assert not isinstance(app.screen, ConfirmDialog) and app.job_running()
+        await pilot.press("q", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    run = app.store.runs()[0]
+    assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]
+
+
+async def test_one_job_at_a_time(tmp_path):
+    app = HarmmedApp(str(tmp_path / "runs.db"), SLOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("x")
+        await until_rows(app, pilot)
+        await pilot.press("x")  # refused at once, with a message
+        await pilot.pause()
+        assert any("already running" in str(n.message) for n in app._notifications)
+        await pilot.press("c")
+        await app.workers.wait_for_complete()
+    assert len(app.store.runs()) == 1
+
+
+async def test_delete_asks_first_refuses_a_running_run_and_keeps_the_cursor_near(tmp_path):
+    from harmmed_tui.db.runner import execute
+    from harmmed_tui.db.store import Store
+    from harmmed_tui.tui.dialogs import ConfirmDialog
+
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        for _ in range(3):
+            execute(RunSpec(max_pairs=1, layers="-1", positions="last"), store)
+    app = HarmmedApp(str(db), SLOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.screen.query_one("#runs")
+        await pilot.press("j")  # run 2 (newest first: 3, 2, 1)
+        await pilot.press("d")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")
+        assert [r["id"] for r in app.store.runs()] == [3, 2, 1]
+        await pilot.press("d", "y")
+        await pilot.pause()
+        assert [r["id"] for r in app.store.runs()] == [3, 1]
+        assert table.cursor_row == 1 and table.get_row_at(1)[0] == "1"  # the neighbour, not the newest
+        await pilot.press("x")  # a running run (4) cannot be deleted
+        await until_rows(app, pilot)
+        await pilot.press("r")
+        await pilot.pause()
+        table = app.screen.query_one("#runs")
+        table.move_cursor(row=0)
+        await pilot.press("d")
+        assert not isinstance(app.screen, ConfirmDialog)
+        assert any("cancel it (c) before deleting" in str(n.message) for n in app._notifications)
+        await pilot.press("c")
+        await app.workers.wait_for_complete()
+    assert 4 in [r["id"] for r in app.store.runs()]
+
+
+async def test_resume_of_a_done_run_says_so_at_once(tmp_path):
+    from harmmed_tui.db.runner import execute
+    from harmmed_tui.db.store import Store
+
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        execute(RunSpec(max_pairs=1, layers="-1", positions="last"), store)
+    app = HarmmedApp(str(db))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("u")
+        await pilot.pause()
+        assert any("is done: nothing to resume" in str(n.message) for n in app._notifications)
+        assert not app.job_running()
