@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harmmed_tui.analysis.behaviour import greedy_continuation
 from harmmed_tui.analysis.errors import GateError
 from harmmed_tui.analysis.metrics import Metric
 from harmmed_tui.analysis.models import LoadedModel
@@ -160,16 +161,7 @@ def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[
 
 def _generate(lm: LoadedModel, tp: TokenizedPair, spec: GateSpec) -> str:
     """Greedy continuation of the treatment prompt (its target, if any, left out)."""
-    ids = torch.tensor([tp.treatment_ids[: tp.treatment_prompt_len]], device=lm.device)
-    tok = lm.tokenizer
-    out = lm.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=spec.max_new_tokens,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-    )
-    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return greedy_continuation(lm, tp.treatment_ids[: tp.treatment_prompt_len], spec.max_new_tokens)
 
 
 def summary(rows: list[dict]) -> dict:

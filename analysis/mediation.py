@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from harmmed_tui.analysis.attribution import Attribution
+from harmmed_tui.analysis.behaviour import Behaviour, pair_behaviour
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
+from harmmed_tui.analysis.judge import phrase_judge
 from harmmed_tui.analysis.metrics import Metric, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
@@ -58,6 +60,7 @@ class Plan:
     skipped: list[str]  # messages about pairs dropped by --align skip
     sites: dict[int, list[Site]]  # pair index -> sites
     method: str
+    behaviour: dict[int, Behaviour] = field(default_factory=dict)  # pair index -> judged answers
 
     @property
     def n_sites(self) -> int:
@@ -73,7 +76,7 @@ class Plan:
 
 @dataclass
 class Prepared(Plan):
-    lm: LoadedModel
+    lm: LoadedModel = field(kw_only=True)
 
 
 def parse_method(method: str) -> tuple[str, int]:
@@ -99,6 +102,8 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
             raise SiteError(f"--{name} must be at least {minimum}, got {value}")
     if spec.verify_top and method != "atp":
         raise SiteError("--verify-top checks atp estimates: use it with --method atp")
+    if spec.answer_tokens < 0:
+        raise SiteError(f"--answer-tokens must be at least 0, got {spec.answer_tokens}")
     if spec.corrupt is not None:
         if method == "atp":
             raise SiteError("--corrupt runs patch exactly: use --method exact or block:N")
@@ -198,10 +203,36 @@ def spec_model(spec: RunSpec) -> LoadedModel:
 
 
 def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
-    """Load the model (unless given) and check every choice before any patching starts."""
+    """Load the model (unless given), check every choice, and judge each pair's behaviour before any
+    patching starts."""
     check_choices(spec)
     lm = lm or spec_model(spec)
-    return Prepared(**vars(plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)), lm=lm)
+    checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
+    behaviour = {}
+    if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
+        judge = phrase_judge(spec.refusal_phrases)
+        behaviour = {tp.index: pair_behaviour(lm, tp, judge, spec.answer_tokens) for tp in checked.pairs}
+    return Prepared(**vars(with_behaviour(checked, behaviour)), lm=lm)
+
+
+def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour]) -> Plan:
+    """The plan with its pairs' behaviour recorded; with --require-flip, without the pairs that do not flip
+    (reported like the pairs --align skip drops)."""
+    checked = replace(checked, behaviour=behaviour)
+    if not checked.spec.require_flip:
+        return checked
+    if not behaviour:
+        raise SiteError("--require-flip judges each pair's answers: keep --answer-tokens above 0")
+    keep = [tp for tp in checked.pairs if behaviour[tp.index].flips]
+    if not keep:
+        raise SiteError("no pair flips (treatment refused, control answered): nothing to explain")
+    dropped = [
+        f"pair {tp.pair.id!r}: {behaviour[tp.index].label} (--require-flip)"
+        for tp in checked.pairs
+        if not behaviour[tp.index].flips
+    ]
+    sites = {tp.index: checked.sites[tp.index] for tp in keep}
+    return replace(checked, pairs=keep, sites=sites, skipped=checked.skipped + dropped)
 
 
 def model_provenance(lm: LoadedModel, spec: RunSpec) -> dict:

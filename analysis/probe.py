@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
+from harmmed_tui.analysis.behaviour import greedy_continuation
 from harmmed_tui.analysis.jailbreaks import Jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.models import LoadedModel
@@ -15,20 +14,12 @@ from harmmed_tui.analysis.pairs import format_prompt
 from harmmed_tui.analysis.prompt_sets import Prompt
 
 
-@torch.inference_mode()
 def greedy_answer(lm: LoadedModel, text: str, chat_template: str = "auto", max_new_tokens: int = 24) -> str:
     """The model's greedy answer to one prompt, as a user turn under its chat template (when it has one)."""
     prompt, special = format_prompt(lm.tokenizer, text, chat_template)
-    ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=special)["input_ids"]], device=lm.device)
-    tok = lm.tokenizer
-    out = lm.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    return greedy_continuation(
+        lm, lm.tokenizer(prompt, add_special_tokens=special)["input_ids"], max_new_tokens
     )
-    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def probe(

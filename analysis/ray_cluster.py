@@ -42,8 +42,8 @@ class PairWorker:
         self.plan, self.provenance = self.executor.prepare(spec)
         self.prep = self.executor.prep
 
-    def describe(self) -> tuple[dict, int]:
-        return self.provenance, os.getpid()
+    def describe(self) -> tuple[dict, int, dict]:
+        return self.provenance, os.getpid(), self.plan.behaviour
 
     def run_pair(self, index: int, done: set) -> Iterator[mediation.PairResult]:
         tp = next(tp for tp in self.prep.pairs if tp.index == index)
@@ -76,9 +76,12 @@ class RayExecutor:
         actor = ray.remote(num_cpus=1, num_gpus=per_worker, max_restarts=ACTOR_RESTARTS)(PairWorker)
         self.actors = [actor.remote(spec) for _ in range(n)]
         described = self._get(ray, [a.describe.remote() for a in self.actors])
-        self.pids = [pid for _, pid in described]
-        # the plan is the replicas' own: the same spec, tokenizer and shape give the same plan everywhere
-        plan = mediation.plan(spec, *self._shape(spec, described[0][0]))
+        self.pids = [pid for _, pid, _ in described]
+        # the plan is the replicas' own: the same spec, tokenizer and shape give the same plan everywhere,
+        # and the first replica's judged answers (greedy, so every replica's) give the same pairs
+        plan = mediation.with_behaviour(
+            mediation.plan(spec, *self._shape(spec, described[0][0])), described[0][2]
+        )
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         cluster = {
             "address": self.address,

@@ -30,6 +30,9 @@ class RunSpec:
     align: str = (
         "strict"  # strict: unequal lengths are an error; skip: drop such pairs; end: align from the end
     )
+    answer_tokens: int = 24  # each pair's greedy answers, judged (its behaviour); 0 records none
+    require_flip: bool = False  # drop pairs whose treatment is not refused or whose control is
+    refusal_phrases: str | None = None  # the refusal judge's phrases: comma list or file (analysis.judge)
     metric: str = "refusal"  # refusal | logit-diff:A,B | target-logprob
     refusal_tokens: str | None = None  # comma list of refusal strings (default: analysis.metrics)
     modules: tuple[str, ...] = ("resid", "attn", "mlp")

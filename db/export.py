@@ -18,7 +18,11 @@ from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
-LEVELS = ("layer", "neuron", "gate")
+LEVELS = ("layer", "neuron", "gate", "pairs")
+PAIR_COLUMNS = (
+    "run_id pair pair_id category treatment control m_treatment m_control te answer_treatment answer_control "
+    "refused_treatment refused_control behaviour"
+).split()
 LAYER_COLUMNS = "run_id pair layer module position token control_token te ie ie_norm".split()
 NEURON_COLUMNS = "run_id pair layer neuron position token control_token te ie ie_norm method".split()
 AGGREGATE_KEYS = {
@@ -85,6 +89,23 @@ def gate_rows(store: Store, run_id: int) -> list[dict]:
         FROM gate_rows r JOIN gate_checks c ON c.id = r.check_id
         WHERE c.run_id = ? ORDER BY r.check_id, r.pair, r.seed"""
     return [{c: r[c] for c in GATE_COLUMNS} for r in store.db.query(sql, [run_id])]
+
+
+def behaviour_label(pair: dict) -> str:
+    """flips / refuses both / answers both / inverted, or '' for a pair whose answers were not judged."""
+    t, c = pair.get("refused_treatment"), pair.get("refused_control")
+    if t is None or c is None:
+        return ""
+    return {(1, 0): "flips", (1, 1): "refuses both", (0, 0): "answers both", (0, 1): "inverted"}[(t, c)]
+
+
+def pair_rows(store: Store, run_id: int) -> list[dict]:
+    """One row per pair: its prompts, metric totals, greedy answers and judged behaviour."""
+    rows = []
+    for p in store.pairs(run_id):
+        p = {**p, "run_id": run_id, "behaviour": behaviour_label(p)}
+        rows.append({c: p.get(c) for c in PAIR_COLUMNS})
+    return rows
 
 
 RECUR_TOP = 20  # a neuron "recurs" in a pair when it is among that pair's 20 strongest neuron sites
@@ -157,6 +178,11 @@ def table(
         raise StoreError(
             "--by groups aggregated rows: use it with --aggregate (per-pair rows name their pair)"
         )
+    if level == "pairs":
+        if aggregated:
+            raise StoreError("pair rows are one per pair already: export them without --aggregate")
+        rows = pair_rows(store, run_id)
+        return sorted(rows, key=lambda r: -abs(r["te"] or 0))[:top] if top else rows
     if level == "gate":
         if aggregated:
             raise StoreError("gate rows are already a comparison: export them per pair (no --aggregate)")

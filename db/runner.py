@@ -32,9 +32,20 @@ class RunOutcome:
     te: list[float]
 
 
-def _pair_record(tp) -> dict:
+def _pair_record(tp, behaviour) -> dict:
     p = tp.pair
+    judged = (
+        dict(
+            answer_treatment=behaviour.answer_treatment,
+            answer_control=behaviour.answer_control,
+            refused_treatment=behaviour.refused_treatment,
+            refused_control=behaviour.refused_control,
+        )
+        if behaviour
+        else {}
+    )
     return dict(
+        **judged,
         pair=tp.index,
         pair_id=p.id,
         category=p.category,
@@ -86,7 +97,12 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
             "skipped_pairs": plan.skipped,
             "method": plan.method,
         }
-        store.start_run(run_id, provenance, [_pair_record(tp) for tp in plan.pairs], plan.n_sites)
+        store.start_run(
+            run_id,
+            provenance,
+            [_pair_record(tp, plan.behaviour.get(tp.index)) for tp in plan.pairs],
+            plan.n_sites,
+        )
         if on_prepared:
             on_prepared(run_id, plan, provenance)
         for result, seconds in mediation.timed(executor.run(plan, progress, cancelled, done)):

@@ -14,7 +14,7 @@ import sqlite_utils
 
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -88,6 +88,13 @@ MIGRATIONS = [
     CREATE INDEX effects_by_strength ON effects (run_id, method, module, pair, abs(ie) DESC);
     ALTER TABLE runs ADD COLUMN n_rows INTEGER NOT NULL DEFAULT 0;  -- counted when a run stops running
     UPDATE runs SET n_rows = (SELECT COUNT(*) FROM effects e WHERE e.run_id = runs.id);
+    """,
+    # each pair's behaviour: the greedy answers to its two prompts, and whether the judge called them refusals
+    """
+    ALTER TABLE pairs ADD COLUMN answer_treatment TEXT;
+    ALTER TABLE pairs ADD COLUMN answer_control TEXT;
+    ALTER TABLE pairs ADD COLUMN refused_treatment INTEGER;
+    ALTER TABLE pairs ADD COLUMN refused_control INTEGER;
     """,
 ]
 EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")

@@ -108,6 +108,9 @@ CASES = [
     (["run", "--method", "atp", "--verify-top", "-1"], "must be at least 0, got -1"),
     (["run", "--batch-tokens", "-5"], "must be at least 0, got -5"),
     (["run", "--seed", "x"], "invalid int value: 'x'"),
+    (["run", "--answer-tokens", "-1"], "must be at least 0, got -1"),
+    (["run", "--answer-tokens", "0", "--require-flip"], "keep --answer-tokens above 0"),
+    (["export", "1", "--level", "pairs", "--aggregate"], "one per pair already"),
     # resume
     (["resume", "99"], "no run 99"),
     (["resume", "1"], "run 1 is already done"),

@@ -130,6 +130,20 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         "--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob"
     )
     g.add_argument("--refusal-tokens", help="comma list of refusal openings for the refusal metric")
+    g.add_argument(
+        "--answer-tokens",
+        type=_count(0),
+        default=24,
+        help="record each pair's greedy answers (this many tokens) and judge them refusals or not (0: skip)",
+    )
+    g.add_argument(
+        "--require-flip",
+        action="store_true",
+        help="drop pairs whose treatment the model does not refuse, or whose control it refuses",
+    )
+    g.add_argument(
+        "--refusal-phrases", help="the refusal judge's phrases: comma list or file (default: built in)"
+    )
     g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
     g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
     g.add_argument(
@@ -224,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a run's effects as a table")
     exp.add_argument("run_id", type=int)
     exp.add_argument(
-        "--level", default="layer", choices=["layer", "neuron", "gate"], help="gate: the run's gate checks"
+        "--level",
+        default="layer",
+        choices=["layer", "neuron", "gate", "pairs"],
+        help="gate: the run's gate checks; pairs: each pair's TE, answers and judged behaviour",
     )
     exp.add_argument(
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]

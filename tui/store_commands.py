@@ -19,7 +19,7 @@ from harmmed_tui.db.store import Store
 def print_summary(store: Store, run_id: int) -> None:
     con = Console()
     pairs = Table(title=f"run {run_id}: total effect per pair")
-    for col in ("pair", "id", "treatment", "control", "TE"):
+    for col in ("pair", "id", "treatment", "control", "TE", "behaviour"):
         pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
     stored = store.pairs(run_id)
     for p in stored:
@@ -29,8 +29,15 @@ def print_summary(store: Store, run_id: int) -> None:
             p["treatment"],
             p["control"],
             f"{p['te']:.4f}" if p["te"] is not None else "",
+            export.behaviour_label(p),
         )
     con.print(pairs)
+    judged = [export.behaviour_label(p) for p in stored if export.behaviour_label(p)]
+    if judged and (off := [b for b in judged if b != "flips"]):
+        con.print(
+            f"[yellow]{len(off)} of {len(judged)} pairs do not flip[/] (treatment refused, control answered): "
+            "they dilute the aggregates; --require-flip drops them"
+        )
     rhos = [p["atp_spearman"] for p in stored if p["atp_spearman"] is not None]
     if rhos:
         con.print(

@@ -214,3 +214,32 @@ def test_over_refusal_against_true_refusal_side_by_side(capsys, db_path):
     run_cli(capsys, "run", "--db", str(db_path), "--max-pairs", "1", "--modules", "neuron")
     code, _, err = run_cli(capsys, "compare", "1", "3", "--db", str(db_path))
     assert code == 2 and "no module-level rows" in err
+
+
+def test_each_pair_records_its_judged_behaviour_and_require_flip_drops_the_rest(capsys, db_path):
+    """The embedded model refuses every built-in treatment and answers every control: all pairs flip.
+    It over-refuses XSTest's safe prompts, so --require-flip keeps only the pairs that flip."""
+    code, _, err = run_cli(
+        capsys, "run", "--db", str(db_path), "--max-pairs", "3", "--layers", "-1", "--json"
+    )
+    assert code == 0, err
+    code, out, _ = run_cli(
+        capsys, "export", "1", "--level", "pairs", "--format", "json", "--db", str(db_path)
+    )
+    rows = json.loads(out)
+    assert [r["behaviour"] for r in rows] == ["flips"] * 3
+    assert rows[0]["answer_treatment"].startswith("Sorry") and rows[0]["answer_control"].startswith("Sure")
+    sets = ["--harmful", "builtin:xstest_safe", "--harmless", "builtin:self_instruct", "--max-pairs", "8"]
+    code, out, err = run_cli(
+        capsys, "run", "--db", str(db_path), *sets, "--require-flip", "--layers", "-1", "--json"
+    )
+    assert code == 0, err
+    with Store(db_path) as store:
+        kept, skipped = store.pairs(2), store.run(2)["provenance"]["skipped_pairs"]
+    assert 0 < len(kept) < 8 and len(kept) + len(skipped) == 8
+    assert all(p["refused_treatment"] == 1 and p["refused_control"] == 0 for p in kept)
+    assert all("(--require-flip)" in s for s in skipped)
+    code, out, _ = run_cli(capsys, "show", "1", "--db", str(db_path))
+    assert "flips" in out
+    code, _, err = run_cli(capsys, "run", "--db", str(db_path), "--answer-tokens", "0", "--require-flip")
+    assert code == 2 and "keep --answer-tokens above 0" in err

@@ -1,0 +1,58 @@
+"""Each pair's behaviour: the model's greedy answers to its two prompts, judged refusal or not.
+
+A pair *flips* when the treatment is refused and the control answered: the behaviour the run explains. A
+pair where the model does neither dilutes every aggregate, so runs record it (and `--require-flip` drops
+such pairs before patching)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harmmed_tui.analysis.judge import PhraseJudge
+from harmmed_tui.analysis.models import LoadedModel
+from harmmed_tui.analysis.pairs import TokenizedPair
+
+
+@torch.inference_mode()
+def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> str:
+    """The model's greedy continuation of a tokenized prompt, as text."""
+    prompt = torch.tensor([ids], device=lm.device)
+    tok = lm.tokenizer
+    out = lm.model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    return tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    answer_treatment: str
+    answer_control: str
+    refused_treatment: bool
+    refused_control: bool
+
+    @property
+    def flips(self) -> bool:
+        return self.refused_treatment and not self.refused_control
+
+    @property
+    def label(self) -> str:
+        return {
+            (True, False): "flips",
+            (True, True): "refuses both",
+            (False, False): "answers both",
+            (False, True): "inverted",
+        }[(self.refused_treatment, self.refused_control)]
+
+
+def pair_behaviour(lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge, max_new_tokens: int) -> Behaviour:
+    """Greedy answers to the treatment and control prompts (their targets left out), judged."""
+    t = greedy_continuation(lm, tp.treatment_ids[: tp.treatment_prompt_len], max_new_tokens)
+    c = greedy_continuation(lm, tp.control_ids[: tp.prompt_len], max_new_tokens)
+    return Behaviour(t, c, judge.refuses(t), judge.refuses(c))
