@@ -16,8 +16,8 @@ from harmmed_tui.analysis.pairs import TokenizedPair
 
 
 @torch.inference_mode()
-def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> str:
-    """The model's greedy continuation of a tokenized prompt, as text."""
+def greedy_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> list[int]:
+    """The token ids of the model's greedy continuation of a tokenized prompt."""
     prompt = torch.tensor([ids], device=lm.device)
     tok = lm.tokenizer
     out = lm.model.generate(
@@ -27,7 +27,12 @@ def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int) ->
         do_sample=False,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
     )
-    return tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+    return out[0, prompt.shape[1] :].tolist()
+
+
+def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> str:
+    """The model's greedy continuation of a tokenized prompt, as text."""
+    return lm.tokenizer.decode(greedy_ids(lm, ids, max_new_tokens), skip_special_tokens=True).strip()
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Behaviour:
     answer_control: str
     refused_treatment: bool
     refused_control: bool
+    first_treatment: int | None = None  # the first answer tokens: `--refusal-tokens auto` learns from them
+    first_control: int | None = None
 
     @property
     def flips(self) -> bool:
@@ -53,6 +60,16 @@ class Behaviour:
 
 def pair_behaviour(lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge, max_new_tokens: int) -> Behaviour:
     """Greedy answers to the treatment and control prompts (their targets left out), judged."""
-    t = greedy_continuation(lm, tp.treatment_ids[: tp.treatment_prompt_len], max_new_tokens)
-    c = greedy_continuation(lm, tp.control_ids[: tp.prompt_len], max_new_tokens)
-    return Behaviour(t, c, judge.refuses(t), judge.refuses(c))
+    t_ids = greedy_ids(lm, tp.treatment_ids[: tp.treatment_prompt_len], max_new_tokens)
+    c_ids = greedy_ids(lm, tp.control_ids[: tp.prompt_len], max_new_tokens)
+    t, c = (lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in (t_ids, c_ids))
+    first = lambda ids: ids[0] if ids else None  # noqa: E731
+    return Behaviour(t, c, judge.refuses(t), judge.refuses(c), first(t_ids), first(c_ids))
+
+
+def learned_refusal_tokens(behaviour: dict[int, Behaviour]) -> list[int]:
+    """The model's own refusal openings: first tokens of its judged-refusal answers to the treatments, minus
+    the first tokens of its judged-compliant answers to the controls."""
+    refusing = {b.first_treatment for b in behaviour.values() if b.refused_treatment}
+    answering = {b.first_control for b in behaviour.values() if not b.refused_control}
+    return sorted(t for t in refusing - answering if t is not None)

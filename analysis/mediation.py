@@ -11,11 +11,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from harmmed_tui.analysis.attribution import Attribution
-from harmmed_tui.analysis.behaviour import Behaviour, pair_behaviour
+from harmmed_tui.analysis.behaviour import Behaviour, learned_refusal_tokens, pair_behaviour
+from harmmed_tui.analysis.errors import MetricError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.judge import phrase_judge
-from harmmed_tui.analysis.metrics import Metric, parse_metric
+from harmmed_tui.analysis.metrics import AUTO, Metric, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
@@ -219,7 +220,19 @@ def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour]) -> Plan:
     """The plan with its pairs' behaviour recorded; with --require-flip, without the pairs that do not flip
     (reported like the pairs --align skip drops)."""
     checked = replace(checked, behaviour=behaviour)
-    if not checked.spec.require_flip:
+    spec = checked.spec
+    if spec.metric == "refusal" and spec.refusal_tokens == AUTO:
+        if not behaviour:
+            raise SiteError(
+                "--refusal-tokens auto learns from each pair's answers: keep --answer-tokens above 0"
+            )
+        if not (learned := learned_refusal_tokens(behaviour)):
+            raise MetricError(
+                "--refusal-tokens auto: no first token of a refused treatment answer is absent from the "
+                "answered controls' (does the model refuse any treatment? see harmmed-tui probe)"
+            )
+        checked = replace(checked, metric=Refusal(learned))
+    if not spec.require_flip:
         return checked
     if not behaviour:
         raise SiteError("--require-flip judges each pair's answers: keep --answer-tokens above 0")

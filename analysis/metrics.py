@@ -12,6 +12,7 @@ from harmmed_tui.analysis.errors import MetricError
 from harmmed_tui.analysis.pairs import TokenizedPair
 
 # First tokens of common refusal openings (Arditi et al. 2024 use the first token of the model's refusals).
+AUTO = "auto"  # --refusal-tokens auto: learn the set from the model's judged answers
 DEFAULT_REFUSAL_STRINGS = ("I", "Sorry", "As", "Unfortunately", "No", "Cannot", "I'm", "I cannot", "I can't")
 
 
@@ -114,7 +115,11 @@ class TargetLogprob(Metric):
 def parse_metric(spec: str, tokenizer: PreTrainedTokenizerBase, refusal_tokens: str | None = None) -> Metric:
     """`refusal`, `logit-diff:A,B` (strings or #ids) or `target-logprob`."""
     if spec == "refusal":
-        strings = [s for s in refusal_tokens.split(",")] if refusal_tokens else DEFAULT_REFUSAL_STRINGS
+        # `auto`: the default set until the model's own answers are judged (mediation.with_behaviour)
+        learned_later = refusal_tokens == AUTO
+        strings = (
+            refusal_tokens.split(",") if refusal_tokens and not learned_later else DEFAULT_REFUSAL_STRINGS
+        )
         return Refusal(refusal_token_ids(tokenizer, strings))
     if spec.startswith("logit-diff:"):
         parts = spec.removeprefix("logit-diff:").split(",")

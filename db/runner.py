@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, mediation
-from harmmed_tui.analysis.metrics import parse_metric
+from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
@@ -96,6 +96,8 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
             "seed": spec.seed,
             "skipped_pairs": plan.skipped,
             "method": plan.method,
+            # the refusal metric's token set as used (learned from the model's answers with `auto`)
+            "refusal_token_ids": getattr(plan.metric, "token_ids", None),
         }
         store.start_run(
             run_id,
@@ -149,6 +151,8 @@ def check_gate(
         raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
     lm = lm or mediation.spec_model(run_spec)
     metric = parse_metric(run_spec.metric, lm.tokenizer, run_spec.refusal_tokens)
+    if run_spec.refusal_tokens == AUTO:  # the set the run learned from its model's answers
+        metric = Refusal(run["provenance"]["refusal_token_ids"])
     tokenized, skipped = tokenize_pairs(
         lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
     )

@@ -110,6 +110,11 @@ CASES = [
     (["run", "--seed", "x"], "invalid int value: 'x'"),
     (["run", "--answer-tokens", "-1"], "must be at least 0, got -1"),
     (["run", "--answer-tokens", "0", "--require-flip"], "keep --answer-tokens above 0"),
+    (["run", "--answer-tokens", "0", "--refusal-tokens", "auto"], "keep --answer-tokens above 0"),
+    (
+        ["run", "--model", "{llama}", "--max-pairs", "1", "--refusal-tokens", "auto"],
+        "--refusal-tokens auto: no first token",
+    ),
     (["export", "1", "--level", "pairs", "--aggregate"], "one per pair already"),
     # resume
     (["resume", "99"], "no run 99"),

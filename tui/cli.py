@@ -129,7 +129,12 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob"
     )
-    g.add_argument("--refusal-tokens", help="comma list of refusal openings for the refusal metric")
+    g.add_argument(
+        "--refusal-tokens",
+        help="the refusal metric's token set: a comma list of refusal openings, or 'auto' (recommended for "
+        "chat models): the first tokens of the model's own judged refusals of the treatments, minus those "
+        "of its answers to the controls",
+    )
     g.add_argument(
         "--answer-tokens",
         type=_count(0),

@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from harmmed_tui.analysis.models import load_model
 from harmmed_tui.db.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from harmmed_tui.tui.cli import main
 from tests.conftest import SMOLLM_TOKENIZER
@@ -243,3 +244,20 @@ def test_each_pair_records_its_judged_behaviour_and_require_flip_drops_the_rest(
     assert "flips" in out
     code, _, err = run_cli(capsys, "run", "--db", str(db_path), "--answer-tokens", "0", "--require-flip")
     assert code == 2 and "keep --answer-tokens above 0" in err
+
+
+def test_refusal_tokens_learned_from_the_models_own_answers(capsys, db_path):
+    """The embedded model opens every refusal with 'Sorry' and every answer with 'Sure': auto learns
+    exactly 'Sorry'; the gate check of such a run uses the learned set."""
+    base = ["--db", str(db_path), "--max-pairs", "4", "--modules", "resid,neuron", "--layers", "-1"]
+    code, out, err = run_cli(capsys, "run", *base, "--refusal-tokens", "auto", "--json")
+    assert code == 0, err
+    with Store(db_path) as store:
+        learned = store.run(1)["provenance"]["refusal_token_ids"]
+    tokenizer = load_model("default", device="cpu").tokenizer
+    assert tokenizer.convert_ids_to_tokens(learned) == ["Sorry"]
+    assert min(json.loads(out)["te"]) > 10
+    code, out, err = run_cli(
+        capsys, "gate", "1", "--top", "3", "--seeds", "1", "--generate", "0", "--json", "--db", str(db_path)
+    )
+    assert code == 0, err and json.loads(out)["pairs"] > 0
