@@ -73,6 +73,7 @@ class ExploreScreen(Screen):
         cursor = t.cursor_row if view == self._view else 0  # kept while a run streams in
         self._view = view
         t.clear(columns=True)
+        t.fixed_columns = 1 if self.level == "modules" else 0  # the module names stay while positions scroll
         t.cursor_type = "row"
         plt = plot.plt
         plt.clear_data()
