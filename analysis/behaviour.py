@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harmmed_tui.analysis.judge import PhraseJudge
+from harmmed_tui.analysis.judge import PhraseJudge, behaviour_label
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
 
@@ -50,12 +50,7 @@ class Behaviour:
 
     @property
     def label(self) -> str:
-        return {
-            (True, False): "flips",
-            (True, True): "refuses both",
-            (False, False): "answers both",
-            (False, True): "inverted",
-        }[(self.refused_treatment, self.refused_control)]
+        return behaviour_label(self.refused_treatment, self.refused_control)
 
 
 def pair_behaviour(lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge, max_new_tokens: int) -> Behaviour:

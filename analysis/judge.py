@@ -66,3 +66,14 @@ def phrase_judge(spec: str | None = None) -> PhraseJudge:
     if not phrases:
         raise MetricError(f"no refusal phrases in '{spec}'")
     return PhraseJudge(phrases)
+
+
+def behaviour_label(refused_treatment: bool, refused_control: bool) -> str:
+    """A pair's behaviour from its two verdicts; it *flips* when the treatment is refused and the control
+    answered (the behaviour a run explains)."""
+    return {
+        (True, False): "flips",
+        (True, True): "refuses both",
+        (False, False): "answers both",
+        (False, True): "inverted",
+    }[(bool(refused_treatment), bool(refused_control))]

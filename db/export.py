@@ -12,6 +12,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from harmmed_tui.analysis.judge import behaviour_label
 from harmmed_tui.analysis.sites import position_label
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
@@ -91,19 +92,17 @@ def gate_rows(store: Store, run_id: int) -> list[dict]:
     return [{c: r[c] for c in GATE_COLUMNS} for r in store.db.query(sql, [run_id])]
 
 
-def behaviour_label(pair: dict) -> str:
-    """flips / refuses both / answers both / inverted, or '' for a pair whose answers were not judged."""
+def stored_behaviour(pair: dict) -> str:
+    """A stored pair's behaviour (analysis.judge.behaviour_label), or '' where its answers were not judged."""
     t, c = pair.get("refused_treatment"), pair.get("refused_control")
-    if t is None or c is None:
-        return ""
-    return {(1, 0): "flips", (1, 1): "refuses both", (0, 0): "answers both", (0, 1): "inverted"}[(t, c)]
+    return "" if t is None or c is None else behaviour_label(t, c)
 
 
 def pair_rows(store: Store, run_id: int) -> list[dict]:
     """One row per pair: its prompts, metric totals, greedy answers and judged behaviour."""
     rows = []
     for p in store.pairs(run_id):
-        p = {**p, "run_id": run_id, "behaviour": behaviour_label(p)}
+        p = {**p, "run_id": run_id, "behaviour": stored_behaviour(p)}
         rows.append({c: p.get(c) for c in PAIR_COLUMNS})
     return rows
 

@@ -29,10 +29,10 @@ def print_summary(store: Store, run_id: int) -> None:
             p["treatment"],
             p["control"],
             f"{p['te']:.4f}" if p["te"] is not None else "",
-            export.behaviour_label(p),
+            export.stored_behaviour(p),
         )
     con.print(pairs)
-    judged = [export.behaviour_label(p) for p in stored if export.behaviour_label(p)]
+    judged = [b for p in stored if (b := export.stored_behaviour(p))]
     if judged and (off := [b for b in judged if b != "flips"]):
         con.print(
             f"[yellow]{len(off)} of {len(judged)} pairs do not flip[/] (treatment refused, control answered): "
