@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from harmmed_tui.analysis import mediation
 from harmmed_tui.analysis.errors import ClusterError, HarmmedError
+from harmmed_tui.analysis.models import load_tokenizer_and_config
+from harmmed_tui.analysis.sites import Site
 from harmmed_tui.analysis.spec import RunSpec
 
 PAIR_ATTEMPTS = 3  # a pair that kills its worker this many times fails the run (e.g. out of memory)
@@ -106,8 +108,6 @@ class RayExecutor:
 
     @staticmethod
     def _shape(spec: RunSpec, provenance: dict):
-        from harmmed_tui.analysis.models import load_tokenizer_and_config
-
         tokenizer, _ = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)
         return tokenizer, provenance["n_layers"], provenance["d_mlp"]
 
@@ -117,10 +117,7 @@ class RayExecutor:
         try:
             return ray.get(refs)
         except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or getattr(getattr(e, "error", None), "cause", None)
-            if isinstance(cause, HarmmedError):
-                raise cause from None
-            raise ClusterError(f"a Ray worker failed: {str(e).strip().splitlines()[-1]}") from None
+            raise _user_error(e) from None
 
     def run(self, plan, progress=None, cancelled=None, done=frozenset()) -> Iterator[mediation.PairResult]:
         ray = _ray()
@@ -192,7 +189,7 @@ class RayExecutor:
                 if kind == "idle":
                     busy -= 1
                 elif kind == "error":
-                    raise self._user_error(ray, item)
+                    raise _user_error(item)
                 elif kind == "result":
                     yield item
                     finished = min(finished + len(item.rows), plan.n_sites)  # (an atp pair redone whole)
@@ -201,15 +198,6 @@ class RayExecutor:
         finally:
             stop.set()
 
-    @staticmethod
-    def _user_error(ray, error: Exception) -> Exception:
-        cause = getattr(error, "cause", None)
-        if isinstance(cause, HarmmedError):
-            return cause
-        if isinstance(error, HarmmedError):
-            return error
-        return ClusterError(f"a Ray worker failed: {str(error).strip().splitlines()[-1]}")
-
     def close(self) -> None:
         ray = _ray()
         for actor in getattr(self, "actors", []):
@@ -217,8 +205,19 @@ class RayExecutor:
         self.actors = []
 
 
+def _user_error(error: Exception) -> Exception:
+    """What a worker's failure means to the user: its own user error (Ray wraps it, or an actor that died
+    creating wraps it once more), else one line naming the failure."""
+    for candidate in (
+        error,
+        getattr(error, "cause", None),
+        getattr(getattr(error, "error", None), "cause", None),
+    ):
+        if isinstance(candidate, HarmmedError):
+            return candidate
+    return ClusterError(f"a Ray worker failed: {str(error).strip().splitlines()[-1]}")
+
+
 def _site_of(row: dict):
     """(Site, method) of an effect row, to key it as mediation.site_key does."""
-    from harmmed_tui.analysis.sites import Site
-
     return Site(row["layer"], row["module"], row["position"], row["neuron"], row["width"]), row["method"]
