@@ -374,7 +374,7 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
         patcher = NoisedPatcher(prep.lm, tp, bound, keys, *args)
         return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
     if prep.method != "atp":
-        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites}, prep.spec.engine)
+        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites}, spec.engine)
         return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
     attribution = Attribution(prep.lm, tp, bound, sites)
 
@@ -384,7 +384,7 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
             yield "atp", sites[i : i + ATP_ROWS_PER_BATCH], estimates[i : i + ATP_ROWS_PER_BATCH]
         if k := prep.verified(tp.index):
             verify = [sites[i] for i in estimates.abs().topk(k).indices.tolist()]
-            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify}, prep.spec.engine)
+            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify}, spec.engine)
             yield from (("exact", c, ie) for c, ie in patcher.effects(verify, batch_tokens))
 
     return attribution, batches()

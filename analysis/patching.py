@@ -26,7 +26,7 @@ from harmmed_tui.analysis.layer_calls import LayerCall
 from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
-from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, Site
+from harmmed_tui.analysis.sites import Site, covered_positions
 
 # Activations cached per site kind: (layer, module) -> tensor of shape (T, width).
 Cache = dict[tuple[int, str], torch.Tensor]
@@ -208,12 +208,7 @@ class PairPatcher:
         return min([self._positions(s)[0] for s in sites] + self.metric.positions)
 
     def _positions(self, site: Site) -> range:
-        """The control positions a site patches (`*`: all of them; `suffix`: the shared final tokens)."""
-        if site.position == ALL_POSITIONS:
-            return range(self.seq_len)
-        if site.position == SUFFIX:
-            return range(self.seq_len - self.suffix_len, self.seq_len)
-        return range(site.position, site.position + 1)
+        return covered_positions(site.position, self.seq_len, self.suffix_len)
 
     @torch.inference_mode()
     def patched_metric(self, sites: list[Site]) -> torch.Tensor:

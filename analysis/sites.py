@@ -101,6 +101,16 @@ def parse_positions(text: str, seq_len: int, aligned: int | None = None, suffix_
     return sorted(set(out), key=lambda p: (p < 0, -p if p < 0 else p))
 
 
+def covered_positions(position: int, n: int, suffix_len: int) -> range:
+    """The token positions (of an n-token control prompt) a site's position patches: `*` all of them,
+    `suffix` the final tokens both prompts share, an index itself."""
+    if position == ALL_POSITIONS:
+        return range(n)
+    if position == SUFFIX:
+        return range(n - suffix_len, n)
+    return range(position, position + 1)
+
+
 def position_label(position: int) -> str | int:
     """How a stored position reads: a token index, `*` or `suffix`."""
     return POSITION_NAMES.get(position, position)

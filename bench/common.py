@@ -14,7 +14,7 @@ from harmmed_tui.analysis.metrics import parse_metric  # noqa: E402
 from harmmed_tui.analysis.models import load_model  # noqa: E402
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair  # noqa: E402
 from harmmed_tui.analysis.patching import PairPatcher  # noqa: E402
-from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX  # noqa: E402
+from harmmed_tui.analysis.sites import covered_positions  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (
@@ -67,10 +67,8 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites, suffix_len: int =
         m_clean = metric(clean[:, metric.positions])
         out = {}
         for site in sites:
-            pos = {ALL_POSITIONS: range(n), SUFFIX: range(n - suffix_len, n)}.get(
-                site.position, [site.position]
-            )
-            pos, src_pos = list(pos), [p + shift for p in pos]
+            pos = list(covered_positions(site.position, n, suffix_len))
+            src_pos = [p + shift for p in pos]
             units = slice(site.neuron, site.neuron + site.width)
             src = acts[(site.layer, site.module)]
             mod = lm.anatomy.module(site.layer, site.module)
