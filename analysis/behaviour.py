@@ -16,9 +16,10 @@ from harmmed_tui.analysis.pairs import TokenizedPair
 
 
 @torch.inference_mode()
-def greedy_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> list[int]:
-    """The token ids of the model's greedy continuation of a tokenized prompt."""
-    prompt = torch.tensor([ids], device=lm.device)
+def greedy_batch(lm: LoadedModel, ids: list[int], max_new_tokens: int, rows: int = 1) -> list[list[int]]:
+    """The token ids of the model's greedy continuations of `rows` copies of one tokenized prompt (rows
+    that differ only by the hooks a caller installs; no padding, they are the same length)."""
+    prompt = torch.tensor([ids], device=lm.device).expand(rows, -1)
     tok = lm.tokenizer
     out = lm.model.generate(
         prompt,
@@ -27,12 +28,21 @@ def greedy_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> list[int
         do_sample=False,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
     )
-    return out[0, prompt.shape[1] :].tolist()
+    return out[:, len(ids) :].tolist()
+
+
+def greedy_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> list[int]:
+    """The token ids of the model's greedy continuation of a tokenized prompt."""
+    return greedy_batch(lm, ids, max_new_tokens)[0]
+
+
+def decode_answer(lm: LoadedModel, ids: list[int]) -> str:
+    return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def greedy_continuation(lm: LoadedModel, ids: list[int], max_new_tokens: int) -> str:
     """The model's greedy continuation of a tokenized prompt, as text."""
-    return lm.tokenizer.decode(greedy_ids(lm, ids, max_new_tokens), skip_special_tokens=True).strip()
+    return decode_answer(lm, greedy_ids(lm, ids, max_new_tokens))
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ def pair_behaviour(lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge, max_n
     """Greedy answers to the treatment and control prompts (their targets left out), judged."""
     t_ids = greedy_ids(lm, tp.treatment_ids[: tp.treatment_prompt_len], max_new_tokens)
     c_ids = greedy_ids(lm, tp.control_ids[: tp.prompt_len], max_new_tokens)
-    t, c = (lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in (t_ids, c_ids))
+    t, c = decode_answer(lm, t_ids), decode_answer(lm, c_ids)
     first = lambda ids: ids[0] if ids else None  # noqa: E731
     return Behaviour(t, c, judge.refuses(t), judge.refuses(c), first(t_ids), first(c_ids))
 

@@ -1,69 +1,94 @@
 """The gate check: do a run's top neurons gate the behaviour on pairs it never saw?
 
-Ablate the top-K MLP neurons on each held-out treatment prompt (hold them at the control prompt's values,
-at their mean, or at zero, at every position) and measure how far the metric moves, against K random
-neurons drawn from the same layers under several seeds. Greedy generations before and after show what the
-shift means in text.
+For each layer group and each K, ablate the run's top-K MLP neurons of that group on each held-out treatment
+prompt (hold them at the control prompt's values, at their mean, or at zero, at every position), against K
+random neurons of the same layers under several seeds. Each arm is scored twice: the metric's shift, and the
+judged verdict of the greedy answer generated under the ablation. Every arm of one pair runs in one batch
+(one forward for the metric, one `generate` for the answers): each batch row holds its own units.
+The curve over K is `analysis.gate_curve`.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
-from harmmed_tui.analysis.behaviour import greedy_continuation
+from harmmed_tui.analysis.behaviour import decode_answer, greedy_batch, greedy_ids
 from harmmed_tui.analysis.errors import GateError
-from harmmed_tui.analysis.metrics import Metric
+from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
+from harmmed_tui.analysis.judge import PhraseJudge
+from harmmed_tui.analysis.metrics import BoundMetric, Metric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
-from harmmed_tui.analysis.patching import ActivationRecorder, prompt_metric
+from harmmed_tui.analysis.patching import ActivationRecorder
 
 ABLATIONS = ("control", "mean", "zero")
 Neuron = tuple[int, int]  # (layer, unit)
+ROWS_PER_BATCH = 32  # arms evaluated per batched forward / generate
 
 
 @dataclass(frozen=True)
 class GateSpec:
-    top: int = 20
+    tops: tuple[int, ...] = (1, 5, 20, 100, 1000)
+    sign: str = "positive"  # neurons that promote the treatment's behaviour (positive IE), oppose it, or |IE|
+    groups: tuple[str, ...] = GROUPS
     ablate: str = "control"
-    seeds: int = 5  # random neuron sets to compare against
-    generate: int = 3  # held-out prompts generated from, before and after ablation
+    seeds: int = 5  # random neuron sets per point
     max_new_tokens: int = 24
+
+    def check(self) -> None:
+        if self.ablate not in ABLATIONS:
+            raise GateError(f"unknown ablation '{self.ablate}' (use {', '.join(ABLATIONS)})")
+        if self.sign not in SIGNS:
+            raise GateError(f"unknown sign '{self.sign}' (use {', '.join(SIGNS)})")
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown or not self.groups:
+            raise GateError(f"unknown layer group '{','.join(unknown)}' (use {', '.join(GROUPS)})")
+        if not self.tops or min(self.tops) < 1:
+            raise GateError("--top takes neuron counts of at least 1, e.g. 1,5,20,100")
+
+
+@dataclass(frozen=True)
+class Arm:
+    group: str
+    k: int
+    seed: int  # -1: the top set; 0..S-1: a random set matched by layer
+    neurons: tuple[Neuron, ...]
 
 
 class Ablation:
-    """Context manager holding chosen MLP units at given values: `values[layer]` is (units, V) with V of
-    shape (positions, len(units)); positions past V's last row (generated tokens) repeat the last row."""
+    """Context manager holding MLP units at given values, each batch row its own units: `masks[layer]` is a
+    (rows, d_mlp) bool mask, `values[layer]` a (positions, d_mlp) tensor of the values to hold them at;
+    positions past its last row (generated tokens) repeat the last row. Re-entered for each forward or
+    generate call, whose positions it counts."""
 
-    def __init__(self, lm: LoadedModel, values: dict[int, tuple[list[int], torch.Tensor]]):
-        self.lm, self.values = lm, values
+    def __init__(self, lm: LoadedModel, masks: dict[int, torch.Tensor], values: dict[int, torch.Tensor]):
+        self.lm, self.masks, self.values = lm, masks, values
 
     def __enter__(self):
-        self._stack = ExitStack()
-        for layer, (units, v) in self.values.items():
-            self._stack.callback(self._hold(layer, torch.tensor(units, device=v.device), v).remove)
+        self._handles = [self._hold(layer) for layer in self.masks]
         return self
 
-    def _hold(self, layer: int, units: torch.Tensor, v: torch.Tensor):
-        seen = [0]  # positions this layer has processed so far (generation feeds one token at a time)
+    def _hold(self, layer: int):
+        mask, v, seen = self.masks[layer][:, None, :], self.values[layer], [0]
 
         def hook(module, args):
             x = args[0]
             rows = torch.arange(seen[0], seen[0] + x.shape[1], device=v.device).clamp(max=v.shape[0] - 1)
-            x[..., units] = v[rows].to(x.dtype)
             seen[0] += x.shape[1]
+            return (torch.where(mask[: x.shape[0]], v[rows].to(x.dtype), x), *args[1:])
 
         return self.lm.anatomy.down(layer).register_forward_pre_hook(hook)
 
     def __exit__(self, *exc):
-        self._stack.close()
+        for h in self._handles:
+            h.remove()
 
 
-def random_like(neurons: list[Neuron], d_mlp: int, seed: int) -> list[Neuron]:
+def random_like(neurons: tuple[Neuron, ...], d_mlp: int, seed: int) -> tuple[Neuron, ...]:
     """As many random units per layer as `neurons` has, never one of `neurons` itself."""
     rng = random.Random(seed)
     per_layer: dict[int, set[int]] = defaultdict(set)
@@ -73,76 +98,104 @@ def random_like(neurons: list[Neuron], d_mlp: int, seed: int) -> list[Neuron]:
     for layer, units in sorted(per_layer.items()):
         pool = [u for u in range(d_mlp) if u not in units]
         out += [(layer, u) for u in sorted(rng.sample(pool, min(len(units), len(pool))))]
-    return out
+    return tuple(out)
 
 
-def _by_layer(neurons: list[Neuron]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = defaultdict(list)
-    for layer, unit in neurons:
-        out[layer].append(unit)
+def arms(ranked: dict[str, list[Neuron]], spec: GateSpec, d_mlp: int) -> list[Arm]:
+    """For each group and K: the group's top K neurons (fewer when it ranked fewer; a K that would repeat
+    the previous set is left out) and `seeds` random sets matched to them by layer."""
+    out = []
+    for group in spec.groups:
+        seen = set()
+        for k in sorted(set(spec.tops)):
+            top = tuple(ranked.get(group, [])[:k])
+            if not top or len(top) in seen:
+                continue
+            seen.add(len(top))
+            out.append(Arm(group, k, -1, top))
+            out += [Arm(group, k, s, random_like(top, d_mlp, s)) for s in range(spec.seeds)]
     return out
 
 
 def check(
-    lm: LoadedModel, metric: Metric, pairs: list[TokenizedPair], neurons: list[Neuron], spec: GateSpec
+    lm: LoadedModel,
+    metric: Metric,
+    judge: PhraseJudge,
+    pairs: list[TokenizedPair],
+    ranked: dict[str, list[Neuron]],
+    spec: GateSpec,
 ) -> list[dict]:
-    """One row per (held-out pair, arm): arm `top` (seed -1) or `random` (seed 0..S-1), the treatment
-    metric before and after ablation, its shift, the pair's TE, and greedy texts for the first pairs."""
-    if spec.ablate not in ABLATIONS:
-        raise GateError(f"unknown ablation '{spec.ablate}' (use {', '.join(ABLATIONS)})")
-    if not neurons:
-        raise GateError("no neurons to ablate: the run has no neuron rows")
+    """One row per (held-out pair, arm): the treatment metric before and after ablation and its shift, the
+    pair's TE, and the greedy answer before and after with the judge's verdicts."""
+    spec.check()
+    todo = arms(ranked, spec, lm.anatomy.d_mlp)
+    if not todo:
+        raise GateError(f"no {spec.sign} neurons in the run's rows to ablate")
     if not pairs:
         raise GateError("no held-out pairs to test on")
-    arms = [("top", -1, neurons)] + [
-        ("random", s, random_like(neurons, lm.anatomy.d_mlp, s)) for s in range(spec.seeds)
-    ]
-    layers = sorted({layer for layer, _ in neurons})
+    layers = sorted({layer for a in todo for layer, _ in a.neurons})
     keys = [(layer, "neuron") for layer in layers]
     mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" else None
     rows = []
-    for i, tp in enumerate(pairs):
+    for tp in pairs:
         bound = metric.bind(tp)
-
-        def run(ids: list[int], bound=bound) -> float:
-            return prompt_metric(lm, bound, input_ids=torch.tensor([ids], device=lm.device)).item()
-
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as control:
-                m_control = run(tp.control_ids)
-            m_before = run(tp.treatment_ids)
-            before = _generate(lm, tp, spec) if i < spec.generate else None
-            for arm, seed, chosen in arms:
-                values = {}
-                for layer, units in _by_layer(chosen).items():
-                    if spec.ablate == "control":
-                        v = control[(layer, "neuron")][:, units]
-                    elif spec.ablate == "mean":
-                        v = mean[layer][None, units]
-                    else:
-                        v = torch.zeros(1, len(units), device=lm.device)
-                    values[layer] = (units, v)
-                with Ablation(lm, values):
-                    m_after = run(tp.treatment_ids)
-                after = None
-                if before is not None and seed <= 0:  # texts for the top set and one random set
-                    with Ablation(lm, values):
-                        after = _generate(lm, tp, spec)
+                m_control = _metric(lm, bound, tp.control_ids, 1).item()
+            m_before = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, 1).item()
+        prompt = tp.treatment_ids[: tp.treatment_prompt_len]  # its target, if any, left out
+        before = decode_answer(lm, greedy_ids(lm, prompt, spec.max_new_tokens))
+        if spec.ablate == "control":
+            values = {layer: control[(layer, "neuron")] for layer in layers}
+        elif spec.ablate == "mean":
+            values = {layer: mean[layer][None] for layer in layers}
+        else:
+            values = {layer: torch.zeros(1, lm.anatomy.d_mlp, device=lm.device) for layer in layers}
+        for start in range(0, len(todo), ROWS_PER_BATCH):
+            chunk = todo[start : start + ROWS_PER_BATCH]
+            ablation = Ablation(lm, _masks(chunk, layers, lm), values)
+            with torch.inference_mode(), ablation:
+                after = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
+            with ablation:
+                texts = [
+                    decode_answer(lm, a) for a in greedy_batch(lm, prompt, spec.max_new_tokens, len(chunk))
+                ]
+            for arm, m_after, text in zip(chunk, after, texts, strict=True):
                 rows.append(
                     dict(
                         pair=tp.index,
                         pair_id=tp.pair.id,
-                        arm=arm,
-                        seed=seed,
+                        grp=arm.group,
+                        k=arm.k,
+                        units=len(arm.neurons),
+                        arm="top" if arm.seed < 0 else "random",
+                        seed=arm.seed,
                         m_before=m_before,
                         m_after=m_after,
                         shift=m_after - m_before,
                         te=m_before - m_control,
-                        text_before=before if after is not None else None,
-                        text_after=after,
+                        refused_before=judge.refuses(before),
+                        refused_after=judge.refuses(text),
+                        text_before=before,
+                        text_after=text,
                     )
                 )
     return rows
+
+
+def _masks(chunk: list[Arm], layers: list[int], lm: LoadedModel) -> dict[int, torch.Tensor]:
+    masks = {layer: torch.zeros(len(chunk), lm.anatomy.d_mlp, dtype=torch.bool) for layer in layers}
+    for row, arm in enumerate(chunk):
+        for layer, unit in arm.neurons:
+            masks[layer][row, unit] = True
+    return {layer: m.to(lm.device) for layer, m in masks.items()}
+
+
+def _metric(lm: LoadedModel, bound: BoundMetric, ids: list[int], rows: int) -> torch.Tensor:
+    """The metric of `rows` copies of one prompt, each under its own ablation: shape (rows,)."""
+    keep = torch.tensor(bound.positions, device=lm.device)
+    inputs = torch.tensor([ids], device=lm.device).expand(rows, -1)
+    return bound(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
 
 
 def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[int, torch.Tensor]:
@@ -157,32 +210,3 @@ def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[
                     sums[layer] = sums.get(layer, 0) + a.float().sum(0)
                 count += len(ids)
     return {layer: s / count for layer, s in sums.items()}
-
-
-def _generate(lm: LoadedModel, tp: TokenizedPair, spec: GateSpec) -> str:
-    """Greedy continuation of the treatment prompt (its target, if any, left out)."""
-    return greedy_continuation(lm, tp.treatment_ids[: tp.treatment_prompt_len], spec.max_new_tokens)
-
-
-def summary(rows: list[dict]) -> dict:
-    """Mean metric shift of the top neurons vs the random sets (mean and sd over seeds), and the share of
-    the mean total effect that each removes."""
-    top = [r["shift"] for r in rows if r["arm"] == "top"]
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["arm"] == "random":
-            by_seed[r["seed"]].append(r["shift"])
-    seed_means = torch.tensor([sum(v) / len(v) for v in by_seed.values()] or [float("nan")])
-    te = sum(r["te"] for r in rows if r["arm"] == "top") / len(top)
-    top_shift = sum(top) / len(top)
-    random_shift = seed_means.mean().item()
-    return dict(
-        pairs=len(top),
-        mean_te=te,
-        top_shift=top_shift,
-        random_shift=random_shift,
-        random_sd=seed_means.std().item() if len(seed_means) > 1 else 0.0,
-        seeds=len(by_seed),
-        top_removed=-top_shift / te if te else None,
-        random_removed=-random_shift / te if te else None,
-    )

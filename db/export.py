@@ -31,7 +31,8 @@ AGGREGATE_KEYS = {
     "neuron": ["layer", "neuron", "position", "method"],
 }
 GATE_COLUMNS = (
-    "run_id check_id top ablate pair pair_id arm seed m_before m_after shift te text_before text_after"
+    "run_id check_id sign ablate grp k units pair pair_id arm seed m_before m_after shift te "
+    "refused_before refused_after text_before text_after"
 ).split()
 
 
@@ -82,14 +83,29 @@ def effect_rows(
 
 
 def gate_rows(store: Store, run_id: int) -> list[dict]:
-    """One row per (gate check, held-out pair, arm): the run's gate checks, oldest first."""
+    """One row per (gate check, layer group, K, held-out pair, arm): the run's gate checks, oldest first."""
     store.run(run_id)
     sql = """
-        SELECT c.run_id, r.check_id, json_extract(c.spec, '$.top') AS top,
+        SELECT c.run_id, r.check_id, json_extract(c.spec, '$.sign') AS sign,
                json_extract(c.spec, '$.ablate') AS ablate, r.*
         FROM gate_rows r JOIN gate_checks c ON c.id = r.check_id
-        WHERE c.run_id = ? ORDER BY r.check_id, r.pair, r.seed"""
+        WHERE c.run_id = ? ORDER BY r.check_id, r.grp, r.k, r.pair, r.seed"""
     return [{c: r[c] for c in GATE_COLUMNS} for r in store.db.query(sql, [run_id])]
+
+
+def gate_curve_rows(store: Store, run_id: int) -> list[dict]:
+    """One row per (gate check, layer group, K): the gate curves of the run's checks, oldest first."""
+    return [
+        {
+            "run_id": run_id,
+            "check_id": c["id"],
+            "sign": c["spec"]["sign"],
+            "ablate": c["spec"]["ablate"],
+            **p.as_dict(),
+        }
+        for c in reversed(store.gate_checks(run_id))
+        for p in c["curve"]
+    ]
 
 
 def stored_behaviour(pair: dict) -> str:
@@ -183,8 +199,8 @@ def table(
         rows = pair_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["te"] or 0))[:top] if top else rows
     if level == "gate":
-        if aggregated:
-            raise StoreError("gate rows are already a comparison: export them per pair (no --aggregate)")
+        if aggregated:  # the curve: one row per layer group and K
+            return gate_curve_rows(store, run_id)
         rows = gate_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["shift"]))[:top] if top else rows
     rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method, category=by == "category")

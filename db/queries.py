@@ -105,25 +105,74 @@ def top_neurons(
     return store.db.execute(sql, args).fetchall()
 
 
-def gate_neurons(store: Store, run_id: int, top: int, method: str) -> list[tuple[int, int]]:
-    """The run's `top` neuron sites by |mean IE| over its pairs and neuron positions, as (layer, unit)
-    with block sites expanded to their units; strongest first."""
+# how each sign of `gate --sign` ranks neurons by their mean IE over pairs
+GATE_ORDER = {
+    "positive": "HAVING mean > 0 ORDER BY mean DESC",
+    "negative": "HAVING mean < 0 ORDER BY mean ASC",
+    "abs": "ORDER BY ABS(mean) DESC",
+}
+
+
+def gate_neurons(
+    store: Store, run_id: int, top: int, method: str, sign: str, layers: list[int]
+) -> list[tuple[int, int]]:
+    """The run's `top` neurons of some layers by mean IE over its pairs and neuron positions (the most
+    positive, most negative or largest in size), as (layer, unit) with block sites expanded to their units;
+    strongest first."""
     # grouped in the covering index's order first (no sort of every row), then over positions
-    sql = """SELECT layer, neuron, MAX(width) FROM (
+    sql = f"""SELECT layer, neuron, MAX(width), SUM(total) / SUM(n) AS mean FROM (
                  SELECT layer, position, neuron, MAX(width) AS width, SUM(ie) AS total, COUNT(*) AS n
                  FROM effects WHERE run_id = ? AND method = ? AND module = 'neuron'
+                 AND layer IN ({", ".join("?" * len(layers))})
                  GROUP BY layer, position, neuron)
-             GROUP BY layer, neuron ORDER BY ABS(SUM(total) / SUM(n)) DESC LIMIT ?"""
-    rows = store.db.execute(sql, [run_id, method, top]).fetchall()
-    return [(layer, unit) for layer, first, width in rows for unit in range(first, first + width)]
+             GROUP BY layer, neuron {GATE_ORDER[sign]} LIMIT ?"""
+    rows = store.db.execute(sql, [run_id, method, *layers, top]).fetchall()
+    return [(layer, unit) for layer, first, width, _ in rows for unit in range(first, first + width)][:top]
+
+
+def percent(v: float | None, sd: float | None = None) -> str:
+    """A share as a whole percentage (with ± sd to a tenth when given); n/a for None; never "-0%"."""
+    if v is None:
+        return "n/a"
+    if sd is None:
+        return f"{round(v * 100) + 0:.0f}%"
+    return f"{round(v * 100, 1) + 0:.1f}±{sd * 100:.1f}%"
 
 
 def gate_verdict(check: dict) -> str:
-    """One line for a stored gate check: the top set's shift and share of TE removed against random sets."""
-    s, spec = check["summary"], check["spec"]
-    share = lambda v: "" if v is None else f" ({v:.0%} of TE)"  # noqa: E731
+    """One line for a stored gate check: per layer group, the smallest K whose top set flips the majority
+    of the refused held-out answers (or, unjudged, the largest share of TE removed), against random."""
+    spec, parts = check["spec"], []
+    for group in spec["groups"]:
+        points = [p for p in check["curve"] if p.group == group]
+        if not points:
+            continue
+        flips = [p for p in points if p.top_flipped is not None and p.top_flipped > 0.5]
+        if flips:
+            p = flips[0]
+            parts.append(
+                f"{group}: top {p.units} flip {p.top_flipped:.0%} of {p.refused} refusals "
+                f"(random {percent(p.random_flipped)})"
+            )
+        else:
+            p = max(points, key=lambda p: p.top_removed or 0)
+            refused = "" if p.refused else ", no refused answers to flip"
+            parts.append(
+                f"{group}: no K flips a majority; top {p.units} remove {percent(p.top_removed)} of TE "
+                f"(random {percent(p.random_removed)}){refused}"
+            )
     return (
-        f"gate check {check['id']}: top {spec['top']} neurons held at {spec['ablate']} on {s['pairs']} "
-        f"held-out pairs: shift {s['top_shift']:+.3f}{share(s['top_removed'])} vs random "
-        f"{s['random_shift']:+.3f} ± {s['random_sd']:.3f}{share(s['random_removed'])}, {s['seeds']} seeds"
+        f"gate check {check['id']} ({spec['sign']} neurons, held at {spec['ablate']}, "
+        f"{check['curve'][0].pairs if check['curve'] else 0} held-out pairs): " + "; ".join(parts)
     )
+
+
+def gate_answers(store: Store, check: dict, limit: int) -> list[tuple]:
+    """(pair_id, group, K, answer before, answer after) for the first pairs, under a check's widest layer
+    group's largest top set: what the ablation does to the text."""
+    texts = store.gate_generations(check["id"])
+    if not texts:
+        return []
+    groups = check["spec"]["groups"]
+    widest = max(texts, key=lambda g: (groups.index(g[1]), g[2]))
+    return [g for g in texts if g[1:3] == widest[1:3]][:limit]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, mediation
+from harmmed_tui.analysis.gate_curve import group_layers
+from harmmed_tui.analysis.judge import phrase_judge
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
@@ -134,28 +136,36 @@ def check_gate(
     store: Store, run_id: int, spec: gate.GateSpec, heldout: str | None = None, lm: LoadedModel | None = None
 ) -> int:
     """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use)
-    with the run's own model, metric and chat template; store the check and return its id."""
+    with the run's own model, metric, chat template and refusal judge; store the check and return its id."""
+    spec.check()
     run = store.run(run_id)
     run_spec = RunSpec.from_json(run["spec"])
     method = store.run_method(run_id)
-    neurons = queries.gate_neurons(store, run_id, spec.top, method)
-    if not neurons:
-        raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
     own = run_spec.pairs == "builtin" and run_spec.treatment is None
     source = heldout or ("builtin" if own else None)
     if source is None:
         raise gate.GateError(f"run {run_id} used its own pairs: give held-out ones with --pairs")
+    if not store.db.execute(
+        "SELECT 1 FROM effects WHERE run_id = ? AND module = 'neuron' LIMIT 1", [run_id]
+    ).fetchone():
+        raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
     used = {p["treatment"] for p in store.pairs(run_id)}
     pairs = [p for p in load_pairs(source) if p.treatment not in used]
     if not pairs:
         raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
     lm = lm or mediation.spec_model(run_spec)
+    ranked = {
+        group: queries.gate_neurons(
+            store, run_id, max(spec.tops), method, spec.sign, group_layers(group, lm.anatomy.n_layers)
+        )
+        for group in spec.groups
+    }
     metric = parse_metric(run_spec.metric, lm.tokenizer, run_spec.refusal_tokens)
     if run_spec.refusal_tokens == AUTO:  # the set the run learned from its model's answers
         metric = Refusal(run["provenance"]["refusal_token_ids"])
     tokenized, skipped = tokenize_pairs(
         lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
     )
-    rows = gate.check(lm, metric, tokenized, neurons, spec)
+    rows = gate.check(lm, metric, phrase_judge(run_spec.refusal_phrases), tokenized, ranked, spec)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
-    return store.add_gate_check(run_id, record, neurons, gate.summary(rows), rows)
+    return store.add_gate_check(run_id, record, ranked, rows)

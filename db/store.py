@@ -12,9 +12,10 @@ from pathlib import Path
 import platformdirs
 import sqlite_utils
 
+from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -96,7 +97,51 @@ MIGRATIONS = [
     ALTER TABLE pairs ADD COLUMN refused_treatment INTEGER;
     ALTER TABLE pairs ADD COLUMN refused_control INTEGER;
     """,
+    # gate checks become curves: rows per layer group and K, judged answers; the curve is computed from the
+    # rows (analysis.gate_curve), so the stored summary goes. A check before this ran one K, over all
+    # layers, ranked by |IE|. (Tables rebuilt, not altered: foreign keys are off while migrating.)
+    """
+    CREATE TABLE gate_checks_v6 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        created TEXT NOT NULL,
+        spec TEXT NOT NULL,          -- GateSpec as JSON, plus the held-out pairs source
+        neurons TEXT NOT NULL        -- JSON {layer group: [[layer, unit], ...] strongest first}
+    );
+    INSERT INTO gate_checks_v6
+        SELECT id, run_id, created,
+               json_set(spec, '$.tops', json_array(json_extract(spec, '$.top')), '$.sign', 'abs',
+                        '$.groups', json_array('all')),
+               json_object('all', json(neurons))
+        FROM gate_checks;
+    CREATE TABLE gate_rows_v6 (
+        check_id INTEGER NOT NULL REFERENCES gate_checks(id) ON DELETE CASCADE,
+        pair INTEGER NOT NULL,
+        pair_id TEXT,
+        grp TEXT NOT NULL,           -- layer group: final | last-quarter | all
+        k INTEGER NOT NULL,          -- neurons asked for; `units` ablated (fewer when the run ranked fewer)
+        units INTEGER NOT NULL,
+        arm TEXT NOT NULL,           -- top | random
+        seed INTEGER NOT NULL,       -- -1 for top
+        m_before REAL NOT NULL, m_after REAL NOT NULL, shift REAL NOT NULL, te REAL NOT NULL,
+        refused_before INTEGER, refused_after INTEGER,
+        text_before TEXT, text_after TEXT,
+        PRIMARY KEY (check_id, grp, k, pair, seed)
+    ) WITHOUT ROWID;
+    INSERT INTO gate_rows_v6
+        SELECT r.check_id, r.pair, r.pair_id, 'all', json_extract(c.spec, '$.top'),
+               json_array_length(c.neurons), r.arm, r.seed, r.m_before, r.m_after, r.shift, r.te,
+               NULL, NULL, r.text_before, r.text_after
+        FROM gate_rows r JOIN gate_checks c ON c.id = r.check_id;
+    DROP TABLE gate_rows;
+    DROP TABLE gate_checks;
+    ALTER TABLE gate_checks_v6 RENAME TO gate_checks;
+    ALTER TABLE gate_rows_v6 RENAME TO gate_rows;
+    """,
 ]
+# a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
+GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
+    ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
 EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
 
 
@@ -209,7 +254,9 @@ class Store:
             self.db.enable_wal()
         # One transaction, taken before reading the version: a crash leaves the old schema intact, and
         # two processes opening a new database at once migrate it once (the second waits, then sees it done).
+        # Foreign keys are off meanwhile, so that rebuilding a table does not cascade into its children.
         conn = self.db.conn
+        conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = self._check_version()
@@ -222,6 +269,8 @@ class Store:
         except BaseException:
             conn.rollback()
             raise
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     def _mark_interrupted(self) -> None:
         if self.read_only:
@@ -287,27 +336,28 @@ class Store:
             self.db.conn.executemany(sql, [(run_id, *(r[c] for c in EFFECT_COLUMNS[1:])) for r in rows])
 
     @_writes
-    def add_gate_check(self, run_id: int, spec: dict, neurons: list, summary: dict, rows: list[dict]) -> int:
+    def add_gate_check(self, run_id: int, spec: dict, neurons: dict, rows: list[dict]) -> int:
         with self.db.conn:
             cur = self.db.execute(
-                "INSERT INTO gate_checks (run_id, created, spec, neurons, summary) VALUES (?, ?, ?, ?, ?)",
-                [run_id, now(), json.dumps(spec), json.dumps(neurons), json.dumps(summary)],
+                "INSERT INTO gate_checks (run_id, created, spec, neurons) VALUES (?, ?, ?, ?)",
+                [run_id, now(), json.dumps(spec), json.dumps(neurons)],
             )
             self.db["gate_rows"].insert_all([{"check_id": cur.lastrowid, **r} for r in rows])
         return cur.lastrowid
 
     def gate_checks(self, run_id: int) -> list[dict]:
-        """A run's gate checks, newest first, with spec, neurons and summary decoded."""
+        """A run's gate checks, newest first, with spec and neurons (per layer group, strongest first)
+        decoded and their curve (analysis.gate_curve.Point) computed from their rows."""
         rows = list(self.db.query("SELECT * FROM gate_checks WHERE run_id = ? ORDER BY id DESC", [run_id]))
         for r in rows:
-            for k in ("spec", "neurons", "summary"):
-                r[k] = json.loads(r[k])
+            r["spec"], r["neurons"] = json.loads(r["spec"]), json.loads(r["neurons"])
+            r["curve"] = gate_curve.curve(list(self.db.query(GATE_ROWS, [r["id"]])))
         return rows
 
     def gate_generations(self, check_id: int) -> list[tuple]:
-        """(pair_id, arm, text before, text after) of a gate check's generations, by pair then seed."""
-        sql = """SELECT pair_id, arm, text_before, text_after FROM gate_rows WHERE check_id = ?
-                 AND text_after IS NOT NULL ORDER BY pair, seed"""
+        """(pair_id, group, K, text before, text after) of a gate check's top-set answers, by pair."""
+        sql = """SELECT pair_id, grp, k, text_before, text_after FROM gate_rows WHERE check_id = ?
+                 AND seed = -1 AND text_after IS NOT NULL ORDER BY pair, grp, k"""
         return self.db.execute(sql, [check_id]).fetchall()
 
     def run(self, run_id: int) -> dict:

@@ -152,7 +152,8 @@ class HarmmedApp(App):
 
         spec = GateSpec()
         self.call_from_thread(
-            self.notify, f"gate check of run {run_id}: top {spec.top} neurons on held-out pairs"
+            self.notify,
+            f"gate curve of run {run_id}: top {','.join(map(str, spec.tops))} neurons on held-out pairs",
         )
         try:
             with Store(self.store.path) as store:

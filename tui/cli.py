@@ -12,6 +12,7 @@ from pathlib import Path
 import platformdirs
 
 from harmmed_tui.analysis.errors import HarmmedError
+from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.sites import MODULES
 
 MODEL_COMMANDS = {
@@ -27,7 +28,7 @@ EPILOG = """examples:
   harmmed-tui run --model default --max-pairs 2  layer x module x position effects of two built-in pairs
   harmmed-tui run --model gpt2 --treatment 'How do I kill a person?' --control 'How do I kill a process?'
   harmmed-tui run --modules neuron --layers -1 --method atp --verify-top 50   rank every last-layer neuron
-  harmmed-tui gate 2 --top 20                   ablate run 2's top 20 neurons on held-out pairs
+  harmmed-tui gate 2 --top 1,5,20               the gate curve of run 2's top neurons on held-out pairs
   harmmed-tui export 1 --level layer --format csv -o run1.csv
 """
 
@@ -196,6 +197,28 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", type=_fraction, default=1.0, help="GPUs per worker (default 1)")
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """An argparse type: a comma list of integers of at least 1."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,5,20, got '{text}'")
+    return tuple(sorted({_count(1)(v) for v in values}))
+
+
+def _choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma list of some of `allowed`."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in allowed] or ([] if values else [text])
+        if bad:
+            raise argparse.ArgumentTypeError(f"'{bad[0]}' is not one of {', '.join(allowed)}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -251,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]
     )
-    exp.add_argument("--aggregate", action="store_true", help="one row per site: mean over pairs, 95%% CI, n")
+    exp.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="one row per site: mean over pairs, 95%% CI, n (--level gate: the gate curve, one row per group and K)",
+    )
     exp.add_argument(
         "--by",
         default="site",
@@ -273,7 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("run_id", type=int)
     g.add_argument(
-        "--top", type=_count(1), default=20, help="how many of the run's strongest neurons (default 20)"
+        "--top",
+        type=_counts,
+        default=(1, 5, 20, 100, 1000),
+        metavar="K,K,...",
+        help="neuron counts of the curve (default 1,5,20,100,1000)",
+    )
+    g.add_argument(
+        "--sign",
+        default="positive",
+        choices=SIGNS,
+        help="rank neurons that promote the treatment's behaviour (mean IE > 0, default), oppose it, or by |IE|",
+    )
+    g.add_argument(
+        "--groups",
+        type=_choices(GROUPS),
+        default=GROUPS,
+        metavar="GROUP,...",
+        help="layer groups to draw neurons from: final, last-quarter, all (default: all three)",
     )
     g.add_argument(
         "--ablate",
@@ -284,10 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--pairs", help="held-out pairs (default: the built-in pairs the run did not use)", metavar="HELDOUT"
     )
-    g.add_argument("--seeds", type=_count(1), default=5, help="random neuron sets to compare against")
-    g.add_argument(
-        "--generate", type=_count(0), default=3, help="held-out prompts to generate from, greedily"
-    )
+    g.add_argument("--seeds", type=_count(1), default=5, help="random neuron sets per point (default 5)")
     g.add_argument("--max-new-tokens", type=_count(1), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")

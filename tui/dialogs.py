@@ -67,7 +67,7 @@ enter  drill in: run > layer > module > neurons        escape  back up
 p  next pair / aggregate    \\[ ]  previous / next page of neurons (recur: in how many pairs'
    top 20 neuron sites)
 C  aggregate over one category of the harmful prompts (prompt-set runs), the next, all
-a  gate check: ablate the run's top 20 neurons on held-out pairs vs random neurons
+a  gate curve: ablate the run's top 1,5,20,100,1000 neurons on held-out pairs vs random ones
 c  cancel the running job   q  quit
 ctrl+p  command palette (every action)   ?/F1  this help
 Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."""

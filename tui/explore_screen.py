@@ -132,7 +132,9 @@ class ExploreScreen(Screen):
                 store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first, self.category
             )
             verified = self.method == "atp"
-            gated = {u for layer, u in checks[0]["neurons"] if layer == self.focus_layer} if checks else set()
+            # each neuron's rank in the newest gate check's widest group (the sets its curve ablated)
+            ranked = checks[0]["neurons"][checks[0]["spec"]["groups"][-1]] if checks else []
+            gated = {u: i + 1 for i, (layer, u) in enumerate(ranked) if layer == self.focus_layer}
             recur = export.recurrence(store, self.run_id, self.method)
             method_col = f"IE ({self.method})"
             for col in ("#", "neuron", "pos", method_col, "exact" if verified else "", "n", "recur", "gate"):
@@ -142,7 +144,7 @@ class ExploreScreen(Screen):
                 cells = [str(first + i + 1), str(neuron), "*" if pos is None else str(pos), f"{ie:+.4f}"]
                 cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
                 recurs = str(recur.get((self.focus_layer, neuron), 0))
-                t.add_row(*cells, str(n), recurs, "●" if neuron in gated else "")
+                t.add_row(*cells, str(n), recurs, f"#{gated[neuron]}" if neuron in gated else "")
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
                 plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
@@ -159,9 +161,10 @@ class ExploreScreen(Screen):
         box = self.query_one("#gate", Static)
         box.display = bool(checks)
         if checks:
-            texts = [g for g in self.app.store.gate_generations(checks[0]["id"]) if g[1] == "top"][:1]
+            texts = queries.gate_answers(self.app.store, checks[0], 1)
             box.update(
-                queries.gate_verdict(checks[0]) + "".join(f"\n{p}: {b!r} -> {a!r}" for p, _, b, a in texts)
+                queries.gate_verdict(checks[0])
+                + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts)
             )
 
     def action_gate(self) -> None:

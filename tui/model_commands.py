@@ -137,12 +137,13 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
 
 
 def cmd_gate(store: Store, a) -> int:
-    spec = GateSpec(a.top, a.ablate, a.seeds, a.generate, a.max_new_tokens)
+    spec = GateSpec(a.top, a.sign, a.groups, a.ablate, a.seeds, a.max_new_tokens)
     check_id = check_gate(store, a.run_id, spec, a.pairs)
     if a.json:
+        check = store.gate_checks(a.run_id)[0]
         print(
             json.dumps(
-                {"run_id": a.run_id, "check_id": check_id, **store.gate_checks(a.run_id)[0]["summary"]}
+                {"run_id": a.run_id, "check_id": check_id, "curve": [p.as_dict() for p in check["curve"]]}
             )
         )
     else:

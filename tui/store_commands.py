@@ -58,29 +58,38 @@ def print_summary(store: Store, run_id: int) -> None:
 
 
 def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
-    """A gate check's verdict and its generations (the newest check when no id is given)."""
+    """A gate check's curve, its verdict, and an answer before and after ablating the top set (the newest
+    check when no id is given)."""
     checks = [c for c in store.gate_checks(run_id) if check_id in (None, c["id"])]
     if not checks:
         return
     c, con = checks[0], Console()
-    s, spec = c["summary"], c["spec"]
+    spec, curve = c["spec"], c["curve"]
+    pairs = curve[0].pairs if curve else 0
     t = Table(
-        title=f"gate check {c['id']} of run {run_id}: top {spec['top']} neurons ({len(c['neurons'])} units), "
-        f"ablated to {spec['ablate']}, on {s['pairs']} held-out pairs ({spec['pairs']})"
+        title=f"gate check {c['id']} of run {run_id}: {spec['sign']} neurons held at {spec['ablate']}, "
+        f"{pairs} held-out pairs ({spec['pairs']}), top vs random ({spec['seeds']} seeds, mean ± sd)"
     )
-    for col in ("neurons", "metric shift", "share of TE removed"):
-        t.add_column(col, justify="right")
-    share = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
-    t.add_row("top", f"{s['top_shift']:+.4f}", share(s["top_removed"]))
-    t.add_row(
-        f"random ({s['seeds']} seeds)",
-        f"{s['random_shift']:+.4f} ± {s['random_sd']:.4f}",
-        share(s["random_removed"]),
-    )
+    columns = ("group", "K", "units", "TE removed: top", "random", "flipped: top", "random")
+    for col in columns:
+        t.add_column(col, justify="right", no_wrap=col == "group")
+    for p in curve:
+        t.add_row(
+            p.group,
+            str(p.k),
+            str(p.units),
+            queries.percent(p.top_removed),
+            queries.percent(p.random_removed, p.random_removed_sd),
+            f"{queries.percent(p.top_flipped)} of {p.refused}",
+            queries.percent(p.random_flipped, p.random_flipped_sd),
+        )
     con.print(t)
-    con.print("neurons (layer:unit): " + " ".join(f"{layer}:{unit}" for layer, unit in c["neurons"][:40]))
-    for pair_id, arm, before, after in store.gate_generations(c["id"]):
-        con.print(f"[bold]{pair_id}[/] {arm}:\n  before: {before!r}\n  after:  {after!r}", highlight=False)
+    con.print(queries.gate_verdict(c), highlight=False)
+    for pair_id, group, k, before, after in queries.gate_answers(store, c, 3):
+        con.print(
+            f"[bold]{pair_id}[/] top {k} ({group}):\n  before: {before!r}\n  after:  {after!r}",
+            highlight=False,
+        )
 
 
 def cmd_runs(store: Store, as_json: bool) -> int:

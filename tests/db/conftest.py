@@ -21,7 +21,7 @@ def _stored_db(tmp_path_factory):
     with Store(path) as store:
         execute(spec, store)
         execute(spec, store)
-        check_gate(store, 1, GateSpec(top=5, seeds=1, generate=1, max_new_tokens=4))
+        check_gate(store, 1, GateSpec(tops=(1, 5), seeds=1, max_new_tokens=4))
     return path
 
 

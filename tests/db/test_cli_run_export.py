@@ -258,6 +258,7 @@ def test_refusal_tokens_learned_from_the_models_own_answers(capsys, db_path):
     assert tokenizer.convert_ids_to_tokens(learned) == ["Sorry"]
     assert min(json.loads(out)["te"]) > 10
     code, out, err = run_cli(
-        capsys, "gate", "1", "--top", "3", "--seeds", "1", "--generate", "0", "--json", "--db", str(db_path)
+        capsys, "gate", "1", "--top", "3", "--seeds", "1", "--groups", "all", "--json", "--db", str(db_path)
     )
-    assert code == 0, err and json.loads(out)["pairs"] > 0
+    assert code == 0, err
+    assert json.loads(out)["curve"][0]["pairs"] > 0

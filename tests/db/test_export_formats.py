@@ -7,9 +7,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from harmmed_tui.db import export
-from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.db.store import Store
 
-LEVELS = [("layer", False), ("layer", True), ("neuron", False), ("neuron", True), ("gate", False)]
+LEVELS = [
+    ("layer", False),
+    ("layer", True),
+    ("neuron", False),
+    ("neuron", True),
+    ("gate", False),
+    ("gate", True),
+]
 
 
 @pytest.mark.parametrize(("level", "aggregated"), LEVELS)
@@ -30,8 +37,3 @@ def test_export_every_level_and_format(stored_db, level, aggregated, fmt):
             assert str(table.schema.field("ie_mean" if aggregated else "ie").type) == "double"
     elif fmt == "json":
         assert json.loads(data) == json.loads(json.dumps(rows))
-
-
-def test_gate_rows_cannot_be_aggregated(stored_db):
-    with Store(stored_db) as store, pytest.raises(StoreError, match="already a comparison"):
-        export.table(store, 1, "gate", aggregated=True)

@@ -37,8 +37,8 @@ async def test_run_drill_down_and_export(tmp_path):
         await app.workers.wait_for_complete()
         await pilot.pause()
         gate = str(screen.query_one("#gate").render())
-        assert "gate check 1: top 20" in gate and "held-out pairs" in gate
-        assert app.store.gate_checks(screen.run_id)[0]["summary"]["pairs"] == 46
+        assert "gate check 1 (positive neurons" in gate and "46 held-out pairs" in gate
+        assert {p.k for p in app.store.gate_checks(screen.run_id)[0]["curve"]} == {1, 5, 20, 100, 1000}
         titles = {c.title for c in app.get_system_commands(screen)}  # ctrl+p lists every action here
         assert {"run: gate check", "view: next pair", "view: next neurons", "export: open run"} <= titles
         await pilot.press("p")  # pair 0 only

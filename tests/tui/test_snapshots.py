@@ -20,7 +20,7 @@ def stored_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("snap") / "runs.db"
     store = Store(path)
     execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "neuron")), store)
-    check_gate(store, 1, GateSpec(top=10, seeds=2, generate=1, max_new_tokens=12))
+    check_gate(store, 1, GateSpec(tops=(5, 20), groups=("final", "all"), seeds=2, max_new_tokens=12))
     with store.db.conn:
         store.db.execute("UPDATE runs SET started = '2026-11-23T12:00:00+00:00', compute_s = 1.0")
     store.close()

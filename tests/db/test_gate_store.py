@@ -1,0 +1,59 @@
+"""Gate checks in the store: neurons ranked by sign, and checks from before curves migrated to one point."""
+
+import json
+import sqlite3
+
+from harmmed_tui.db import queries
+from harmmed_tui.db.store import MIGRATIONS, Store
+
+
+def test_signs_rank_by_mean_ie(stored_db):
+    with Store(stored_db) as store:
+        means = {
+            (layer, unit): mean
+            for layer, unit, mean in store.db.execute(
+                "SELECT layer, neuron, AVG(ie) FROM effects WHERE run_id = 1 AND module = 'neuron' "
+                "GROUP BY layer, neuron"
+            )
+        }
+        layers = sorted({layer for layer, _ in means})
+        pos = queries.gate_neurons(store, 1, 10, "exact", "positive", layers)
+        neg = queries.gate_neurons(store, 1, 10, "exact", "negative", layers)
+        both = queries.gate_neurons(store, 1, 10, "exact", "abs", layers)
+    assert pos and neg
+    assert [means[n] for n in pos] == sorted((means[n] for n in pos), reverse=True) and min(
+        means[n] for n in pos
+    ) > 0
+    assert [means[n] for n in neg] == sorted(means[n] for n in neg) and max(means[n] for n in neg) < 0
+    assert [abs(means[n]) for n in both] == sorted((abs(v) for v in means.values()), reverse=True)[:10]
+
+
+def test_a_version_5_gate_check_migrates_to_a_one_point_curve(tmp_path):
+    path = tmp_path / "v5.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "".join(MIGRATIONS[:5])
+        + "CREATE TABLE schema_version (version INTEGER); INSERT INTO schema_version VALUES (5);"
+    )
+    conn.execute(
+        "INSERT INTO runs (id, status, model, spec, started) VALUES (1, 'done', 'default', '{}', 'now')"
+    )
+    conn.execute(
+        "INSERT INTO gate_checks VALUES (1, 1, 'now', ?, ?, '{}')",
+        [json.dumps({"top": 2, "ablate": "zero", "seeds": 1, "pairs": "builtin"}), "[[3, 7], [3, 9]]"],
+    )
+    for seed, shift in ((-1, -2.0), (0, 0.0)):
+        conn.execute(
+            "INSERT INTO gate_rows VALUES (1, 0, 'p0', ?, ?, 1.0, ?, ?, 4.0, 'Sorry', NULL)",
+            ["top" if seed < 0 else "random", seed, 1.0 + shift, shift],
+        )
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        (c,) = store.gate_checks(1)
+        assert c["spec"]["tops"] == [2] and c["spec"]["sign"] == "abs" and c["spec"]["groups"] == ["all"]
+        assert c["neurons"] == {"all": [[3, 7], [3, 9]]}
+        (p,) = c["curve"]
+        assert (p.group, p.k, p.units, p.top_removed, p.top_flipped) == ("all", 2, 2, 0.5, None)
+        store.delete_run(1)  # foreign keys hold again after the migration
+        assert store.db.execute("SELECT COUNT(*) FROM gate_rows").fetchone()[0] == 0
