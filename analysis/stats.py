@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 
@@ -28,3 +30,23 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     return (ends - (counts - 1) / 2)[inverse]  # tied values share the mean of the ranks they span
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (sound at 0 or n successes, unlike the normal one)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def percent(v: float | None, sd: float | None = None) -> str:
+    """A share as a whole percentage (with ± sd to a tenth when given); n/a for None; never "-0%"."""
+    if v is None:
+        return "n/a"
+    if sd is None:
+        return f"{round(v * 100) + 0:.0f}%"
+    return f"{round(v * 100, 1) + 0:.1f}±{sd * 100:.1f}%"

@@ -224,7 +224,7 @@ def format_value(v) -> str:
     return str(v)
 
 
-def _latex_escape(s: str) -> str:
+def latex_escape(s: str) -> str:
     for a, b in [
         ("\\", r"\textbackslash{}"),
         ("&", r"\&"),
@@ -267,10 +267,10 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
         lines = [
             rf"\begin{{tabular}}{{{spec}}}",
             r"\toprule",
-            " & ".join(_latex_escape(c) for c in columns) + r" \\",
+            " & ".join(latex_escape(c) for c in columns) + r" \\",
         ]
         lines.append(r"\midrule")
-        lines += [" & ".join(_latex_escape(format_value(r[c])) for c in columns) + r" \\" for r in rows]
+        lines += [" & ".join(latex_escape(format_value(r[c])) for c in columns) + r" \\" for r in rows]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
     try:

@@ -6,6 +6,7 @@ verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
+from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db.store import Store
 
@@ -130,15 +131,6 @@ def gate_neurons(
     return [(layer, unit) for layer, first, width, _ in rows for unit in range(first, first + width)][:top]
 
 
-def percent(v: float | None, sd: float | None = None) -> str:
-    """A share as a whole percentage (with ± sd to a tenth when given); n/a for None; never "-0%"."""
-    if v is None:
-        return "n/a"
-    if sd is None:
-        return f"{round(v * 100) + 0:.0f}%"
-    return f"{round(v * 100, 1) + 0:.1f}±{sd * 100:.1f}%"
-
-
 def gate_verdict(check: dict) -> str:
     """One line for a stored gate check: per layer group, the smallest K whose top set flips the majority
     of the refused held-out answers (or, unjudged, the largest share of TE removed), against random."""
@@ -152,14 +144,14 @@ def gate_verdict(check: dict) -> str:
             p = flips[0]
             parts.append(
                 f"{group}: top {p.units} flip {p.top_flipped:.0%} of {p.refused} refusals "
-                f"(random {percent(p.random_flipped)})"
+                f"(random {stats.percent(p.random_flipped)})"
             )
         else:
             p = max(points, key=lambda p: p.top_removed or 0)
             refused = "" if p.refused else ", no refused answers to flip"
             parts.append(
-                f"{group}: no K flips a majority; top {p.units} remove {percent(p.top_removed)} of TE "
-                f"(random {percent(p.random_removed)}){refused}"
+                f"{group}: no K flips a majority; top {p.units} remove {stats.percent(p.top_removed)} of TE "
+                f"(random {stats.percent(p.random_removed)}){refused}"
             )
     return (
         f"gate check {check['id']} ({spec['sign']} neurons, held at {spec['ablate']}, "

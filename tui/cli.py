@@ -30,6 +30,7 @@ EPILOG = """examples:
   harmmed-tui run --modules neuron --layers -1 --method atp --verify-top 50   rank every last-layer neuron
   harmmed-tui gate 2 --top 1,5,20               the gate curve of run 2's top neurons on held-out pairs
   harmmed-tui export 1 --level layer --format csv -o run1.csv
+  harmmed-tui report 1                          the paper's four claims, judged on run 1
 """
 
 
@@ -355,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     probe.add_argument("--json", action="store_true", help="print every answer and the rates as JSON")
+
+    rep = sub.add_parser(
+        "report",
+        help="the paper's four claims judged on a run: numbers, CIs, the pairs behind them, a verdict each",
+    )
+    rep.add_argument("run_id", type=int)
+    rep.add_argument(
+        "--gate", type=int, metavar="CHECK", help="the gate check for claim 3 (default: the newest)"
+    )
+    rep.add_argument("--format", default="markdown", choices=["markdown", "latex"])
+    rep.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
+    _db_arg(rep)
 
     cmp = sub.add_parser(
         "compare",

@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harmmed_tui.db import compare, export, queries
+from harmmed_tui.analysis import stats
+from harmmed_tui.db import compare, export, queries, report
 from harmmed_tui.db.store import Store
 
 
@@ -78,10 +79,10 @@ def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
             p.group,
             str(p.k),
             str(p.units),
-            queries.percent(p.top_removed),
-            queries.percent(p.random_removed, p.random_removed_sd),
-            f"{queries.percent(p.top_flipped)} of {p.refused}",
-            queries.percent(p.random_flipped, p.random_flipped_sd),
+            stats.percent(p.top_removed),
+            stats.percent(p.random_removed, p.random_removed_sd),
+            f"{stats.percent(p.top_flipped)} of {p.refused}",
+            stats.percent(p.random_flipped, p.random_flipped_sd),
         )
     con.print(t)
     con.print(queries.gate_verdict(c), highlight=False)
@@ -149,6 +150,13 @@ def cmd_compare(store: Store, a) -> int:
     return 0
 
 
+def cmd_report(store: Store, a) -> int:
+    export.write(report.render(store, a.run_id, a.gate, a.format), a.output)
+    if a.output != "-":
+        print(f"wrote the claims report of run {a.run_id} to {Path(a.output).resolve()}", file=sys.stderr)
+    return 0
+
+
 def cmd_delete(store: Store, run_id: int) -> int:
     store.delete_run(run_id)
     print(f"deleted run {run_id}", file=sys.stderr)
@@ -165,6 +173,8 @@ def dispatch(a) -> int:
             return cmd_export(store, a)
         if a.command == "compare":
             return cmd_compare(store, a)
+        if a.command == "report":
+            return cmd_report(store, a)
         if a.command == "delete":
             return cmd_delete(store, a.run_id)
     raise AssertionError(a.command)

@@ -1,0 +1,124 @@
+"""The claims report of a stored run: its effects gathered for analysis.claims, written as markdown or LaTeX."""
+
+from __future__ import annotations
+
+import math
+
+from harmmed_tui.analysis import claims
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import export
+from harmmed_tui.db.store import Store, StoreError
+
+FORMATS = ("markdown", "latex")
+
+
+def differing_positions(treatment: list[str], control: list[str]) -> tuple[int, ...]:
+    """Control positions whose token differs from the treatment's at the same place, counted from the end
+    (the alignment every pair shares: equal lengths align at both ends); positions with no counterpart too."""
+    shift = len(treatment) - len(control)
+    return tuple(
+        i
+        for i, tok in enumerate(control)
+        if not 0 <= i + shift < len(treatment) or treatment[i + shift] != tok
+    )
+
+
+def run_effects(store: Store, run_id: int) -> claims.RunEffects:
+    """A run's resid rows at single positions and its module rows at every position at once, per pair."""
+    run = store.run(run_id)
+    provenance, method = run["provenance"], store.run_method(run_id)
+    if "n_layers" not in provenance:
+        raise StoreError(f"run {run_id} never loaded its model: it has nothing to report")
+    sql = """SELECT pair, module, layer, position, ie FROM effects WHERE run_id = ? AND method = ?
+             AND ((module = 'resid' AND position >= 0) OR (module IN ('attn', 'mlp') AND position < 0))"""
+    resid: dict[int, dict] = {}
+    modules: dict[int, dict] = {}
+    for pair, module, layer, position, ie in store.db.execute(sql, [run_id, method]):
+        if position >= 0:
+            resid.setdefault(pair, {})[(layer, position)] = ie
+        else:
+            modules.setdefault(pair, {})[(module, layer)] = ie
+    pairs = [
+        claims.PairEffects(
+            p["pair_id"] or str(p["pair"]),
+            p["te"],
+            len(p["control_tokens"]) - 1,
+            differing_positions(p["treatment_tokens"], p["control_tokens"]),
+            resid.get(p["pair"], {}),
+            modules.get(p["pair"], {}),
+        )
+        for p in store.pairs(run_id)
+        if p["te"] is not None
+    ]
+    return claims.RunEffects(provenance["n_layers"], provenance["d_mlp"], pairs)
+
+
+def run_claims(store: Store, run_id: int, check_id: int | None = None) -> list[claims.Claim]:
+    """The four claims of a run, claim 3 from the given gate check or its newest."""
+    checks = store.gate_checks(run_id)
+    if check_id is not None:
+        checks = [c for c in checks if c["id"] == check_id]
+        if not checks:
+            raise StoreError(f"run {run_id} has no gate check {check_id}")
+    check = checks[0] if checks else None
+    heldout = None
+    if check:
+        sql = "SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ? ORDER BY pair"
+        heldout = [pid for (pid,) in store.db.execute(sql, [check["id"]])]
+    return claims.judge(run_effects(store, run_id), check["curve"] if check else None, heldout)
+
+
+def _rounded(rows: list[dict]) -> list[dict]:
+    """Report tables to 3 decimals: they are read, not computed with (the export keeps full precision)."""
+    return [
+        {k: round(v, 3) + 0.0 if isinstance(v, float) and math.isfinite(v) else v for k, v in r.items()}
+        for r in rows
+    ]
+
+
+def _pairs_line(ids: list[str]) -> str:
+    shown = ", ".join(ids[:12]) + (f", ... ({len(ids)} in all)" if len(ids) > 12 else "")
+    return f"{len(ids)} pairs: {shown}" if ids else "no pairs"
+
+
+def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown report format '{fmt}' (use {' or '.join(FORMATS)})")
+    run = store.run(run_id)
+    spec = RunSpec.from_json(run["spec"])
+    found = run_claims(store, run_id, check_id)
+    te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
+    mean_te = f"{sum(te) / len(te):.3f}" if te else "n/a"
+    about = (
+        f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
+        f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
+    )
+    if fmt == "markdown":
+        out = [f"# Claims report (arXiv:2604.11663), {about}", ""]
+        for c in found:
+            out += [
+                f"## Claim {c.number}: {c.title}: **{c.verdict}**",
+                "",
+                c.finding,
+                "",
+                f"*Rule:* {c.rule}.",
+                "",
+            ]
+            if c.table:
+                out += [export.render(_rounded(c.table), "markdown"), ""]
+            out += [f"*Behind it:* {_pairs_line(c.pairs)}.", ""]
+        return "\n".join(out)
+    esc = export.latex_escape
+    out = [rf"\section*{{Claims report (arXiv:2604.11663), {esc(about)}}}", ""]
+    for c in found:
+        out += [
+            rf"\subsection*{{Claim {c.number}: {esc(c.title)}: \textbf{{{esc(c.verdict)}}}}}",
+            esc(c.finding),
+            "",
+            rf"\emph{{Rule:}} {esc(c.rule)}.",
+            "",
+        ]
+        if c.table:
+            out += [export.render(_rounded(c.table), "latex"), ""]
+        out += [rf"\emph{{Behind it:}} {esc(_pairs_line(c.pairs))}.", ""]
+    return "\n".join(out)
