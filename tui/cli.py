@@ -428,6 +428,9 @@ def _report_crash(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # progress bars libraries draw themselves (GGUF de-quantizing) would scribble over the explorer and
+    # the JSON output; tqdm reads this when it is first imported, which is after this line
+    os.environ.setdefault("TQDM_DISABLE", "1")
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:  # the explorer opens at once and imports the engine in the background

@@ -24,6 +24,8 @@ sys.exit(code)
         ["export", "1", "--level", "neuron", "--format", "parquet", "-o", "{tmp}/n.parquet"],
         ["export", "1", "--level", "gate", "--format", "json"],
         ["compare", "1", "2", "--format", "csv"],
+        ["report", "1", "--format", "latex"],
+        ["export", "1", "--level", "gate", "--aggregate"],
         ["delete", "2"],
     ],
     ids=lambda argv: " ".join(argv[:3]),

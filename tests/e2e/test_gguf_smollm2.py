@@ -89,3 +89,24 @@ def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys)
     assert summary["pairs"] == 2 and summary["seeds"] == 2
     neurons = store.gate_checks(res["run_id"])[0]["neurons"]
     assert len(neurons) == 10 and all(0 <= layer < 30 and 0 <= unit < 1536 for layer, unit in neurons)
+
+
+def test_gguf_report_says_refusals_are_rare(tmp_path, capsys):
+    """SmolLM2-135M answers the built-in harmful prompts instead of refusing them: the gate curve has no
+    refusals to flip, and the report marks claim 3 inconclusive instead of inventing a gate."""
+    db = ["--db", str(tmp_path / "runs.db")]
+    model = ["--model", str(smollm2_gguf()), "--device", "cpu"]
+    assert main(["run", *model, *db, "--max-pairs", "2", "--modules", "neuron", "--layers", "-1"]) == 0
+    heldout = tmp_path / "heldout.jsonl"
+    pairs = load_pairs("builtin")[2:8]
+    heldout.write_text(
+        "".join(json.dumps({"treatment": p.treatment, "control": p.control}) + "\n" for p in pairs)
+    )
+    gate = ["gate", "1", *db, "--pairs", str(heldout), "--groups", "final", "--top", "5", "--seeds", "1"]
+    assert main(gate) == 0
+    capsys.readouterr()
+    assert main(["report", "1", *db]) == 0
+    out = capsys.readouterr().out
+    claim_3 = out[out.index("## Claim 3") :]
+    assert "**inconclusive**" in claim_3.splitlines()[0]
+    assert "refusals are too rare here for a gate to flip" in claim_3

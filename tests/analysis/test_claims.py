@@ -1,0 +1,98 @@
+"""The four claims' verdicts follow their stated rules, on effects built to support, contradict or leave
+open each claim; the shares are ratios of sums over pairs."""
+
+import numpy as np
+import pytest
+
+from harmmed_tui.analysis import claims
+from harmmed_tui.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, PairEffects, RunEffects
+from harmmed_tui.analysis.gate_curve import Point
+
+L, T = 8, 6  # layers; positions 0..5, token 2 differs, 5 is the last
+
+
+def _pair(i, te, resid=None, attn=None, mlp=None):
+    """A pair whose resid IE at (layer, position) is resid(layer, position) * te, and whose `*`-level
+    attn/mlp IE at a layer is attn(layer) * te / mlp(layer) * te."""
+    modules = {}
+    for name, f in (("attn", attn), ("mlp", mlp)):
+        if f:
+            modules |= {(name, layer): f(layer) * te for layer in range(L)}
+    rows = {(layer, q): resid(layer, q) * te for layer in range(L) for q in range(T)} if resid else {}
+    return PairEffects(f"p{i}", te, T - 1, (2,), rows, modules)
+
+
+def _run(**effects):
+    rng = np.random.default_rng(0)
+    return RunEffects(L, 400, [_pair(i, 1 + rng.random(), **effects) for i in range(6)])
+
+
+def moving(layer, q):  # the harm sits at the differing token early and at the last position late
+    return {2: max(0.0, 1 - layer / 3), T - 1: min(1.0, layer / 3)}.get(q, 0.0)
+
+
+def test_claim_0_effect_moving_from_the_differing_token_to_the_last():
+    c = claims.claim_0(_run(resid=moving))
+    assert c.verdict == SUPPORTED and "first exceeds the differing tokens' at layer 2" in c.finding
+    assert [r["last_minus_differing"] for r in c.table[:4]] == pytest.approx([-1, -1 / 3, 1 / 3, 1])
+    assert c.pairs == [f"p{i}" for i in range(6)]
+    at_last_already = claims.claim_0(_run(resid=lambda layer, q: float(q == T - 1)))
+    assert at_last_already.verdict == NOT_SUPPORTED
+    assert claims.claim_0(_run(attn=lambda layer: 0.1)).verdict == INCONCLUSIVE  # no per-position rows
+
+
+def test_claim_1_later_layers():
+    late = claims.claim_1(_run(attn=lambda layer: 0.01, mlp=lambda layer: float(layer >= 6), resid=moving))
+    assert late.verdict == SUPPORTED
+    assert late.finding.startswith("98% of the summed attn + mlp IE/TE lies in the second half (layers 4-7")
+    assert "the last position's resid IE/TE first exceeds 0.5 at layer 2" in late.finding
+    assert late.table[-1]["mlp_cumulative_share"] == pytest.approx(1.0)
+    early = claims.claim_1(_run(attn=lambda layer: 0.01, mlp=lambda layer: float(layer < 2)))
+    assert early.verdict == NOT_SUPPORTED
+    even = claims.claim_1(_run(attn=lambda layer: 0.0, mlp=lambda layer: 0.1))
+    assert even.verdict == INCONCLUSIVE  # exactly half in each half: the interval holds 0.5
+
+
+def test_claim_2_mlp_over_attention_with_a_paired_interval():
+    c = claims.claim_2(_run(attn=lambda layer: 0.02, mlp=lambda layer: 0.1))
+    assert c.verdict == SUPPORTED
+    rows = {r["module"]: r for r in c.table}
+    assert rows["mlp"]["summed_ie_te"] == pytest.approx(0.8) and rows["attn"][
+        "summed_ie_te"
+    ] == pytest.approx(0.16)
+    assert rows["mlp - attn"]["summed_ie_te"] == pytest.approx(0.64)
+    assert claims.claim_2(_run(attn=lambda layer: 0.1, mlp=lambda layer: 0.02)).verdict == NOT_SUPPORTED
+    rng = np.random.default_rng(1)
+    noisy = RunEffects(
+        L,
+        400,
+        [
+            _pair(i, 1.0, attn=lambda layer, s=s: 0.1 + s, mlp=lambda layer, s=s: 0.1 - s)
+            for i, s in enumerate(rng.normal(0, 0.05, 8))
+        ],
+    )
+    assert claims.claim_2(noisy).verdict == INCONCLUSIVE
+    two = RunEffects(L, 400, _run(attn=lambda layer: 0.02, mlp=lambda layer: 0.1).pairs[:2])
+    assert claims.claim_2(two).verdict == INCONCLUSIVE  # too few pairs for an interval
+
+
+def _point(group, k, top_flipped, random_flipped=0.0, refused=20):
+    return Point(group, k, k, 30, 5.0, 0.5, 0.0, 0.0, refused, top_flipped, random_flipped, 0.0, 3)
+
+
+def test_claim_3_reads_the_gate_curve():
+    run = RunEffects(L, 400, [])  # sparse: at most 5% of 400 = 20 final-layer units
+    sparse = [_point("final", 5, 0.2), _point("final", 20, 0.8), _point("all", 5, 0.9)]
+    c = claims.claim_3(run, sparse, ["h0", "h1"])
+    assert c.verdict == SUPPORTED and c.pairs == ["h0", "h1"]
+    assert "final layer: top 20 flip 80% of 20 refusals (95% CI 58%-92%" in c.finding
+    assert "all layers: top 5 flip 90%" in c.finding
+    dense = [_point("final", 20, 0.3), _point("final", 100, 0.9)]
+    assert claims.claim_3(run, dense).verdict == NOT_SUPPORTED  # a majority only with 100 units
+    random_too = [_point("final", 5, 0.9, random_flipped=0.7)]
+    assert claims.claim_3(run, random_too).verdict == NOT_SUPPORTED
+    rare = [_point("final", 5, 0.0, refused=2), _point("final", 20, 0.5, refused=2)]
+    c = claims.claim_3(run, rare)
+    assert c.verdict == INCONCLUSIVE and "refused 2 of 30" in c.finding and "too rare" in c.finding
+    assert claims.claim_3(run, None).verdict == INCONCLUSIVE
+    assert claims.claim_3(run, [_point("all", 5, 0.9)]).verdict == INCONCLUSIVE  # no final-layer group

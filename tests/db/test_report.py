@@ -1,0 +1,35 @@
+"""The claims report on the organism, whose behaviour is known: it decides at layer 0 (the last position
+already carries the whole effect after layer 0), through MLPs more than attention, and a few neurons of
+layer 0, not of the final layer, gate its refusals."""
+
+import re
+
+from tests.db.test_cli_run_export import run_cli
+
+
+def _verdicts(markdown: str) -> dict[int, str]:
+    return {int(n): v for n, v in re.findall(r"## Claim (\d): .*: \*\*(.+)\*\*", markdown)}
+
+
+def test_report_of_the_organism(capsys, db_path, tmp_path):
+    db = ["--db", str(db_path)]
+    code, _, err = run_cli(capsys, "run", *db, "--max-pairs", "8", "--modules", "resid,attn,mlp,neuron")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "report", "1", *db)
+    assert code == 0, err
+    assert _verdicts(out) == {0: "not supported", 1: "not supported", 2: "supported", 3: "inconclusive"}
+    assert "the run has no gate check" in out and "8 pairs: violence-00" in out
+    assert "the last position's resid IE/TE first exceeds 0.5 at layer 0" in out
+    code, _, err = run_cli(capsys, "gate", "1", *db, "--top", "5,20", "--seeds", "2", "--groups", "final,all")
+    assert code == 0, err
+    out_file = tmp_path / "claims.tex"
+    code, _, err = run_cli(capsys, "report", "1", *db, "--format", "latex", "-o", str(out_file))
+    assert code == 0 and "wrote the claims report of run 1" in err
+    tex = out_file.read_text()
+    assert tex.count(r"\subsection*{Claim") == 4 and r"\begin{tabular}" in tex
+    code, out, _ = run_cli(capsys, "report", "1", *db)
+    verdicts = _verdicts(out)
+    assert verdicts[3] == "not supported"  # 40 refusals to flip; the final layer's top 20 flip none
+    assert "all layers: top 20 flip 100% of 40 refusals" in out
+    code, _, err = run_cli(capsys, "report", "1", *db, "--gate", "7")
+    assert code == 2 and err.strip() == "harmmed-tui: error: run 1 has no gate check 7"
