@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from harmmed_tui.analysis.attribution import Attribution
-from harmmed_tui.analysis.behaviour import Behaviour, learned_refusal_tokens, pair_behaviour
+from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_refusal_tokens, pair_behaviour
 from harmmed_tui.analysis.errors import MetricError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
@@ -37,6 +37,7 @@ from harmmed_tui.analysis.stats import spearman
 Progress = Callable[[int, int], None]  # (sites done, sites total)
 Cancelled = Callable[[], bool]
 SiteKey = tuple[int, int, str, int, int, str]  # pair, layer, module, position, neuron, method
+GENERATION = "generation"  # the method of a SiteKey whose patched answer was generated and judged
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PairResult:
     te: float
     rows: list[dict] = field(default_factory=list)
     spearman: float | None = None  # atp: rank agreement with exact on the verified top sites
+    generations: list[dict] = field(default_factory=list)  # --verify-generation: judged patched answers
 
 
 @dataclass
@@ -97,7 +99,11 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
     method, block = parse_method(spec.method)
     if spec.engine not in ENGINES:
         raise SiteError(f"unknown engine '{spec.engine}' (use {' or '.join(ENGINES)})")
-    counts = (("max-pairs", spec.max_pairs, 1), ("verify-top", spec.verify_top, 0))
+    counts = (
+        ("max-pairs", spec.max_pairs, 1),
+        ("verify-top", spec.verify_top, 0),
+        ("verify-generation", spec.verify_generation, 0),
+    )
     for name, value, minimum in (*counts, ("batch-tokens", spec.batch_tokens, 0)):
         if value is not None and value < minimum:
             raise SiteError(f"--{name} must be at least {minimum}, got {value}")
@@ -105,6 +111,14 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
         raise SiteError("--verify-top checks atp estimates: use it with --method atp")
     if spec.answer_tokens < 0:
         raise SiteError(f"--answer-tokens must be at least 0, got {spec.answer_tokens}")
+    if spec.verify_generation:
+        if not spec.answer_tokens:
+            raise SiteError("--verify-generation judges generated answers: keep --answer-tokens above 0")
+        if spec.corrupt is not None or spec.metric == "target-logprob":
+            raise SiteError(
+                "--verify-generation patches the control prompt and judges its answer: it needs a control "
+                "prompt (not --corrupt) and a metric without a target (refusal or logit-diff)"
+            )
     if spec.corrupt is not None:
         if method == "atp":
             raise SiteError("--corrupt runs patch exactly: use --method exact or block:N")
@@ -331,26 +345,63 @@ def run(
 
 
 def run_pair(prep: Prepared, tp: TokenizedPair, todo: list[Site]) -> Iterator[PairResult]:
-    """One pair: its totals, its effect rows in batches, and (atp) the rank agreement with exact."""
+    """One pair: its totals, its effect rows in batches, (atp) the rank agreement with exact, and
+    (--verify-generation) the judged answers with its top sites patched."""
     torch.manual_seed(prep.spec.seed)
     random.seed(prep.spec.seed)
     batch_tokens = prep.spec.batch_tokens or auto_batch_tokens(prep.lm)
     source, batches = _pair_batches(prep, tp, todo, batch_tokens)
     totals = (source.m_treatment.item(), source.m_control.item(), source.te.item())
     yield PairResult(tp, *totals)
-    estimates, checked = {}, {}
+    estimates, checked, own = {}, {}, {}
     for method, chunk, ie in batches:
         values = ie.tolist()
         if prep.method == "atp":
             (estimates if method == "atp" else checked).update(zip(chunk, values, strict=True))
+        if method == prep.method:
+            own.update(zip(chunk, values, strict=True))
         yield PairResult(tp, *totals, [_row(tp, s, method, v) for s, v in zip(chunk, values, strict=True)])
     if checked:
         rho = spearman([estimates[s] for s in checked], list(checked.values()))
         yield PairResult(tp, *totals, spearman=rho)
+    if prep.spec.verify_generation and (generations := _verify_generation(prep, tp, own)):
+        yield PairResult(tp, *totals, generations=generations)
+
+
+def _verify_generation(prep: Prepared, tp: TokenizedPair, ie: dict[Site, float]) -> list[dict]:
+    """Patch each of the pair's top K sites by |IE| into the control prompt (one batch row each), generate
+    greedily and judge: does the answer's verdict differ from the unpatched control's? The residual stream
+    at every position at once is left out: it is the whole treatment prompt, a flip by construction."""
+    spec = prep.spec
+    candidates = [s for s in ie if not (s.module == "resid" and s.position < 0)]
+    top = sorted(candidates, key=lambda s: -abs(ie[s]))[: spec.verify_generation]
+    if not top:
+        return []
+    judge = phrase_judge(spec.refusal_phrases)
+    patcher = PairPatcher(prep.lm, tp, prep.metric.bind(tp), {(s.layer, s.module) for s in top}, "hooks")
+    control = prep.behaviour[tp.index].refused_control
+    rows = []
+    for start in range(0, len(top), GENERATIONS_PER_BATCH):
+        chunk = top[start : start + GENERATIONS_PER_BATCH]
+        for site, ids in zip(chunk, patcher.patched_answers(chunk, spec.answer_tokens), strict=True):
+            answer = decode_answer(prep.lm, ids)
+            refused = judge.refuses(answer)
+            key = site_key(tp.index, site, prep.method)
+            rows.append(
+                dict(zip(("pair", "layer", "module", "position", "neuron", "method"), key, strict=True))
+                | dict(ie=ie[site], answer=answer, refused=refused, flips=refused != control)
+            )
+    return rows
+
+
+GENERATIONS_PER_BATCH = 32
 
 
 def pair_todo(prep: Plan, pair: int, done: set[SiteKey] | frozenset) -> list[Site]:
     sites = prep.sites[pair]
+    if prep.spec.verify_generation and not any(k[0] == pair and k[5] == GENERATION for k in done):
+        # its top sites follow from all of its IEs, which a resumed pair's process does not have: redo it
+        return sites
     if prep.method != "atp":
         return [s for s in sites if site_key(pair, s, prep.method) not in done]
     # An atp pair is recomputed whole unless complete: it is cheap, and its verified set follows from it.

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 import torch
 import transformers
 
+from harmmed_tui.analysis.behaviour import greedy_batch
 from harmmed_tui.analysis.errors import EngineCheckError
 from harmmed_tui.analysis.layer_calls import LayerCall
 from harmmed_tui.analysis.metrics import BoundMetric
@@ -115,7 +116,7 @@ class PairPatcher:
         """`control_noise` (T x d_model): the control run is the control prompt with this added to its token
         embeddings (a noise contrast, analysis.noise); otherwise the control prompt itself."""
         self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
-        self.seq_len = len(pair.control_ids)
+        self.seq_len, self.control_ids = len(pair.control_ids), pair.control_ids
         self.shift, self.suffix_len = pair.shift, pair.suffix_len
         device = lm.device
         ids = torch.tensor([pair.control_ids], device=device)
@@ -250,6 +251,15 @@ class PairPatcher:
                 hidden = torch.cat([hidden, rest[:, end:].expand(batch, -1, -1)], dim=1)
         return hidden
 
+    @torch.inference_mode()
+    def patched_answers(self, sites: list[Site], max_new_tokens: int) -> list[list[int]]:
+        """Greedy answers to the control prompt, row i with sites[i] set to its treatment value while the
+        prompt is read (generated tokens are not patched: they attend to the patched prompt's cache)."""
+        with ExitStack() as stack:
+            for (layer, module), index in self._patch_index(sites, 0).items():
+                stack.callback(self._install_patch(layer, module, index, 0, self.seq_len).remove)
+            return greedy_batch(self.lm, self.control_ids, max_new_tokens, len(sites))
+
     def _causal_mask(self, first: int, stop: int) -> torch.Tensor:
         device = self.lm.device
         allowed = (
@@ -274,7 +284,11 @@ class PairPatcher:
         device = self.lm.device
         return {k: tuple(torch.tensor(c, device=device).T) for k, c in coords.items()}
 
-    def _install_patch(self, layer: int, module: str, index: tuple[torch.Tensor, ...], first: int):
+    def _install_patch(
+        self, layer: int, module: str, index: tuple[torch.Tensor, ...], first: int, length: int | None = None
+    ):
+        """Hooks that overwrite the indexed activations with the treatment's; with `length`, only in calls
+        over that many positions (a generation's prompt pass, not its one-token steps)."""
         source = self.treatment_acts[(layer, module)]
         # the treatment's value at each (position[, unit]); its position p + shift pairs with the control's p
         values = source[(index[1] + self.shift, *index[2:])]
@@ -284,12 +298,14 @@ class PairPatcher:
         if module == "neuron":
 
             def patch_input(m, args):
-                args[0].index_put_(index, values)
+                if length is None or args[0].shape[1] == length:
+                    args[0].index_put_(index, values)
 
             return mod.register_forward_pre_hook(patch_input)
 
         def patch_output(m, args, out):
-            _first(out).index_put_(index, values)
+            if length is None or _first(out).shape[1] == length:
+                _first(out).index_put_(index, values)
 
         return mod.register_forward_hook(patch_output)
 

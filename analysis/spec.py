@@ -42,6 +42,7 @@ class RunSpec:
     method: str = "exact"  # exact | atp | block:N
     engine: str = "replay"  # exact patching by replaying decoder layers, or by whole forwards with hooks
     verify_top: int = 0  # atp: also patch this many top sites of each pair exactly
+    verify_generation: int = 0  # patch each pair's top K sites by |IE| and judge the control's answer
     device: str = "auto"
     device_map: str | None = None  # split the model with accelerate: auto | balanced | a JSON file
     dtype: str = "auto"

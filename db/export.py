@@ -19,7 +19,7 @@ from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
-LEVELS = ("layer", "neuron", "gate", "pairs")
+LEVELS = ("layer", "neuron", "gate", "pairs", "generation")
 PAIR_COLUMNS = (
     "run_id pair pair_id category treatment control m_treatment m_control te answer_treatment answer_control "
     "refused_treatment refused_control behaviour"
@@ -106,6 +106,24 @@ def gate_curve_rows(store: Store, run_id: int) -> list[dict]:
         for c in reversed(store.gate_checks(run_id))
         for p in c["curve"]
     ]
+
+
+GENERATION_COLUMNS = "run_id pair pair_id layer module position neuron method ie answer refused flips".split()
+
+
+def generation_rows(store: Store, run_id: int) -> list[dict]:
+    """One row per (pair, verified site): --verify-generation's patched answers and their verdicts."""
+    from_end = RunSpec.from_json(store.run(run_id)["spec"]).align == "end"
+    sql = """SELECT g.*, p.pair_id, json_array_length(p.control_tokens) AS n FROM generations g
+             JOIN pairs p ON p.run_id = g.run_id AND p.pair = g.pair
+             WHERE g.run_id = ? ORDER BY g.pair, ABS(g.ie) DESC"""
+    rows = []
+    for r in store.db.query(sql, [run_id]):
+        position = r["position"]  # counted from the end for end-aligned pairs, as in the effect rows
+        r["position"] = position_label(position) if position < 0 else position - r["n"] * from_end
+        r["neuron"] = None if r["neuron"] < 0 else r["neuron"]
+        rows.append({c: r[c] for c in GENERATION_COLUMNS})
+    return rows
 
 
 def stored_behaviour(pair: dict) -> str:
@@ -198,6 +216,11 @@ def table(
             raise StoreError("pair rows are one per pair already: export them without --aggregate")
         rows = pair_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["te"] or 0))[:top] if top else rows
+    if level == "generation":
+        if aggregated:
+            raise StoreError("generation rows are one per verified site: export them without --aggregate")
+        rows = generation_rows(store, run_id)
+        return sorted(rows, key=lambda r: -abs(r["ie"]))[:top] if top else rows
     if level == "gate":
         if aggregated:  # the curve: one row per layer group and K
             return gate_curve_rows(store, run_id)

@@ -81,6 +81,20 @@ def module_grid(
     return out
 
 
+def generation_flips(
+    store: Store, run_id: int, layer: int, pair: int | None, category: str | None = None
+) -> dict[tuple[str, int | None, int], tuple[int, int]]:
+    """(module, position, neuron) -> (pairs whose judged answer flipped, pairs verified) for one layer's
+    sites that --verify-generation patched; positions as in `module_grid`, neuron -1 for modules."""
+    where, args = _pair_filter(pair, category)
+    # (aliased `e` as the effects are, so that the shared position and pair filters apply)
+    sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, e.neuron, SUM(e.flips), COUNT(*)
+              FROM generations e JOIN lengths p ON p.pair = e.pair
+              WHERE e.run_id = ? AND e.layer = ? {where} GROUP BY e.module, pos, e.neuron"""
+    rows = store.db.execute(sql, [run_id, pair is None, run_id, layer, *args])
+    return {(module, pos, neuron): (flips, n) for module, pos, neuron, flips, n in rows}
+
+
 def top_neurons(
     store: Store,
     run_id: int,

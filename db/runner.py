@@ -113,6 +113,8 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
             compute += seconds
             if result.rows:
                 store.add_effects(run_id, result.rows)
+            elif result.generations:
+                store.add_generations(run_id, result.generations)
             elif result.spearman is not None:
                 store.set_pair_agreement(run_id, result.pair.index, result.spearman)
             else:

@@ -15,7 +15,7 @@ import sqlite_utils
 from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -138,10 +138,25 @@ MIGRATIONS = [
     ALTER TABLE gate_checks_v6 RENAME TO gate_checks;
     ALTER TABLE gate_rows_v6 RENAME TO gate_rows;
     """,
+    # --verify-generation: each pair's top sites patched into the control prompt, its answer judged
+    """
+    CREATE TABLE generations (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        pair INTEGER NOT NULL,
+        layer INTEGER NOT NULL, module TEXT NOT NULL, position INTEGER NOT NULL, neuron INTEGER NOT NULL,
+        method TEXT NOT NULL,        -- the method of the IE the site was chosen by
+        ie REAL NOT NULL,
+        answer TEXT NOT NULL,
+        refused INTEGER NOT NULL,    -- the judge's verdict on the patched answer
+        flips INTEGER NOT NULL,      -- it differs from the unpatched control answer's
+        PRIMARY KEY (run_id, pair, layer, module, position, neuron)
+    ) WITHOUT ROWID;
+    """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
 GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
     ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
+GENERATION_KEY = ("run_id", "pair", "layer", "module", "position", "neuron")
 EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
 
 
@@ -336,6 +351,11 @@ class Store:
             self.db.conn.executemany(sql, [(run_id, *(r[c] for c in EFFECT_COLUMNS[1:])) for r in rows])
 
     @_writes
+    def add_generations(self, run_id: int, rows: list[dict]) -> None:
+        with self.db.conn:
+            self.db["generations"].upsert_all([{"run_id": run_id, **r} for r in rows], pk=GENERATION_KEY)
+
+    @_writes
     def add_gate_check(self, run_id: int, spec: dict, neurons: dict, rows: list[dict]) -> int:
         with self.db.conn:
             cur = self.db.execute(
@@ -388,8 +408,12 @@ class Store:
         return rows
 
     def done_keys(self, run_id: int) -> set[tuple]:
-        sql = "SELECT pair, layer, module, position, neuron, method FROM effects WHERE run_id = ?"
-        return set(self.db.execute(sql, [run_id]).fetchall())
+        """The sites computed so far (pair, layer, module, position, neuron, method), and those whose
+        patched answer was judged (method `generation`)."""
+        sql = """SELECT pair, layer, module, position, neuron, method FROM effects WHERE run_id = ?
+                 UNION ALL SELECT pair, layer, module, position, neuron, 'generation' FROM generations
+                 WHERE run_id = ?"""
+        return set(self.db.execute(sql, [run_id, run_id]).fetchall())
 
     @_writes
     def delete_run(self, run_id: int) -> None:

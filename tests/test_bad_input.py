@@ -111,6 +111,11 @@ CASES = [
     (["run", "--answer-tokens", "-1"], "must be at least 0, got -1"),
     (["run", "--answer-tokens", "0", "--require-flip"], "keep --answer-tokens above 0"),
     (["run", "--answer-tokens", "0", "--refusal-tokens", "auto"], "keep --answer-tokens above 0"),
+    (["run", "--verify-generation", "-2"], "must be at least 0, got -2"),
+    (["run", "--verify-generation", "3", "--answer-tokens", "0"], "keep --answer-tokens above 0"),
+    (["run", "--verify-generation", "3", "--corrupt", "x"], "it needs a control prompt (not --corrupt)"),
+    (["run", "--verify-generation", "3", "--metric", "target-logprob"], "a metric without a target"),
+    (["export", "1", "--level", "generation", "--aggregate"], "one per verified site"),
     (
         ["run", "--model", "{llama}", "--max-pairs", "1", "--refusal-tokens", "auto"],
         "--refusal-tokens auto: no first token",

@@ -181,6 +181,14 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         help="with atp: patch each pair's top K sites exactly too, and report the rank agreement",
     )
     g.add_argument(
+        "--verify-generation",
+        type=_count(0),
+        default=0,
+        metavar="K",
+        help="patch each pair's top K sites by |IE| into the control prompt, generate, and record whether "
+        "the judged verdict flips (the pair's answer length: --answer-tokens)",
+    )
+    g.add_argument(
         "--batch-tokens", type=_count(0), default=0, help="token positions per patched forward (0: auto)"
     )
     g.add_argument("--seed", type=int, default=0)
@@ -269,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--level",
         default="layer",
-        choices=["layer", "neuron", "gate", "pairs"],
-        help="gate: the run's gate checks; pairs: each pair's TE, answers and judged behaviour",
+        choices=["layer", "neuron", "gate", "pairs", "generation"],
+        help="gate: the run's gate checks; pairs: each pair's TE, answers and judged behaviour; "
+        "generation: --verify-generation's patched answers",
     )
     exp.add_argument(
         "--format", default="csv", choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"]

@@ -113,9 +113,13 @@ class ExploreScreen(Screen):
                 i = p + shift if p is not None and p >= 0 else p
                 label = star if p is None else tokens[i] if -len(tokens) <= i < len(tokens) else ""
                 t.add_column(f"{star if p is None else p}:{label}"[:12], key=str(p))
+            flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
             for m in ("resid", "attn", "mlp"):
                 if m in grid:
-                    t.add_row(m, *(heat(grid[m].get(p, float("nan")), scale) for p in positions), key=m)
+                    cells = (
+                        heat(grid[m].get(p, float("nan")), scale, flips.get((m, p, -1))) for p in positions
+                    )
+                    t.add_row(m, *cells, key=m)
             ps = [p for p in positions if p is not None]
             for m in ("attn", "mlp"):
                 if m in grid:
@@ -137,14 +141,30 @@ class ExploreScreen(Screen):
             gated = {u: i + 1 for i, (layer, u) in enumerate(ranked) if layer == self.focus_layer}
             recur = export.recurrence(store, self.run_id, self.method)
             method_col = f"IE ({self.method})"
-            for col in ("#", "neuron", "pos", method_col, "exact" if verified else "", "n", "recur", "gate"):
+            flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
+            gen = "flips" if any(k[0] == "neuron" for k in flips) else ""
+            for col in (
+                "#",
+                "neuron",
+                "pos",
+                method_col,
+                "exact" if verified else "",
+                "n",
+                "recur",
+                "gate",
+                gen,
+            ):
                 if col:
                     t.add_column(col, key=col)
             for i, (neuron, pos, ie, exact, n) in enumerate(rows):
                 cells = [str(first + i + 1), str(neuron), "*" if pos is None else str(pos), f"{ie:+.4f}"]
                 cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
                 recurs = str(recur.get((self.focus_layer, neuron), 0))
-                t.add_row(*cells, str(n), recurs, f"#{gated[neuron]}" if neuron in gated else "")
+                cells += [str(n), recurs, f"#{gated[neuron]}" if neuron in gated else ""]
+                if gen:  # of the pairs whose patched answer was generated: how many flipped
+                    f = flips.get(("neuron", pos, neuron))
+                    cells.append(f"{f[0]}/{f[1]}" if f else "")
+                t.add_row(*cells)
             if rows:
                 plt.hist([r[2] for r in rows], bins=30)
                 plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")

@@ -59,6 +59,7 @@ def spec_from_args(a) -> RunSpec:
         method=a.method,
         engine=a.engine,
         verify_top=a.verify_top,
+        verify_generation=a.verify_generation,
         device=a.device,
         dtype=a.dtype,
         revision=a.revision,

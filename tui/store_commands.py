@@ -39,6 +39,14 @@ def print_summary(store: Store, run_id: int) -> None:
             f"[yellow]{len(off)} of {len(judged)} pairs do not flip[/] (treatment refused, control answered): "
             "they dilute the aggregates; --require-flip drops them"
         )
+    flips = store.db.execute(
+        "SELECT COUNT(*), SUM(flips) FROM generations WHERE run_id = ?", [run_id]
+    ).fetchone()
+    if flips[0]:
+        con.print(
+            f"--verify-generation: {flips[1]} of {flips[0]} top sites, patched into the control prompt, flip "
+            "its judged answer (export --level generation lists them)"
+        )
     rhos = [p["atp_spearman"] for p in stored if p["atp_spearman"] is not None]
     if rhos:
         con.print(
