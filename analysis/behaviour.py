@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from harmmed_tui.analysis.judge import PhraseJudge, behaviour_label
+from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
 
@@ -63,13 +64,16 @@ class Behaviour:
         return behaviour_label(self.refused_treatment, self.refused_control)
 
 
-def pair_behaviour(lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge, max_new_tokens: int) -> Behaviour:
+def pair_behaviour(
+    lm: LoadedModel, tp: TokenizedPair, judge: PhraseJudge | ModelJudge, max_new_tokens: int
+) -> Behaviour:
     """Greedy answers to the treatment and control prompts (their targets left out), judged."""
     t_ids = greedy_ids(lm, tp.treatment_ids[: tp.treatment_prompt_len], max_new_tokens)
     c_ids = greedy_ids(lm, tp.control_ids[: tp.prompt_len], max_new_tokens)
     t, c = decode_answer(lm, t_ids), decode_answer(lm, c_ids)
     first = lambda ids: ids[0] if ids else None  # noqa: E731
-    return Behaviour(t, c, judge.refuses(t), judge.refuses(c), first(t_ids), first(c_ids))
+    refused = judge.refuses(t, tp.pair.treatment), judge.refuses(c, tp.pair.control)
+    return Behaviour(t, c, *refused, first(t_ids), first(c_ids))
 
 
 def learned_refusal_tokens(behaviour: dict[int, Behaviour]) -> list[int]:

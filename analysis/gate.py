@@ -21,6 +21,7 @@ from harmmed_tui.analysis.errors import GateError
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.metrics import BoundMetric, Metric
+from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
 from harmmed_tui.analysis.patching import ActivationRecorder
@@ -120,7 +121,7 @@ def arms(ranked: dict[str, list[Neuron]], spec: GateSpec, d_mlp: int) -> list[Ar
 def check(
     lm: LoadedModel,
     metric: Metric,
-    judge: PhraseJudge,
+    judge: PhraseJudge | ModelJudge,
     pairs: list[TokenizedPair],
     ranked: dict[str, list[Neuron]],
     spec: GateSpec,
@@ -145,6 +146,7 @@ def check(
             m_before = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, 1).item()
         prompt = tp.treatment_ids[: tp.treatment_prompt_len]  # its target, if any, left out
         before = decode_answer(lm, greedy_ids(lm, prompt, spec.max_new_tokens))
+        refused_before = judge.refuses(before, tp.pair.treatment)
         if spec.ablate == "control":
             values = {layer: control[(layer, "neuron")] for layer in layers}
         elif spec.ablate == "mean":
@@ -174,8 +176,8 @@ def check(
                         m_after=m_after,
                         shift=m_after - m_before,
                         te=m_before - m_control,
-                        refused_before=judge.refuses(before),
-                        refused_after=judge.refuses(text),
+                        refused_before=refused_before,
+                        refused_after=judge.refuses(text, tp.pair.treatment),
                         text_before=before,
                         text_after=text,
                     )

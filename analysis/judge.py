@@ -51,9 +51,14 @@ class PhraseJudge:
 
     phrases: tuple[str, ...] = REFUSAL_PHRASES
 
-    def refuses(self, answer: str) -> bool:
+    def refuses(self, answer: str, prompt: str = "") -> bool:
+        """(`prompt`, the request answered, is for judges that read it: analysis.model_judge.)"""
         text = answer.casefold()
         return any(p.casefold() in text for p in self.phrases)
+
+    @property
+    def description(self) -> str:
+        return f"{len(self.phrases)} refusal phrases"
 
 
 def phrase_judge(spec: str | None = None) -> PhraseJudge:

@@ -15,8 +15,9 @@ from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_ref
 from harmmed_tui.analysis.errors import MetricError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
-from harmmed_tui.analysis.judge import phrase_judge
+from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.metrics import AUTO, Metric, Refusal, parse_metric
+from harmmed_tui.analysis.model_judge import ModelJudge, make_judge
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
 from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
@@ -80,6 +81,7 @@ class Plan:
 @dataclass
 class Prepared(Plan):
     lm: LoadedModel = field(kw_only=True)
+    judge: PhraseJudge | ModelJudge = field(kw_only=True)
 
 
 def parse_method(method: str) -> tuple[str, int]:
@@ -224,10 +226,15 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     lm = lm or spec_model(spec)
     checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
     behaviour = {}
+    judge = spec_judge(spec, lm)
     if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
-        judge = phrase_judge(spec.refusal_phrases)
         behaviour = {tp.index: pair_behaviour(lm, tp, judge, spec.answer_tokens) for tp in checked.pairs}
-    return Prepared(**vars(with_behaviour(checked, behaviour)), lm=lm)
+    return Prepared(**vars(with_behaviour(checked, behaviour)), lm=lm, judge=judge)
+
+
+def spec_judge(spec: RunSpec, lm: LoadedModel) -> PhraseJudge | ModelJudge:
+    """The run's refusal judge: its phrases, or a classifier LM on the run's device."""
+    return make_judge(spec.refusal_phrases, spec.judge, spec.judge_template, str(lm.device), spec.dtype)
 
 
 def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour]) -> Plan:
@@ -377,7 +384,6 @@ def _verify_generation(prep: Prepared, tp: TokenizedPair, ie: dict[Site, float])
     top = sorted(candidates, key=lambda s: -abs(ie[s]))[: spec.verify_generation]
     if not top:
         return []
-    judge = phrase_judge(spec.refusal_phrases)
     patcher = PairPatcher(prep.lm, tp, prep.metric.bind(tp), {(s.layer, s.module) for s in top}, "hooks")
     control = prep.behaviour[tp.index].refused_control
     rows = []
@@ -385,7 +391,7 @@ def _verify_generation(prep: Prepared, tp: TokenizedPair, ie: dict[Site, float])
         chunk = top[start : start + GENERATIONS_PER_BATCH]
         for site, ids in zip(chunk, patcher.patched_answers(chunk, spec.answer_tokens), strict=True):
             answer = decode_answer(prep.lm, ids)
-            refused = judge.refuses(answer)
+            refused = prep.judge.refuses(answer, tp.pair.control)
             key = site_key(tp.index, site, prep.method)
             rows.append(
                 dict(zip(("pair", "layer", "module", "position", "neuron", "method"), key, strict=True))

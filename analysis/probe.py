@@ -9,6 +9,7 @@ from collections import defaultdict
 from harmmed_tui.analysis.behaviour import greedy_continuation
 from harmmed_tui.analysis.jailbreaks import Jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
+from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import format_prompt
 from harmmed_tui.analysis.prompt_sets import Prompt
@@ -25,7 +26,7 @@ def greedy_answer(lm: LoadedModel, text: str, chat_template: str = "auto", max_n
 def probe(
     lm: LoadedModel,
     sets: dict[str, list[Prompt]],
-    judge: PhraseJudge,
+    judge: PhraseJudge | ModelJudge,
     chat_template: str = "auto",
     max_new_tokens: int = 24,
     jailbreak: Jailbreak | None = None,
@@ -43,7 +44,7 @@ def probe(
                     category=p.category,
                     prompt=text,
                     answer=answer,
-                    refused=judge.refuses(answer),
+                    refused=judge.refuses(answer, text),
                 )
             )
     return rows

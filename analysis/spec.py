@@ -33,6 +33,8 @@ class RunSpec:
     answer_tokens: int = 24  # each pair's greedy answers, judged (its behaviour); 0 records none
     require_flip: bool = False  # drop pairs whose treatment is not refused or whose control is
     refusal_phrases: str | None = None  # the refusal judge's phrases: comma list or file (analysis.judge)
+    judge: str | None = None  # a classifier LM as the refusal judge instead (analysis.model_judge)
+    judge_template: str = "refusal"  # its yes/no prompt: refusal | harmbench | a file
     metric: str = "refusal"  # refusal | logit-diff:A,B | target-logprob
     refusal_tokens: str | None = None  # comma list of refusal strings (default: analysis.metrics)
     modules: tuple[str, ...] = ("resid", "attn", "mlp")

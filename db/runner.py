@@ -10,7 +10,6 @@ from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, mediation
 from harmmed_tui.analysis.gate_curve import group_layers
-from harmmed_tui.analysis.judge import phrase_judge
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
@@ -168,6 +167,6 @@ def check_gate(
     tokenized, skipped = tokenize_pairs(
         lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
     )
-    rows = gate.check(lm, metric, phrase_judge(run_spec.refusal_phrases), tokenized, ranked, spec)
+    rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
     return store.add_gate_check(run_id, record, ranked, rows)

@@ -151,6 +151,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--refusal-phrases", help="the refusal judge's phrases: comma list or file (default: built in)"
     )
+    _judge_args(g)
     g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
     g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
     g.add_argument(
@@ -226,6 +227,21 @@ def _choices(allowed: tuple[str, ...]):
 
     parse.__name__ = "list"
     return parse
+
+
+def _judge_args(g) -> None:
+    g.add_argument(
+        "--judge",
+        metavar="MODEL",
+        help="judge refusals with a classifier LM (hub id, directory or .gguf) instead of the phrases",
+    )
+    g.add_argument(
+        "--judge-template",
+        default="refusal",
+        metavar="NAME|FILE",
+        help="its yes/no prompt: refusal (Yes = refused), harmbench (Yes = complied), or a file with "
+        "{prompt} and {answer} (Yes = refused)",
+    )
 
 
 def _fraction(text: str) -> float:
@@ -361,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--refusal-phrases", help="comma list or file of refusal phrases (default: analysis.judge)"
     )
+    _judge_args(probe)
     probe.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"])
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

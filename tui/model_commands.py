@@ -51,6 +51,8 @@ def spec_from_args(a) -> RunSpec:
         answer_tokens=a.answer_tokens,
         require_flip=a.require_flip,
         refusal_phrases=a.refusal_phrases,
+        judge=a.judge,
+        judge_template=a.judge_template,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
         layers=a.layers,
         positions=a.positions or (END_POSITIONS if align == "end" else RunSpec.positions),
@@ -176,7 +178,7 @@ def cmd_organism(a) -> int:
 def cmd_probe(a) -> int:
     from harmmed_tui.analysis.errors import PairsError
     from harmmed_tui.analysis.jailbreaks import load_jailbreak
-    from harmmed_tui.analysis.judge import phrase_judge
+    from harmmed_tui.analysis.model_judge import make_judge
     from harmmed_tui.analysis.models import load_model
     from harmmed_tui.analysis.probe import probe, refusal_rates
     from harmmed_tui.analysis.prompt_sets import load_prompt_set
@@ -185,15 +187,16 @@ def cmd_probe(a) -> int:
     if not sources:
         raise PairsError("give --harmful and/or --harmless prompt sets to probe")
     sets = {kind: load_prompt_set(source)[: a.max_prompts] for kind, source in sources.items()}
-    judge, jailbreak = phrase_judge(a.refusal_phrases), load_jailbreak(a.jailbreak) if a.jailbreak else None
+    jailbreak = load_jailbreak(a.jailbreak) if a.jailbreak else None
     lm = load_model(a.model, device=a.device, dtype=a.dtype)
+    judge = make_judge(a.refusal_phrases, a.judge, a.judge_template, str(lm.device), a.dtype)
     rows = probe(lm, sets, judge, a.chat_template, a.max_new_tokens, jailbreak)
     rates = refusal_rates(rows)
     if a.json:
         print(json.dumps({"model": a.model, "jailbreak": a.jailbreak, "rates": rates, "answers": rows}))
         return 0
     t = Table(
-        title=f"{a.model}: refusals judged by {len(judge.phrases)} phrases"
+        title=f"{a.model}: refusals judged by {judge.description}"
         + (f", inside {jailbreak.name}" if jailbreak else "")
     )
     for col in ("set", "category", "prompts", "refused", "rate"):

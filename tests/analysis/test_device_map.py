@@ -6,6 +6,7 @@ import pytest
 
 from harmmed_tui.analysis import gate
 from harmmed_tui.analysis.errors import ModelLoadError
+from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.metrics import parse_metric
 from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
@@ -65,13 +66,13 @@ def test_gate_check_on_a_split_model(split):
     model, device_map = split
     whole = load_model(model, device="cpu", dtype="float32")
     parts = load_model(model, device="cpu", dtype="float32", device_map=device_map)
-    spec = gate.GateSpec(top=6, seeds=2, generate=1, max_new_tokens=3)
+    spec = gate.GateSpec(tops=(2, 6), groups=("all",), seeds=2, max_new_tokens=3)
     neurons = [(1, 3), (2, 5), (2, 7), (0, 1), (1, 40), (2, 11)]
     results = []
     for lm in (whole, parts):
         metric = parse_metric("refusal", lm.tokenizer)
         tokenized, _ = tokenize_pairs(lm.tokenizer, load_pairs("builtin")[:3], "auto", "skip")
-        results.append(gate.check(lm, metric, tokenized, neurons, spec))
+        results.append(gate.check(lm, metric, PhraseJudge(), tokenized, {"all": neurons}, spec))
     for a, b in zip(*results, strict=True):
         assert a["shift"] == pytest.approx(b["shift"], abs=1e-5) and a["text_after"] == b["text_after"]
 
