@@ -15,6 +15,7 @@ from textual_plotext import PlotextPlot
 
 from harmmed_tui.db import export, queries
 from harmmed_tui.tui.messages import RunProgress
+from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.widgets import Table, heat
 
 
@@ -25,6 +26,7 @@ class ExploreScreen(Screen):
         Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
         Binding("C", "next_category", "category", id="explore.category", show=False),  # (in help and ctrl+p)
         Binding("a", "gate", "gate check", id="explore.gate"),
+        Binding("R", "report", "claims", id="explore.report"),
         Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
         Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
     ]
@@ -186,6 +188,21 @@ class ExploreScreen(Screen):
                 queries.gate_verdict(checks[0])
                 + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts)
             )
+
+    def action_report(self) -> None:
+        """The paper's four claims judged on this run; enter there comes back to the table behind one."""
+        n_layers = self.app.store.run(self.run_id)["provenance"].get("n_layers")
+        if n_layers is None:
+            self.notify("this run never loaded its model: it has nothing to report", severity="warning")
+            return
+
+        def opened(where: tuple[str, int | None] | None) -> None:
+            if where:
+                self.level, self.focus_layer = where
+                self.page = 0
+                self.show()
+
+        self.app.push_screen(ReportScreen(self.run_id, n_layers), opened)
 
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""

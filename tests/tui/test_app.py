@@ -4,8 +4,11 @@ import csv
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
+from harmmed_tui.db.runner import execute
+from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.setup_screen import SetupScreen
 
 
@@ -235,3 +238,27 @@ async def test_resume_of_a_done_run_says_so_at_once(tmp_path):
         await pilot.pause()
         assert any("is done: nothing to resume" in str(n.message) for n in app._notifications)
         assert not app.job_running()
+
+
+async def test_claims_report_opens_the_table_behind_a_claim(tmp_path):
+    """R shows the four verdicts of the open run; enter on claim 3 lands on the final layer's neurons, on
+    claim 1 on the layer table."""
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        execute(RunSpec(max_pairs=3, modules=("resid", "attn", "mlp", "neuron")), store)
+    app = HarmmedApp(str(db))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter", "R")
+        await pilot.pause()
+        report = app.screen
+        assert isinstance(report, ReportScreen)
+        verdicts = [str(report.query_one("#claims").get_row_at(i)[1]) for i in range(4)]
+        assert verdicts == ["not supported", "not supported", "supported", "inconclusive"]
+        await pilot.press("j", "j", "j")
+        assert "the run has no gate check" in str(report.query_one("#finding").render())
+        await pilot.press("enter")
+        explore = app.screen
+        assert isinstance(explore, ExploreScreen)
+        assert (explore.level, explore.focus_layer) == ("neurons", 3)
+        await pilot.press("R", "j", "enter")
+        assert (explore.level, explore.focus_layer) == ("layers", None)

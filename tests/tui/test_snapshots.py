@@ -16,10 +16,10 @@ SIZE = (80, 24)
 
 @pytest.fixture(scope="module")
 def stored_run(tmp_path_factory):
-    """Two built-in pairs, every module and neuron, and a gate check; times fixed so that screens repeat."""
+    """Three built-in pairs, every module and neuron, and a gate check; times fixed so that screens repeat."""
     path = tmp_path_factory.mktemp("snap") / "runs.db"
     store = Store(path)
-    execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "neuron")), store)
+    execute(RunSpec(max_pairs=3, modules=("resid", "attn", "mlp", "neuron")), store)
     check_gate(store, 1, GateSpec(tops=(5, 20), groups=("final", "all"), seeds=2, max_new_tokens=12))
     with store.db.conn:
         store.db.execute("UPDATE runs SET started = '2026-11-23T12:00:00+00:00', compute_s = 1.0")
@@ -84,3 +84,12 @@ def test_export_dialog(snap_compare, app):
 
 def test_help(snap_compare, app):
     assert snap_compare(app, terminal_size=SIZE, run_before=keys("question_mark"))
+
+
+@pytest.mark.parametrize("theme", ["harmmed-dark", "harmmed-light"])
+def test_claims_report(snap_compare, app, theme):
+    async def opened(pilot):
+        app.theme = theme
+        await keys("enter", "R", "j", "j", "j")(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=opened)

@@ -1,0 +1,91 @@
+"""The claims report of the open run (`harmmed-tui report`): four verdicts, the finding and rule of the one
+under the cursor, the gate curve, and enter to open the table behind a claim."""
+
+from __future__ import annotations
+
+import math
+
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual_plotext import PlotextPlot
+
+from harmmed_tui.analysis.claims import INCONCLUSIVE, SUPPORTED
+from harmmed_tui.db import report
+from harmmed_tui.tui.widgets import Table
+
+VERDICT_STYLE = {SUPPORTED: "bold green", INCONCLUSIVE: "bold yellow"}  # not supported: bold red
+# where each claim's numbers are in the explorer: (level, layer); layer -1 is the final layer
+BEHIND = {0: ("modules", 0), 1: ("layers", None), 2: ("layers", None), 3: ("neurons", -1)}
+
+
+class ReportScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open_table", "table behind it", id="report.open"),
+        Binding("escape", "app.pop_screen", "back", id="report.back"),
+    ]
+
+    def __init__(self, run_id: int, n_layers: int):
+        super().__init__()
+        self.run_id, self.n_layers = run_id, n_layers
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(f"run {self.run_id}: the paper's four claims (arXiv:2604.11663)", id="crumb")
+        yield Table(id="claims", cursor_type="row")
+        with Horizontal():
+            yield Static("", id="finding")
+            yield PlotextPlot(id="curve")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.claims = report.run_claims(self.app.store, self.run_id)
+        t = self.query_one(Table)
+        for col in ("#", "verdict", "claim"):
+            t.add_column(col)
+        for c in self.claims:
+            t.add_row(str(c.number), Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "bold red")), c.title)
+        self._plot_curve()
+        t.focus()
+
+    def _plot_curve(self) -> None:
+        """Share of TE removed against K (log x): the top set and the random sets, per layer group."""
+        plot = self.query_one(PlotextPlot)
+        plt = plot.plt
+        checks = self.app.store.gate_checks(self.run_id)
+        if not checks:
+            plt.title("no gate check yet: press a in the explorer")
+            return
+        ks = sorted({p.k for p in checks[0]["curve"]})
+        x = {k: math.log10(k) for k in ks}  # a log axis drawn by hand: plotext's own fails on some data
+        curve = checks[0]["curve"]
+        for group in checks[0]["spec"]["groups"]:
+            points = [p for p in curve if p.group == group and p.top_removed is not None]
+            if points:
+                plt.plot([x[p.k] for p in points], [p.top_removed for p in points], label=group)
+        widest = [p for p in curve if p.group == checks[0]["spec"]["groups"][-1]]
+        plt.plot(
+            [x[p.k] for p in widest], [p.random_removed or 0 for p in widest], label="random", marker="dot"
+        )
+        plt.xticks(list(x.values()), [str(k) for k in ks])
+        plt.title(f"gate check {checks[0]['id']}: TE removed by top K")
+        plt.xlabel("K neurons")
+        plot.refresh()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        c = self.claims[event.cursor_row]
+        self.query_one("#finding", Static).update(
+            escape(f"{c.finding}\nrule: {c.rule}.\n{len(c.pairs)} pairs behind it; enter opens its table")
+        )
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_table()
+
+    def action_open_table(self) -> None:
+        """Back to the explorer, at the table behind the claim under the cursor."""
+        level, layer = BEHIND[self.claims[self.query_one(Table).cursor_row].number]
+        self.dismiss((level, self.n_layers - 1 if layer == -1 else layer))
