@@ -320,7 +320,7 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
         if found.units > limit:
             parts.append(f"{found.units} units is more than {SPARSE_SHARE:.0%} of the layer's {run.d_mlp}")
     else:
-        best = max(final, key=lambda p: p.top_flipped or 0)
+        best = max(final, key=lambda p: (p.top_flipped or 0, p.top_removed or 0))
         parts.append(f"final layer: no K flips the majority (at most: {_point_text(best)})")
         verdict = NOT_SUPPORTED
     wide = _majority([p for p in curve if p.group == "all"])
