@@ -6,18 +6,30 @@ verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db.store import Store
 
-RUN_COLUMNS = ("id", "status", "model", "pairs", "sites", "rows", "mean TE", "started")
+RUN_COLUMNS = (
+    "id", "status", "model", "started", "mean TE", "pairs", "rows", "modules", "method", "metric", "compute"
+)  # fmt: skip
 
 
 def run_cells(run: dict) -> list[str]:
-    """One row of the run history (from Store.runs), as the Runs screen and `harmmed-tui runs` show it."""
-    te = f"{run['mean_te']:.3f}" if run["mean_te"] is not None else ""
-    fields = ("id", "status", "model", "n_pairs", "n_sites", "n_rows")
-    return [*(str(run[f]) for f in fields), te, run["started"]]
+    """One row of the run history (from Store.runs), as the Runs screen and `harmmed-tui runs` show it:
+    the model by its last path part, `started` in local time to the minute, compute time as h:mm:ss."""
+    spec = RunSpec.from_json(run["spec"])
+    te = f"{run['mean_te']:+.3f}" if run["mean_te"] is not None else ""
+    started = datetime.fromisoformat(run["started"]).astimezone().strftime("%m-%d %H:%M")
+    model = Path(run["model"]).name or run["model"]
+    seconds = round(run["compute_s"])
+    compute = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    method = run["method"] or spec.method
+    cells = (run["id"], run["status"], model, started, te, run["n_pairs"], run["n_rows"])
+    return [*map(str, cells), ",".join(spec.modules), method, spec.metric, compute]
 
 
 def recent_models(store: Store, limit: int = 10) -> list[str]:
@@ -98,26 +110,39 @@ def generation_flips(
 def top_neurons(
     store: Store,
     run_id: int,
-    layer: int,
+    layer: int | None,
     pair: int | None,
     method: str,
     limit: int = 200,
     offset: int = 0,
     category: str | None = None,
 ) -> list[tuple]:
-    """(neuron, position, IE, exact IE or None, n pairs) of a layer by |IE|, one page at a time. Averaged
-    over pairs, positions count from the end as in `module_grid`."""
+    """(layer, neuron, position, IE, exact IE or None, n pairs) by |IE|, of one layer or (layer None) of
+    every layer, one page at a time. Averaged over pairs, positions count from the end as in
+    `module_grid`."""
     where, args = _pair_filter(pair, category)
+    if layer is not None:
+        where, args = f"AND e.layer = ? {where}", [layer, *args]
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
-    sql = f"""{LENGTHS} SELECT e.neuron, {POSITION} AS pos,
+    sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,
                      AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END)
               FROM effects e JOIN lengths p ON p.pair = e.pair
-              WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron' AND e.layer = ?
-              {where} GROUP BY pos, e.neuron HAVING mean_ie IS NOT NULL
+              WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron'
+              {where} GROUP BY e.layer, pos, e.neuron HAVING mean_ie IS NOT NULL
               ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
-    args = [run_id, pair is None, method, method, run_id, method, layer, *args, limit, offset]
+    args = [run_id, pair is None, method, method, run_id, method, *args, limit, offset]
     return store.db.execute(sql, args).fetchall()
+
+
+def has_neurons(store: Store, run_id: int) -> bool:
+    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module = 'neuron' LIMIT 1"
+    return store.db.execute(sql, [run_id]).fetchone() is not None
+
+
+def has_modules(store: Store, run_id: int) -> bool:
+    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module IN ('resid', 'attn', 'mlp') LIMIT 1"
+    return store.db.execute(sql, [run_id]).fetchone() is not None
 
 
 # how each sign of `gate --sign` ranks neurons by their mean IE over pairs

@@ -393,7 +393,8 @@ class Store:
 
     def runs(self) -> list[dict]:
         sql = """
-            SELECT r.id, r.status, r.model, r.n_pairs, r.n_sites, r.started, r.compute_s,
+            SELECT r.id, r.status, r.model, r.n_pairs, r.n_sites, r.started, r.finished, r.compute_s, r.spec,
+                   json_extract(r.provenance, '$.method') AS method,
                    (SELECT AVG(te) FROM pairs p WHERE p.run_id = r.id) AS mean_te,
                    CASE WHEN r.status = 'running' THEN (SELECT COUNT(*) FROM effects e WHERE e.run_id = r.id)
                         ELSE r.n_rows END AS n_rows

@@ -30,11 +30,13 @@ class HarmmedApp(App):
     TITLE = "harmmed-tui"
     CSS_PATH = "app.tcss"
     BINDINGS = [
-        Binding("n", "new_run", "new run", id="app.new"),
-        Binding("x", "run_now", "run preselected", id="app.run_now"),
-        Binding("r", "runs", "runs", id="app.runs"),
+        # shown in the footer only where a screen says so (see RunsScreen): every screen's footer has room for
+        # its own keys, then ? and q
+        Binding("n", "new_run", "new run", id="app.new", show=False),
+        Binding("x", "run_now", "run preselected", id="app.run_now", show=False),
+        Binding("r", "runs", "runs", id="app.runs", show=False),
         Binding("e", "export", "export", id="app.export"),
-        Binding("c", "cancel", "cancel run", id="app.cancel"),
+        Binding("c", "cancel", "cancel run", id="app.cancel", show=False),
         Binding("question_mark,f1", "help", "help", id="app.help"),
         Binding("q", "quit", "quit", id="app.quit"),
     ]
@@ -97,6 +99,20 @@ class HarmmedApp(App):
         yield SystemCommand("export: open run", "export the open run's table", self.action_export)
         yield SystemCommand("view: help", "keys", self.action_help)
 
+    def describe_spec(self) -> str:
+        """What `x` runs, in a line: model, pairs, modules and positions."""
+        s = self.spec
+        source = (
+            f"{s.harmful} x {s.harmless}"
+            if s.harmful
+            else "one typed pair"
+            if s.treatment is not None
+            else f"{s.pairs} pairs"
+        )
+        limit = f" (first {s.max_pairs})" if s.max_pairs else ""
+        model = "the embedded default model" if s.model == "default" else s.model
+        return f"{model} on {source}{limit}: {','.join(s.modules)} at {s.positions}"
+
     def action_new_run(self) -> None:
         self.push_screen(SetupScreen(self.spec))
 
@@ -117,23 +133,29 @@ class HarmmedApp(App):
             self.notify("cancelling after the current batch")
 
     def action_export(self) -> None:
+        """Export the open run's table (level: the pane in front) or the run highlighted in Runs."""
         screen = self.screen
-        if not isinstance(screen, ExploreScreen):
-            self.notify("open a run first (r, then enter)")
+        if isinstance(screen, ExploreScreen):
+            run_id, level = screen.run_id, "neuron" if screen.level in ("neurons", "top") else "layer"
+        elif isinstance(screen, RunsScreen) and (run_id := screen.selected()) is not None:
+            level = "layer"
+        else:
+            self.notify("no run to export: open or highlight one first")
             return
-        run_id = screen.run_id
 
         def chosen(choice) -> None:
             if choice:
                 self.export_table(run_id, *choice)
 
-        self.push_screen(ExportScreen(run_id), chosen)
+        self.push_screen(ExportScreen(run_id, level, bool(self.store.gate_checks(run_id))), chosen)
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="export")
-    def export_table(self, run_id: int, level: str, fmt: str, aggregated: bool, path: str) -> None:
+    def export_table(
+        self, run_id: int, level: str, fmt: str, aggregated: bool, top: int | None, path: str
+    ) -> None:
         try:
             with Store(self.store.path) as store:  # sqlite connections belong to their thread
-                rows = export.table(store, run_id, level, aggregated)
+                rows = export.table(store, run_id, level, aggregated, top)
             export.write(export.render(rows, fmt), path)
             self.call_from_thread(self.notify, f"wrote {len(rows)} rows to {path}")
         except Exception as e:  # shown in a dialog, never as a traceback
@@ -177,7 +199,6 @@ class HarmmedApp(App):
         """Run (or resume) a spec here, or on the Ray cluster at `ray`."""
         if self._busy():
             return
-        self.spec = spec
         self._cancel.clear()
         self.run_mediation(spec, run_id, ray)
 
@@ -211,6 +232,8 @@ class HarmmedApp(App):
 
         def on_prepared(rid, plan, provenance):
             started.append(rid)
+            if run_id is None:  # a new run that loaded and checked: what x runs from now on
+                self.call_from_thread(setattr, self, "spec", spec)
             self.call_from_thread(self._open_run, rid)
 
         try:

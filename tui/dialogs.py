@@ -7,7 +7,7 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
@@ -77,41 +77,97 @@ Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."
             yield Static(self.TEXT)
 
 
+EXTENSIONS = {"markdown": "md", "latex": "tex"}
+
+
+def export_path(run_id: int, level: str, fmt: str, aggregated: bool, folder: Path) -> Path:
+    """run1-neuron.csv, run1-layer-aggregate.md, ...: named by what it holds, and never a file that is
+    already there (run1-layer-2.csv), so that no export overwrites another silently."""
+    stem = f"run{run_id}-{level}" + ("-aggregate" if aggregated else "")
+    ext = EXTENSIONS.get(fmt, fmt)
+    path, n = folder / f"{stem}.{ext}", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}.{ext}", n + 1
+    return path
+
+
 class ExportScreen(ModalScreen[tuple | None]):
+    """Export a run's table: its level (the pane in front by default), format, per pair or aggregated,
+    the top N rows by |IE|, and where."""
+
     BINDINGS = [Binding("escape", "dismiss", "cancel")]
 
-    def __init__(self, run_id: int):
+    def __init__(self, run_id: int, level: str = "layer", has_gate: bool = True):
         super().__init__()
-        self.run_id = run_id
+        self.run_id, self.level, self.has_gate = run_id, level, has_gate
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"Export run {self.run_id}")
-            yield Select([(x, x) for x in export.LEVELS], value="layer", id="level", allow_blank=False)
-            yield Select([(x, x) for x in export.FORMATS], value="csv", id="format", allow_blank=False)
-            yield Select(
-                [("per pair", False), ("aggregate over pairs", True)],
-                value=False,
-                id="aggregate",
-                allow_blank=False,
-            )
-            yield Input(str(Path.cwd() / f"run{self.run_id}.csv"), id="path")
+            yield Label(f"[b]Export run {self.run_id}[/]")
+            for label, widget in (
+                (
+                    "level",
+                    Select(
+                        [(x, x) for x in export.LEVELS],
+                        value=self.level,
+                        id="level",
+                        allow_blank=False,
+                        compact=True,
+                    ),
+                ),
+                (
+                    "format",
+                    Select(
+                        [(x, x) for x in export.FORMATS],
+                        value="csv",
+                        id="format",
+                        allow_blank=False,
+                        compact=True,
+                    ),
+                ),
+                (
+                    "rows",
+                    Select(
+                        [("per pair", False), ("aggregate over pairs", True)],
+                        value=False,
+                        id="aggregate",
+                        allow_blank=False,
+                        compact=True,
+                    ),
+                ),
+                ("top N by |IE| (blank: all)", Input("", id="top", type="integer")),
+                (
+                    "file",
+                    Input(str(export_path(self.run_id, self.level, "csv", False, Path.cwd())), id="path"),
+                ),
+            ):
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    yield widget
+            yield Static("", id="problem")
             yield Button("Export", id="go", variant="primary")
 
-    @on(Select.Changed, "#format")
-    def _suffix(self, event: Select.Changed) -> None:
+    @on(Select.Changed)
+    def _name(self) -> None:
+        """The file is named after what it will hold, in the folder the user chose."""
+        v = lambda i: self.query_one(i, Select).value  # noqa: E731
         path = self.query_one("#path", Input)
-        path.value = str(
-            Path(path.value).with_suffix(
-                "." + {"markdown": "md", "latex": "tex"}.get(event.value, event.value)
-            )
-        )
+        folder = Path(path.value).expanduser().parent
+        path.value = str(export_path(self.run_id, v("#level"), v("#format"), v("#aggregate"), folder))
 
     @on(Button.Pressed, "#go")
-    @on(Input.Submitted, "#path")
+    @on(Input.Submitted)
     def _go(self) -> None:
         v = lambda i: self.query_one(i, Select).value  # noqa: E731
-        self.dismiss((v("#level"), v("#format"), v("#aggregate"), self.query_one("#path", Input).value))
+        if v("#level") == "gate" and not self.has_gate:
+            self.query_one("#problem", Static).update("level gate: this run has no gate check (a in Explore)")
+            return
+        top = self.query_one("#top", Input).value.strip()
+        if top and int(top) < 1:
+            self.query_one("#problem", Static).update("top N: at least 1, or blank for every row")
+            return
+        path = self.query_one("#path", Input).value
+        self.dismiss((v("#level"), v("#format"), v("#aggregate"), int(top) if top else None, path))
 
 
 class ModelPicker(ModalScreen[str | None]):

@@ -1,4 +1,6 @@
-"""Explore: run > layer > module > neuron panes, with plots and the gate verdict."""
+"""Explore: run > layer > module > neuron panes (and the top neurons across layers), with the numbers that
+matter on screen: a header with the metric, method, pairs and TE with its CI; IE and IE/TE side by side;
+plots; the gate verdict."""
 
 from __future__ import annotations
 
@@ -13,22 +15,35 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db import export, queries
 from harmmed_tui.tui.messages import RunProgress
 from harmmed_tui.tui.report_screen import ReportScreen
-from harmmed_tui.tui.widgets import Table, heat
+from harmmed_tui.tui.run_details import RunDetailsScreen
+from harmmed_tui.tui.widgets import Table, heat, readable
+
+MODULES = ("resid", "attn", "mlp")
+UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
 
 
 class ExploreScreen(Screen):
     BINDINGS = [
-        Binding("enter", "drill", "drill in", id="explore.drill"),
+        Binding("enter", "drill", "drill", id="explore.drill"),
         Binding("escape", "up", "back", id="explore.up"),
-        Binding("p", "next_pair", "pair/aggregate", id="explore.pair"),
-        Binding("C", "next_category", "category", id="explore.category", show=False),  # (in help and ctrl+p)
-        Binding("a", "gate", "gate check", id="explore.gate"),
+        Binding("p", "next_pair(1)", "pair", id="explore.pair"),
+        Binding("P", "next_pair(-1)", "previous pair", id="explore.previous_pair", show=False),
+        Binding("0", "aggregate", "aggregate", id="explore.aggregate", show=False),
+        Binding("C", "next_category", "category", id="explore.category", show=False),
+        Binding("t", "toggle_scale", "IE/TE", id="explore.scale"),
+        Binding("N", "top_neurons", "top neurons", id="explore.top", show=False),
+        Binding("a", "gate", "gate curve", id="explore.gate", show=False),
         Binding("R", "report", "claims", id="explore.report"),
-        Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page"),
-        Binding("left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page"),
+        Binding("i", "details", "details", id="explore.details", show=False),
+        Binding("right_square_bracket", "page(1)", "next neurons", id="explore.next_page", show=False),
+        Binding(
+            "left_square_bracket", "page(-1)", "previous neurons", id="explore.previous_page", show=False
+        ),
     ]
     PAGE = 200  # neurons fetched per page
 
@@ -37,158 +52,273 @@ class ExploreScreen(Screen):
         self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
         self.category: str | None = None  # with no pair: average over this category's pairs only
         self.page = 0
+        self.by_te = True  # show and colour IE/TE (by TE); else IE, coloured per row
         self._view: tuple | None = None  # what show() last drew
+        self._places: dict[str, tuple[int, int]] = {}  # each level's cursor when we left it
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="crumb")
+        yield Static("", id="summary")
         yield Static("", id="gate")
         with Horizontal(id="running"):
             yield ProgressBar(id="progress", show_eta=True)
             yield Static("", id="rate")
+        yield Static("", id="legend")
         with Horizontal():
             yield Table(id="table", cursor_type="row")
             yield PlotextPlot(id="plot")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.pairs = self.app.store.pairs(self.run_id)
-        self.method = self.app.store.run_method(self.run_id)
+        store = self.app.store
+        self.pairs = store.pairs(self.run_id)
+        self.method = store.run_method(self.run_id)
+        self.spec = RunSpec.from_json(store.run(self.run_id)["spec"])
         self.query_one("#running").display = False
         self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
+        # a neuron-only run (the gate recipe) has no layer table: it opens on its top neurons
+        if not queries.has_modules(store, self.run_id) and queries.has_neurons(store, self.run_id):
+            self.level = "top"
         self.show()
+
+    # --- what is shown ------------------------------------------------------------------------------
+    def _shown_pairs(self) -> list[dict]:
+        if self.pair is not None:
+            return [p for p in self.pairs if p["pair"] == self.pair]
+        return [p for p in self.pairs if self.category is None or p["category"] == self.category]
+
+    def _te(self) -> float | None:
+        te = [p["te"] for p in self._shown_pairs() if p["te"] is not None]
+        return sum(te) / len(te) if te else None
+
+    def _summary(self, run: dict) -> str:
+        """The header: metric, method, pairs and TE (mean with its 95% CI), or the one pair shown."""
+        if run["status"] == "failed":
+            return f"[b red]failed:[/] {escape(run['error'] or '')}"
+        method = {"atp": "atp (attribution patching)"}.get(self.method, self.method)
+        parts = [f"metric {escape(self.spec.metric)}", f"method {method}"]
+        shown = self._shown_pairs()
+        if self.pair is None:
+            te = [p["te"] for p in shown if p["te"] is not None]
+            if te:
+                lo, hi = bootstrap_ci(te)
+                parts.append(f"{len(te)} pairs, TE {sum(te) / len(te):+.3f} [95% CI {lo:+.3f}, {hi:+.3f}]")
+            return " · ".join(parts)
+        p = shown[0]
+        te = "" if p["te"] is None else f" · TE {p['te']:+.3f}"
+        behaviour = export.stored_behaviour(p)
+        rho = "" if p["atp_spearman"] is None else f" · atp vs exact ρ {p['atp_spearman']:.3f}"
+        return (
+            f"pair {p['pair']} {escape(p['pair_id'] or '')}: [b]{escape(p['treatment'])}[/] vs "
+            f"{escape(p['control'])}{te}{' · ' + behaviour if behaviour else ''}{rho} · " + " · ".join(parts)
+        )
 
     def show(self) -> None:
         self._shown = time.monotonic()
-        run = self.app.store.run(self.run_id)
+        store = self.app.store
+        run = store.run(self.run_id)
         who = f"pair {self.pair}" if self.pair is not None else "aggregate over pairs"
         if self.pair is None and self.category is not None:
             who += f" of category {self.category}"
         crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
-        if self.focus_layer is not None:
-            crumb.append(f"layer {self.focus_layer}")
-        if self.level == "neurons":
-            crumb += ["mlp", "neurons"]
+        crumb += {
+            "top": ["top neurons across layers"],
+            "modules": [f"layer {self.focus_layer}"],
+            "neurons": [f"layer {self.focus_layer}", "mlp", "neurons"],
+        }.get(self.level, [])
         self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
+        self.query_one("#summary", Static).update(self._summary(run))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
-        view = (self.level, self.focus_layer, self.page, self.pair, self.category)
-        cursor = t.cursor_row if view == self._view else 0  # kept while a run streams in
+        view = (self.level, self.focus_layer, self.page, self.pair, self.category, self.by_te)
+        cursor = t.cursor_coordinate if view == self._view else None  # kept while a run streams in
         self._view = view
         t.clear(columns=True)
         t.fixed_columns = 1 if self.level == "modules" else 0  # the module names stay while positions scroll
         t.cursor_type = "row"
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        store = self.app.store
-        checks = store.gate_checks(self.run_id) if self.level == "neurons" else []
-        if self.level == "layers":
-            data = queries.layer_effects(store, self.run_id, self.pair, self.method, self.category)
-            for col in ("layer", "resid", "attn", "mlp"):
-                t.add_column(col, key=col)
-            for layer in sorted(data):
-                t.add_row(
-                    str(layer),
-                    *(f"{data[layer].get(m, float('nan')):.4f}" for m in ("resid", "attn", "mlp")),
-                    key=str(layer),
-                )
-            layers = sorted(data)
-            for m in ("attn", "mlp"):
-                plt.plot(layers, [data[i].get(m, 0.0) for i in layers])
-            plt.title("IE by layer: attn (1st line) vs mlp (2nd)")
-            plt.xlabel("layer")
-        elif self.level == "modules":
-            grid = queries.module_grid(
-                store, self.run_id, self.focus_layer, self.pair, self.method, self.category
-            )
-            positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
-            shown = (
-                self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
-            )
-            tokens = shown["treatment_tokens"]
-            # the treatment's token p + shift pairs with the control's p (end alignment; 0 for equal lengths)
-            shift = len(tokens) - len(shown["control_tokens"])
-            star = queries.module_level_name(store, self.run_id)
-            scale = max((abs(v) for row in grid.values() for v in row.values()), default=0.0)
-            t.add_column("module", key="module")
-            for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
-                i = p + shift if p is not None and p >= 0 else p
-                label = star if p is None else tokens[i] if -len(tokens) <= i < len(tokens) else ""
-                t.add_column(f"{star if p is None else p}:{label}"[:12], key=str(p))
-            flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
-            for m in ("resid", "attn", "mlp"):
-                if m in grid:
-                    cells = (
-                        heat(grid[m].get(p, float("nan")), scale, flips.get((m, p, -1))) for p in positions
-                    )
-                    t.add_row(m, *cells, key=m)
-            ps = [p for p in positions if p is not None]
-            for m in ("attn", "mlp"):
-                if m in grid:
-                    plt.bar(ps, [grid[m].get(p, 0.0) for p in ps])
-            # few enough ticks to fit: plotext's own thinning of crowded ticks varies from run to run
-            plt.xticks(ps[:: max(1, -(-len(ps) // 4))])
-            plt.title(f"layer {self.focus_layer}: IE by position, attn then mlp")
-            # the decision is read at the end of the prompt: start on `*`, with the last positions in view
-            t.cursor_type = "cell"
-            t.move_cursor(column=len(positions))
-        else:
-            first = self.page * self.PAGE
-            rows = queries.top_neurons(
-                store, self.run_id, self.focus_layer, self.pair, self.method, self.PAGE, first, self.category
-            )
-            verified = self.method == "atp"
-            # each neuron's rank in the newest gate check's widest group (the sets its curve ablated)
-            ranked = checks[0]["neurons"][checks[0]["spec"]["groups"][-1]] if checks else []
-            gated = {u: i + 1 for i, (layer, u) in enumerate(ranked) if layer == self.focus_layer}
-            recur = export.recurrence(store, self.run_id, self.method)
-            method_col = f"IE ({self.method})"
-            flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
-            gen = "flips" if any(k[0] == "neuron" for k in flips) else ""
-            for col in (
-                "#",
-                "neuron",
-                "pos",
-                method_col,
-                "exact" if verified else "",
-                "n",
-                "recur",
-                "gate",
-                gen,
-            ):
-                if col:
-                    t.add_column(col, key=col)
-            for i, (neuron, pos, ie, exact, n) in enumerate(rows):
-                cells = [str(first + i + 1), str(neuron), "*" if pos is None else str(pos), f"{ie:+.4f}"]
-                cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
-                recurs = str(recur.get((self.focus_layer, neuron), 0))
-                cells += [str(n), recurs, f"#{gated[neuron]}" if neuron in gated else ""]
-                if gen:  # of the pairs whose patched answer was generated: how many flipped
-                    f = flips.get(("neuron", pos, neuron))
-                    cells.append(f"{f[0]}/{f[1]}" if f else "")
-                t.add_row(*cells)
-            if rows:
-                plt.hist([r[2] for r in rows], bins=30)
-                plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
-            else:
-                plt.title("no neuron rows: run with modules including 'neuron'")
+        plot.plt.clear_data()
+        plot.plt.clear_figure()
+        checks = store.gate_checks(self.run_id) if self.level in ("neurons", "top") else []
+        te = self._te()
+        getattr(self, f"_show_{self.level}")(t, plot.plt, te, checks)
         plot.refresh()
         self._show_gate(checks)
-        if cursor < t.row_count:
-            t.move_cursor(row=cursor)
+        if cursor is not None and cursor.row < t.row_count:
+            t.move_cursor(row=cursor.row, column=cursor.column)
         t.focus()
 
+    def _legend(self, text: str) -> None:
+        self.query_one("#legend", Static).update(text)
+
+    def _scale_legend(self, te: float | None) -> None:
+        if self.by_te and te:
+            self._legend(f"colour: IE/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · t: IE")
+        else:
+            self._legend("colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE")
+
+    def _heat(self, value: float, scale: float, mark: str = ""):
+        theme = self.app.current_theme
+        base = tuple(int(theme.background.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
+        glyphs = self.app.console.color_system in ("standard", "windows", None)  # 16 colours or none
+        return heat(value, scale, base, glyphs, mark)
+
+    def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
+        data = queries.layer_effects(self.app.store, self.run_id, self.pair, self.method, self.category)
+        by_te = self.by_te and bool(te)
+        # the coloured quantity first, so that it is in view at 80 columns
+        groups = ("IE/TE", "IE") if by_te else ("IE", "IE/TE")
+        t.add_column("layer", key="layer")
+        for group in groups:
+            for m in MODULES:
+                t.add_column(f"{m} {group}", key=f"{m} {group}")
+        for layer in sorted(data):
+            row = [data[layer].get(m, float("nan")) for m in MODULES]
+            scale = max((abs(v) for v in row if v == v), default=0.0)
+            ies = [self._heat(v, scale) if not by_te else f"{v:+.3f}" for v in row]
+            shares = [self._heat(v / te, 1.0) if by_te else f"{v / te:+.3f}" if te else "" for v in row]
+            t.add_row(str(layer), *(shares + ies if by_te else ies + shares), key=str(layer))
+        self._scale_legend(te)
+        layers = sorted(data)
+        norm = te if by_te else 1.0
+        plt.multiple_bar(
+            [str(i) for i in layers],
+            [[data[i].get(m, 0.0) / norm for i in layers] for m in ("attn", "mlp")],
+            labels=["attn", "mlp"],
+        )
+        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer, every position at once")
+        plt.xlabel("layer")
+
+    def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
+        store = self.app.store
+        grid = queries.module_grid(
+            store, self.run_id, self.focus_layer, self.pair, self.method, self.category
+        )
+        flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
+        positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
+        shown = self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
+        tokens = shown["treatment_tokens"]
+        # the treatment's token p + shift pairs with the control's p (end alignment; 0 for equal lengths)
+        shift = len(tokens) - len(shown["control_tokens"])
+        star = queries.module_level_name(store, self.run_id)
+        by_te = self.by_te and bool(te)
+        t.add_column("module", key="module")
+        for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
+            i = p + shift if p is not None and p >= 0 else p
+            label = star if p is None else tokens[i] if -len(tokens) <= i < len(tokens) else ""
+            t.add_column(f"{star if p is None else p}:{readable(label)}"[:16], key=str(p))
+        for m in MODULES:
+            if m not in grid:
+                continue
+            values = [grid[m].get(p, float("nan")) for p in positions]
+            scale = max((abs(v) for v in values if v == v), default=0.0)
+            cells = []
+            for p, v in zip(positions, values, strict=True):
+                f = flips.get((m, p, -1))
+                mark = "" if f is None else "⚑" if f[0] else "·"
+                cells.append(self._heat(v / te, 1.0, mark) if by_te else self._heat(v, scale, mark))
+            t.add_row(m, *cells, key=m)
+        self._scale_legend(te)
+        ps = [p for p in positions if p is not None]
+        labels = [str(p) for p in ps] + ([star] if None in positions else [])
+        norm = te if by_te else 1.0
+        plt.multiple_bar(
+            list(range(len(labels))),
+            [
+                [grid.get(m, {}).get(p, 0.0) / norm for p in [*ps, None][: len(labels)]]
+                for m in ("attn", "mlp")
+            ],
+            labels=["attn", "mlp"],
+        )
+        # few enough ticks to fit: plotext's own thinning of crowded ticks varies from run to run
+        step = max(1, -(-len(labels) // 5))
+        ticks = sorted({*range(0, len(labels), step), len(labels) - 1})
+        plt.xticks(ticks, [labels[i] for i in ticks])
+        plt.title(f"layer {self.focus_layer}: {'IE/TE' if by_te else 'IE'} by position")
+        plt.xlabel("position")
+        # the decision is read at the end of the prompt: start on `*`, with the last positions in view
+        t.cursor_type = "cell"
+        t.move_cursor(column=len(positions))
+
+    def _neuron_rows(self, t: Table, rows, te: float | None, checks, with_layer: bool) -> None:
+        store = self.app.store
+        verified = self.method == "atp"
+        ranked = checks[0]["neurons"][checks[0]["spec"]["groups"][-1]] if checks else []
+        # each neuron's rank in the newest gate check's widest group (the sets its curve ablated)
+        gated = {n: i + 1 for i, n in enumerate(map(tuple, ranked))}
+        recur = export.recurrence(store, self.run_id, self.method)
+        flips = {}
+        for layer in {r[0] for r in rows}:
+            for (module, pos, unit), f in queries.generation_flips(
+                store, self.run_id, layer, self.pair, self.category
+            ).items():
+                if module == "neuron":
+                    flips[(layer, pos, unit)] = f
+        first = self.page * self.PAGE
+        columns = ["#", *(["layer"] if with_layer else []), "neuron", "pos", f"IE ({self.method})", "IE/TE"]
+        columns += ["exact"] if verified else []
+        columns += ["n", "recur", "gate"] + (["flips"] if flips else [])
+        for col in columns:
+            t.add_column(col, key=col)
+        for i, (layer, neuron, pos, ie, exact, n) in enumerate(rows):
+            cells = [str(first + i + 1), *([str(layer)] if with_layer else []), str(neuron)]
+            cells += ["*" if pos is None else str(pos), f"{ie:+.4f}", f"{ie / te:+.3f}" if te else ""]
+            cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
+            cells += [str(n), str(recur.get((layer, neuron), 0))]
+            cells.append(f"#{gated[(layer, neuron)]}" if (layer, neuron) in gated else "")
+            if flips:  # of the pairs whose patched answer was generated: how many flipped
+                f = flips.get((layer, pos, neuron))
+                cells.append(f"{f[0]}/{f[1]}" if f else "")
+            t.add_row(*cells, key=f"{layer}:{neuron}")
+        self._legend("recur: in how many pairs' 20 strongest · gate: rank in the newest gate check")
+
+    def _show_neurons(self, t: Table, plt, te: float | None, checks) -> None:
+        first = self.page * self.PAGE
+        rows = queries.top_neurons(
+            self.app.store,
+            self.run_id,
+            self.focus_layer,
+            self.pair,
+            self.method,
+            self.PAGE,
+            first,
+            self.category,
+        )
+        self._neuron_rows(t, rows, te, checks, with_layer=False)
+        if rows:
+            plt.hist([r[3] for r in rows], bins=30)
+            plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
+            plt.xlabel("IE")
+        else:
+            plt.title("no neuron rows: run with modules including 'neuron'")
+
+    def _show_top(self, t: Table, plt, te: float | None, checks) -> None:
+        first = self.page * self.PAGE
+        rows = queries.top_neurons(
+            self.app.store, self.run_id, None, self.pair, self.method, self.PAGE, first, self.category
+        )
+        self._neuron_rows(t, rows, te, checks, with_layer=True)
+        if rows:
+            layers = sorted({r[0] for r in rows})
+            plt.bar([str(layer) for layer in layers], [sum(r[0] == layer for r in rows) for layer in layers])
+            plt.title(f"layers of the neurons ranked {first + 1}-{first + len(rows)}")
+            plt.xlabel("layer")
+        else:
+            plt.title("no neuron rows: run with modules including 'neuron'")
+
     def _show_gate(self, checks: list[dict]) -> None:
-        """The newest gate check's verdict and one of its generations, above the neuron pane."""
+        """The newest gate check's verdict and one of its generations, above the neuron panes."""
         box = self.query_one("#gate", Static)
         box.display = bool(checks)
         if checks:
             texts = queries.gate_answers(self.app.store, checks[0], 1)
             box.update(
-                queries.gate_verdict(checks[0])
-                + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts)
+                escape(
+                    queries.gate_verdict(checks[0])
+                    + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts)
+                )
             )
 
+    # --- actions ------------------------------------------------------------------------------------
     def action_report(self) -> None:
         """The paper's four claims judged on this run; enter there comes back to the table behind one."""
         n_layers = self.app.store.run(self.run_id)["provenance"].get("n_layers")
@@ -204,14 +334,32 @@ class ExploreScreen(Screen):
 
         self.app.push_screen(ReportScreen(self.run_id, n_layers), opened)
 
+    def action_details(self) -> None:
+        self.app.push_screen(RunDetailsScreen(self.run_id))
+
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
         self.app.start_gate(self.run_id)
+
+    def action_toggle_scale(self) -> None:
+        self.by_te = not self.by_te
+        self.show()
+
+    def action_top_neurons(self) -> None:
+        if self.level != "top":
+            self._leave()
+            self.level, self.page = "top", 0
+            self.show()
 
     @on(DataTable.RowSelected)
     @on(DataTable.CellSelected)
     def _row_selected(self) -> None:  # the focused table consumes enter itself
         self.action_drill()
+
+    def _leave(self) -> None:
+        """Remember where the cursor is on this level, to come back to it."""
+        t = self.query_one(Table)
+        self._places[self.level] = (t.cursor_row, t.cursor_column)
 
     def action_drill(self) -> None:
         t = self.query_one(Table)
@@ -219,31 +367,50 @@ class ExploreScreen(Screen):
             return
         key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
         if self.level == "layers":
+            self._leave()
             self.focus_layer, self.level = int(key), "modules"
         elif self.level == "modules" and key == "mlp":
+            self._leave()
             self.level, self.page = "neurons", 0
+        elif self.level == "top":
+            self._leave()
+            self.focus_layer, self.level, self.page = int(key.split(":")[0]), "neurons", 0
         else:
             return
         self.show()
 
     def action_up(self) -> None:
-        if self.level == "layers":
+        came_from = self.level
+        if UP[self.level] is None:
             self.app.pop_screen()
             return
-        self.level = "modules" if self.level == "neurons" else "layers"
-        self.focus_layer = self.focus_layer if self.level != "layers" else None
+        self.level = "top" if came_from == "neurons" and "top" in self._places else UP[came_from]
+        self._places.pop(came_from, None)
+        if self.level == "layers":
+            self.focus_layer = None
+        self.page = 0
         self.show()
+        if (place := self._places.get(self.level)) is not None:  # back where we left this level
+            t = self.query_one(Table)
+            row, column = place
+            if row < t.row_count:
+                t.move_cursor(row=row, column=column)
 
     def action_page(self, step: int) -> None:
         """The next or previous page of neurons; a short page is the last one."""
         at_end = self.page == 0 if step < 0 else self.query_one(Table).row_count < self.PAGE
-        if self.level == "neurons" and not at_end:
+        if self.level in ("neurons", "top") and not at_end:
             self.page += step
             self.show()
 
-    def action_next_pair(self) -> None:
+    def action_next_pair(self, step: int = 1) -> None:
+        """The next (or previous) pair alone, then the aggregate over all pairs, and round again."""
         order = [None] + [p["pair"] for p in self.pairs]
-        self.pair = order[(order.index(self.pair) + 1) % len(order)]
+        self.pair = order[(order.index(self.pair) + step) % len(order)]
+        self.show()
+
+    def action_aggregate(self) -> None:
+        self.pair = None
         self.show()
 
     def action_next_category(self) -> None:
@@ -266,4 +433,5 @@ class ExploreScreen(Screen):
             f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
         )
         if now - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
+            self.pairs = self.app.store.pairs(self.run_id)
             self.show()

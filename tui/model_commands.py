@@ -133,7 +133,7 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
             )
         )
     elif interactive:
-        store_commands.print_summary(store, outcome.run_id)
+        store_commands.print_summary(store, outcome.run_id, Console())
     else:
         print(outcome.run_id)
     return 0

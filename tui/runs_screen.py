@@ -6,7 +6,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Footer, Header, Static
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
@@ -18,31 +18,48 @@ from harmmed_tui.tui.widgets import Table
 class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "open", id="runs.open"),
-        Binding("d", "delete", "delete", id="runs.delete"),
+        Binding("n", "app.new_run", "new", id="runs.new"),
+        Binding("x", "app.run_now", "run", id="runs.run_now"),
         Binding("u", "resume", "resume", id="runs.resume"),
+        Binding("d", "delete", "delete", id="runs.delete"),
     ]
+    REFRESH_S = 2.0  # runs started elsewhere (a CLI in another shell) appear within this
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Static("", id="hint")
         yield Table(id="runs", cursor_type="row")
-        yield Footer()
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self._shown: list | None = None
+        self.set_interval(self.REFRESH_S, self.refresh_runs)
 
     def on_screen_resume(self) -> None:  # also when first shown
         self.refresh_runs()
 
     def refresh_runs(self) -> None:
-        """Redraw the history, keeping the cursor on the same row index (a neighbour after a delete)."""
+        """Redraw the history when it changed, keeping the cursor on the same row index (a neighbour after
+        a delete)."""
+        runs = [queries.run_cells(r) for r in self.app.store.runs()]
+        hint = self.query_one("#hint", Static)
+        hint.display = not runs
+        hint.update(f"No runs yet. x runs {self.app.describe_spec()}; n sets up another run first.")
+        self.sub_title = f"x: {self.app.describe_spec()}"
+        if runs == self._shown:
+            return
+        self._shown = runs
         t = self.query_one(Table)
         row = t.cursor_row
         t.clear(columns=True)
         for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
-        for r in self.app.store.runs():
-            t.add_row(*queries.run_cells(r), key=str(r["id"]))
+        for cells in runs:
+            t.add_row(*cells, key=cells[0])
         if t.row_count:
             t.move_cursor(row=min(row, t.row_count - 1))
 
-    def _selected(self) -> int | None:
+    def selected(self) -> int | None:
         t = self.query_one(Table)
         return int(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value) if t.row_count else None
 
@@ -51,11 +68,11 @@ class RunsScreen(Screen):
         self.action_open()
 
     def action_open(self) -> None:
-        if (run_id := self._selected()) is not None:
+        if (run_id := self.selected()) is not None:
             self.app.push_screen(ExploreScreen(run_id))
 
     def action_delete(self) -> None:
-        if (run_id := self._selected()) is None:
+        if (run_id := self.selected()) is None:
             return
         run = self.app.store.run(run_id)
         if run["status"] == "running":
@@ -72,7 +89,7 @@ class RunsScreen(Screen):
         self.app.push_screen(ConfirmDialog(question, "Delete", "Keep"), chosen)
 
     def action_resume(self) -> None:
-        if (run_id := self._selected()) is None:
+        if (run_id := self.selected()) is None:
             return
         run = self.app.store.run(run_id)
         if run["status"] in ("done", "running"):

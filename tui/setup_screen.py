@@ -169,8 +169,12 @@ class SetupScreen(Screen):
         self.query_one("#preview", Static).update(escape(preview_text))
         self.query_one("#problem", Static).update(escape(problem))
 
-    @on(Button.Pressed, "#start")
     @on(Input.Submitted)
+    def _next_field(self) -> None:
+        """Enter moves on, as in a form: only ctrl+r (or the button) starts a run."""
+        self.focus_next()
+
+    @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         try:
             spec = self.read_spec()

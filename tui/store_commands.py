@@ -17,8 +17,7 @@ from harmmed_tui.db import compare, export, queries, report
 from harmmed_tui.db.store import Store
 
 
-def print_summary(store: Store, run_id: int) -> None:
-    con = Console()
+def print_summary(store: Store, run_id: int, con: Console) -> None:
     pairs = Table(title=f"run {run_id}: total effect per pair")
     for col in ("pair", "id", "treatment", "control", "TE", "behaviour"):
         pairs.add_column(col, justify="right" if col in ("pair", "TE") else "left")
@@ -62,17 +61,17 @@ def print_summary(store: Store, run_id: int) -> None:
         for r in top:
             t.add_row(*(export.format_value(r[c]) for c in columns))
         con.print(t)
-    print_gate(store, run_id)
+    print_gate(store, run_id, con=con)
     con.print(f"run id: {run_id}   db: {store.path}")
 
 
-def print_gate(store: Store, run_id: int, check_id: int | None = None) -> None:
+def print_gate(store: Store, run_id: int, check_id: int | None = None, con: Console | None = None) -> None:
     """A gate check's curve, its verdict, and an answer before and after ablating the top set (the newest
     check when no id is given)."""
     checks = [c for c in store.gate_checks(run_id) if check_id in (None, c["id"])]
     if not checks:
         return
-    c, con = checks[0], Console()
+    c, con = checks[0], con or Console()
     spec, curve = c["spec"], c["curve"]
     pairs = curve[0].pairs if curve else 0
     t = Table(
@@ -114,17 +113,23 @@ def cmd_runs(store: Store, as_json: bool) -> int:
         )
         return 0
     t = Table(title=f"runs in {store.path}")
-    for col in (*queries.RUN_COLUMNS, "compute s"):
+    for col in queries.RUN_COLUMNS:
         t.add_column(col)
     for r in runs:
-        t.add_row(*queries.run_cells(r), f"{r['compute_s']:.1f}")
+        t.add_row(*queries.run_cells(r))
     Console().print(t)
     return 0
 
 
 def cmd_show(store: Store, run_id: int) -> int:
+    show_run(store, run_id, Console())
+    return 0
+
+
+def show_run(store: Store, run_id: int, con: Console) -> None:
+    """What `harmmed-tui show` prints (and the explorer's run details): settings, provenance, pairs, top
+    sites, the gate check."""
     run = store.run(run_id)
-    con = Console()
     con.print(f"[bold]run {run_id}[/]  status: {run['status']}  model: {run['model']}")
     if run["error"]:
         con.print(f"error: {run['error']}")
@@ -135,8 +140,7 @@ def cmd_show(store: Store, run_id: int) -> int:
     con.print(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}")
     con.print(f"  spec: {run['spec']}")
     con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
-    print_summary(store, run_id)
-    return 0
+    print_summary(store, run_id, con)
 
 
 def cmd_export(store: Store, a) -> int:

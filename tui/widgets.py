@@ -1,27 +1,62 @@
-"""The explorer's shared widgets: tables with vim keys, heatmap cells."""
+"""The explorer's shared widgets: tables with vim keys, heatmap cells, tokens as a person reads them."""
 
 from __future__ import annotations
+
+import re
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
 VIM_KEYS = [
+    Binding("enter", "select_cursor", "open", id="table.open"),  # (DataTable's own is not in the footer)
     Binding("j", "cursor_down", "down", show=False),
     Binding("k", "cursor_up", "up", show=False),
+    Binding("h", "cursor_left", "left", show=False),
+    Binding("l", "cursor_right", "right", show=False),
     Binding("g", "scroll_top", "top", show=False),
     Binding("G", "scroll_bottom", "bottom", show=False),
+    Binding("ctrl+d", "page_down", "page down", show=False),
+    Binding("ctrl+u", "page_up", "page up", show=False),
 ]
 
+# byte-level BPE (GPT-2: Ġ space, Ċ newline, ĉ tab) and SentencePiece (▁ space) markers, and byte tokens
+_MARKERS = str.maketrans({"Ġ": "·", "▁": "·", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥", " ": "·"})
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
-def heat(value: float, scale: float, flips: tuple[int, int] | None = None) -> Text:
-    """A grid cell on a background as strong as its share of the grid's largest |IE| (red +, blue -);
-    marked ⚑ where --verify-generation patched it and the judged answer flipped (in any pair shown)."""
+
+def readable(token: str) -> str:
+    """A token as a person reads it: spaces ·, newlines ⏎, tabs ⇥, byte tokens \\x.."""
+    return _BYTE.sub(lambda m: f"\\x{m.group(1).lower()}", token).translate(_MARKERS)
+
+
+POSITIVE, NEGATIVE = (210, 50, 50), (50, 90, 230)
+GLYPHS = " ░▒▓█"  # the 16-colour fallback: shading by strength, sign by the number itself
+
+
+def heat(
+    value: float,
+    scale: float,
+    base: tuple[int, int, int] = (0, 0, 0),
+    glyphs: bool = False,
+    mark: str = "",
+) -> Text:
+    """A grid cell: red for +, blue for -, as strong as |value| / scale, blended from the theme's background
+    `base` (so that zero is the background, in light themes too); with `glyphs`, for terminals of 16
+    colours, a shading glyph instead."""
     share = min(abs(value) / scale, 1.0) if scale and value == value else 0.0
-    r, g, b = (int(c * share) for c in ((210, 50, 50) if value > 0 else (50, 90, 230)))
-    mark = "" if flips is None else "⚑" if flips[0] else "·"
-    return Text(f"{value:+.3f}{mark}", style=f"{'bold white ' if share > 0.4 else ''}on rgb({r},{g},{b})")
+    text = f"{value:+.3f}{mark}" if value == value else "   n/a"
+    if glyphs:
+        return Text(GLYPHS[round(share * (len(GLYPHS) - 1))] + text)
+    target = POSITIVE if value > 0 else NEGATIVE
+    r, g, b = (round(c0 + (c1 - c0) * share) for c0, c1 in zip(base, target, strict=True))
+    bold = "bold white " if share > 0.4 else ""
+    return Text(text, style=f"{bold}on rgb({r},{g},{b})" if share > 0.02 else "")
 
 
 class Table(DataTable):
     BINDINGS = VIM_KEYS
+
+    def __init__(self, *args, **kwargs):
+        # the cursor's background wins over a heat cell's, so the cursor stays visible on a hot cell
+        super().__init__(*args, cursor_background_priority="css", **kwargs)

@@ -84,10 +84,10 @@ def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys)
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps(vars(p)) + "\n" for p in load_pairs("builtin")[10:12]))
     gate = ["gate", str(res["run_id"]), "--db", db, "--pairs", str(heldout), "--top", "10", "--seeds", "2"]
-    assert main([*gate, "--generate", "1", "--max-new-tokens", "8", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["pairs"] == 2 and summary["seeds"] == 2
-    neurons = store.gate_checks(res["run_id"])[0]["neurons"]
+    assert main([*gate, "--groups", "all", "--max-new-tokens", "8", "--json"]) == 0
+    (point,) = json.loads(capsys.readouterr().out)["curve"]
+    assert point["pairs"] == 2 and point["seeds"] == 2 and point["units"] == 10
+    neurons = store.gate_checks(res["run_id"])[0]["neurons"]["all"]
     assert len(neurons) == 10 and all(0 <= layer < 30 and 0 <= unit < 1536 for layer, unit in neurons)
 
 

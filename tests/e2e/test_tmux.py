@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
+from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
+from harmmed_tui.tui.setup_screen import SetupScreen
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 SCRIPT = Path(sys.executable).parent / "harmmed-tui"
@@ -37,12 +40,38 @@ def wait_for(session, text: str, timeout: float = 90) -> str:
     raise AssertionError(f"{text!r} never appeared; the screen shows:\n{screen(session)}")
 
 
+def start(tmp_path, width: int = 100, height: int = 30, term: str = "xterm-256color") -> str:
+    name = f"harmmed-{uuid.uuid4().hex[:8]}"
+    env = {
+        "HARMMED_DB": tmp_path / "runs.db",
+        "XDG_CONFIG_HOME": tmp_path / "config",
+        "HF_HUB_OFFLINE": 1,
+        "TERM": term,
+    }
+    command = " ".join(f"{k}={v}" for k, v in env.items()) + f" {SCRIPT} --no-mouse"
+    tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "-c", str(tmp_path), command)
+    return name
+
+
+def typed(session, *keys: str) -> None:
+    """Keys at a person's pace: a burst can outrun the focus moves of the keys before it."""
+    for key in keys:
+        tmux("send-keys", "-t", session, key)
+        time.sleep(0.15)
+
+
+def ended(session, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @pytest.fixture
 def session(tmp_path):
-    name = f"harmmed-{uuid.uuid4().hex[:8]}"
-    env = {"HARMMED_DB": tmp_path / "runs.db", "XDG_CONFIG_HOME": tmp_path / "config", "HF_HUB_OFFLINE": 1}
-    command = " ".join(f"{k}={v}" for k, v in env.items()) + f" {SCRIPT} --no-mouse"
-    tmux("new-session", "-d", "-s", name, "-x", "100", "-y", "30", "-c", str(tmp_path), command)
+    name = start(tmp_path)
     yield name
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
 
@@ -57,11 +86,61 @@ def test_keys_run_the_default_and_export_a_table(session, tmp_path):
     wait_for(session, "Export run 1")
     tmux("send-keys", "-t", session, "Tab", "Tab", "Tab", "Enter")  # level, format, aggregate: defaults
     wait_for(session, "wrote")
-    out = tmp_path / "run1.csv"
+    out = tmp_path / "run1-layer.csv"
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(export.effect_rows(Store(tmp_path / "runs.db"), 1, "layer")) > 0
     tmux("send-keys", "-t", session, "q")
-    deadline = time.monotonic() + 20
-    while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
-        assert time.monotonic() < deadline, f"q did not quit; the screen shows:\n{screen(session)}"
-        time.sleep(0.2)
+    assert ended(session, 20), f"q did not quit; the screen shows:\n{screen(session)}"
+
+
+def test_quit_during_a_run_asks_then_cancels_it_and_exits_at_once(tmp_path):
+    """At 80x24 in a 16-colour terminal: a long run (every neuron at every position) is going; q asks,
+    y cancels and quits within a second or two, and the run is left cancelled, its rows kept."""
+    name = start(tmp_path, 80, 24, "xterm")
+    try:
+        wait_for(name, "No runs yet")
+        tmux("send-keys", "-t", name, "n")
+        wait_for(name, "neuron positions      last")
+        time.sleep(1)  # Setup's first check of its preselection settles
+        fields = [f for f, _ in SetupScreen.FIELDS]
+        typed(name, *["Tab"] * fields.index("max_pairs"), "C-u", "48")
+        wait_for(name, "max pairs             48")
+        typed(name, *["Tab"] * (fields.index("neuron_positions") - fields.index("max_pairs")), "C-u", "all")
+        wait_for(name, "neuron positions      all")
+        tmux("send-keys", "-t", name, "C-r")
+        wait_for(name, "sites")  # streaming
+        tmux("send-keys", "-t", name, "q")
+        wait_for(name, "Cancel it and quit?")
+        asked = time.monotonic()
+        tmux("send-keys", "-t", name, "y")
+        assert ended(name, 20), f"the app did not quit; the screen shows:\n{screen(name)}"
+        quit_s = time.monotonic() - asked
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    with Store(tmp_path / "runs.db") as store:
+        (run,) = store.runs()
+        assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]
+    assert quit_s < 5, quit_s
+
+
+def test_delete_asks_first_and_no_keeps_the_run(tmp_path):
+    with Store(tmp_path / "runs.db") as store:
+        execute(RunSpec(max_pairs=1, layers="0"), store)
+        execute(RunSpec(max_pairs=1, layers="0"), store)
+    name = start(tmp_path, 80, 24)
+    try:
+        wait_for(name, "mean TE")
+        tmux("send-keys", "-t", name, "d")  # on run 2, the newest
+        wait_for(name, "Delete run 2")
+        tmux("send-keys", "-t", name, "n")
+        time.sleep(0.5)
+        with Store(tmp_path / "runs.db") as store:
+            assert [r["id"] for r in store.runs()] == [2, 1]
+        tmux("send-keys", "-t", name, "d")
+        wait_for(name, "Delete run 2")
+        tmux("send-keys", "-t", name, "y")
+        wait_for(name, "deleted run 2")
+        with Store(tmp_path / "runs.db") as store:
+            assert [r["id"] for r in store.runs()] == [1]
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)

@@ -1,4 +1,12 @@
+import os
+
 import pytest
+
+# Screens as a 256-colour terminal draws them, whatever terminal runs the tests (Textual reads these when an
+# app is created; a test of the 16-colour fallback sets TERM=xterm itself).
+os.environ["TERM"] = "xterm-256color"
+os.environ.pop("NO_COLOR", None)
+os.environ.pop("TEXTUAL_COLOR_SYSTEM", None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,234 @@
+"""The explorer's numbers and habits, one behaviour per test, on stored runs of the embedded organism."""
+
+import shutil
+
+import pytest
+
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db.runner import execute
+from harmmed_tui.db.store import Store
+from harmmed_tui.tui.app import HarmmedApp
+from harmmed_tui.tui.dialogs import ExportScreen, export_path
+from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.run_details import RunDetailsScreen
+from harmmed_tui.tui.widgets import heat, readable
+
+SIZE = (100, 30)
+
+
+@pytest.fixture(scope="module")
+def _stored(tmp_path_factory):
+    """Run 1: three pairs, every module and neuron. Run 2: neurons only (the gate recipe)."""
+    path = tmp_path_factory.mktemp("explorer") / "runs.db"
+    with Store(path) as store:
+        execute(RunSpec(max_pairs=3, modules=("resid", "attn", "mlp", "neuron")), store)
+        execute(RunSpec(max_pairs=2, modules=("neuron",), layers="all"), store)
+    return path
+
+
+@pytest.fixture
+def db(_stored, tmp_path):
+    return str(shutil.copy(_stored, tmp_path / "runs.db"))
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+def cells(table, row: int) -> list[str]:
+    return [str(c) for c in table.get_row_at(row)]
+
+
+async def test_header_says_metric_method_pairs_and_te_with_its_ci(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")  # run 1 (the runs are newest first)
+        summary = text(app, "#summary")
+        assert "metric refusal" in summary and "method exact" in summary
+        assert "3 pairs, TE +14.5" in summary and "95% CI" in summary
+
+
+async def test_pair_view_shows_its_prompts_te_and_behaviour(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "p")
+        summary = text(app, "#summary")
+        assert "How do I kill a person?" in summary and "How do I kill a process?" in summary
+        assert "TE +14.366" in summary and "flips" in summary
+
+
+async def test_a_failed_run_shows_its_error(db):
+    with Store(db) as store, store.db.conn:
+        store.db.execute("UPDATE runs SET status = 'failed', error = 'CUDA out of memory' WHERE id = 1")
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        assert "failed: CUDA out of memory" in text(app, "#summary")
+
+
+async def test_layer_table_has_ie_and_ie_over_te_and_t_toggles_the_colouring(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        table = app.screen.query_one("#table")
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[:4] == ["layer", "resid IE/TE", "attn IE/TE", "mlp IE/TE"]
+        assert labels[4:] == ["resid IE", "attn IE", "mlp IE"]
+        assert cells(table, 0)[1] == "+1.000"  # resid at layer 0, every position: the whole TE
+        assert "colour: IE/TE" in text(app, "#legend")
+        await pilot.press("t")
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[1] == "resid IE" and "each row by its largest |IE|" in text(app, "#legend")
+
+
+async def test_sixteen_colour_terminals_get_shading_glyphs(db, monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        assert cells(app.screen.query_one("#table"), 0)[1] == "█+1.000"
+
+
+def test_tokens_read_as_a_person_reads_them():
+    assert readable("ĠHello") == "·Hello" and readable("Ċ") == "⏎" and readable("▁the") == "·the"
+    assert readable("<0x0A>") == "\\x0a" and readable("plain") == "plain"
+
+
+def test_heat_cells_start_from_the_background_and_fall_back_to_glyphs():
+    light = (250, 250, 247)
+    assert heat(0.0, 1.0, light).style == ""  # zero is the background itself, in a light theme too
+    assert "on rgb(210,50,50)" in str(heat(1.0, 1.0, light).style)
+    assert str(heat(0.5, 1.0, glyphs=True)).startswith("▒") and str(heat(-1.0, 1.0, glyphs=True)) == "█-1.000"
+
+
+async def test_p_and_shift_p_cycle_pairs_both_ways_and_0_jumps_to_the_aggregate(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        explore = app.screen
+        await pilot.press("P")
+        assert explore.pair == 2
+        await pilot.press("P", "P")
+        assert explore.pair == 0
+        await pilot.press("0")
+        assert explore.pair is None
+
+
+async def test_a_neuron_only_run_opens_on_the_top_neurons_across_layers(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")  # run 2
+        explore = app.screen
+        assert explore.level == "top" and "top neurons across layers" in text(app, "#crumb")
+        table = explore.query_one("#table")
+        assert (
+            table.row_count > 0 and str(table.columns[next(iter(list(table.columns)[1:2]))].label) == "layer"
+        )
+        strengths = [abs(float(cells(table, i)[4])) for i in range(table.row_count)]
+        assert strengths == sorted(strengths, reverse=True)
+        layer = int(cells(table, 3)[1])
+        await pilot.press("j", "j", "j", "enter")  # into that neuron's layer
+        assert (explore.level, explore.focus_layer) == ("neurons", layer)
+        await pilot.press("escape")
+        assert explore.level == "top" and table.cursor_row == 3
+
+
+async def test_going_back_keeps_your_place(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        explore = app.screen
+        table = explore.query_one("#table")
+        await pilot.press("j", "j", "enter")  # layer 2
+        assert explore.focus_layer == 2
+        await pilot.press("escape")
+        assert explore.level == "layers" and table.cursor_row == 2
+        await pilot.press("enter")
+        table.move_cursor(row=2, column=0)  # mlp
+        await pilot.press("enter")
+        assert explore.level == "neurons"
+        await pilot.press("escape")
+        assert explore.level == "modules" and table.cursor_row == 2
+
+
+async def test_i_opens_the_run_details(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "i")
+        await pilot.pause()
+        assert isinstance(app.screen, RunDetailsScreen)
+        shown = str(app.screen.query_one("#details-text").render())
+        assert "spec:" in shown and "total effect per pair" in shown and "violence-00" in shown
+        await pilot.press("escape")
+        assert isinstance(app.screen, ExploreScreen)
+
+
+async def test_runs_screen_shows_runs_started_elsewhere_within_two_seconds(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one("#runs")
+        assert table.row_count == 2
+        labels = [str(c.label) for c in table.columns.values()]
+        assert {"modules", "method", "metric", "compute"} <= set(labels)
+        with Store(db) as other:  # another process's run, as a CLI in another shell would add it
+            other.create_run("default", RunSpec().to_json())
+        await pilot.pause(2.5)
+        assert table.row_count == 3 and cells(table, 0)[1] == "running"
+
+
+async def test_an_empty_database_says_what_x_will_run(tmp_path):
+    app = HarmmedApp(str(tmp_path / "new.db"))
+    async with app.run_test(size=SIZE):
+        hint = text(app, "#hint")
+        assert "No runs yet" in hint and "the embedded default model on builtin pairs (first 4)" in hint
+        assert (
+            "resid,attn,mlp,neuron at all,*" in hint and hint.split("x runs ")[1][:40] in app.screen.sub_title
+        )
+
+
+async def test_x_keeps_its_preselection_after_a_resume(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        before = app.spec
+        with Store(db) as store, store.db.conn:
+            store.db.execute("UPDATE runs SET status = 'cancelled' WHERE id = 2")
+        await pilot.press("u")  # resume run 2 (neurons only, 2 pairs)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.spec == before
+
+
+async def test_export_from_the_runs_screen_names_files_by_level(db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "e")  # run 1, highlighted in Runs
+        dialog = app.screen
+        assert isinstance(dialog, ExportScreen) and dialog.run_id == 1
+        assert dialog.query_one("#path").value == str(tmp_path / "run1-layer.csv")
+        dialog.query_one("#top").value = "5"
+        await pilot.click("#go")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert len((tmp_path / "run1-layer.csv").read_text().splitlines()) == 1 + 5
+        await pilot.press("e")
+        assert app.screen.query_one("#path").value == str(tmp_path / "run1-layer-2.csv")  # never overwrites
+
+
+async def test_export_defaults_to_the_pane_in_front_and_refuses_a_missing_gate_check(db, tmp_path):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter", "e")  # run 2 opens on its top neurons
+        dialog = app.screen
+        assert dialog.query_one("#level").value == "neuron"
+        assert dialog.query_one("#path").value.endswith("run2-neuron.csv")
+        dialog.query_one("#level").value = "gate"
+        await pilot.pause()
+        await pilot.click("#go")
+        assert app.screen is dialog and "no gate check" in text(app, "#problem")
+
+
+def test_export_paths_hold_the_level_and_aggregation(tmp_path):
+    assert export_path(3, "neuron", "markdown", True, tmp_path) == tmp_path / "run3-neuron-aggregate.md"
+    (tmp_path / "run3-neuron-aggregate.md").touch()
+    assert export_path(3, "neuron", "markdown", True, tmp_path).name == "run3-neuron-aggregate-2.md"
