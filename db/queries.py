@@ -119,7 +119,9 @@ def top_neurons(
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs) by |IE|, of one layer or (layer None) of
     every layer, one page at a time. Averaged over pairs, positions count from the end as in
-    `module_grid`."""
+    `module_grid`; a finished run's average over all its pairs is read from its neuron summary."""
+    if pair is None and category is None and store.run(run_id)["status"] != "running":
+        return _summary_neurons(store, run_id, layer, method, limit, offset)
     where, args = _pair_filter(pair, category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
@@ -133,6 +135,16 @@ def top_neurons(
               ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
     args = [run_id, pair is None, method, method, run_id, method, *args, limit, offset]
     return store.db.execute(sql, args).fetchall()
+
+
+def _summary_neurons(store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int):
+    where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
+    sql = f"""SELECT s.layer, s.neuron, s.pos, s.mean_ie, COALESCE(x.mean_ie, CASE WHEN s.method = 'exact'
+                     THEN s.mean_ie END), s.n
+              FROM neuron_summary s LEFT JOIN neuron_summary x ON s.method != 'exact' AND x.method = 'exact'
+                   AND x.run_id = s.run_id AND x.layer = s.layer AND x.pos IS s.pos AND x.neuron = s.neuron
+              WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS(s.mean_ie) DESC LIMIT ? OFFSET ?"""
+    return store.db.execute(sql, [run_id, method, *args, limit, offset]).fetchall()
 
 
 def has_neurons(store: Store, run_id: int) -> bool:
@@ -159,12 +171,9 @@ def gate_neurons(
     """The run's `top` neurons of some layers by mean IE over its pairs and neuron positions (the most
     positive, most negative or largest in size), as (layer, unit) with block sites expanded to their units;
     strongest first."""
-    # grouped in the covering index's order first (no sort of every row), then over positions
-    sql = f"""SELECT layer, neuron, MAX(width), SUM(total) / SUM(n) AS mean FROM (
-                 SELECT layer, position, neuron, MAX(width) AS width, SUM(ie) AS total, COUNT(*) AS n
-                 FROM effects WHERE run_id = ? AND method = ? AND module = 'neuron'
-                 AND layer IN ({", ".join("?" * len(layers))})
-                 GROUP BY layer, position, neuron)
+    # from the run's neuron summary (averaged over pairs per position), then over positions
+    sql = f"""SELECT layer, neuron, MAX(width), SUM(mean_ie * n) / SUM(n) AS mean FROM neuron_summary
+             WHERE run_id = ? AND method = ? AND layer IN ({", ".join("?" * len(layers))})
              GROUP BY layer, neuron {GATE_ORDER[sign]} LIMIT ?"""
     rows = store.db.execute(sql, [run_id, method, *layers, top]).fetchall()
     return [(layer, unit) for layer, first, width, _ in rows for unit in range(first, first + width)][:top]

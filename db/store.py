@@ -15,7 +15,7 @@ import sqlite_utils
 from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -152,10 +152,43 @@ MIGRATIONS = [
         PRIMARY KEY (run_id, pair, layer, module, position, neuron)
     ) WITHOUT ROWID;
     """,
+    # each finished run's neuron sites averaged over its pairs (positions from the end): the explorer's
+    # neuron panes and the gate ranking read them at once instead of aggregating 10^6 rows per look
+    """
+    CREATE TABLE neuron_summary (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        method TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        pos INTEGER,                 -- from the end (-1 the last token); NULL for every position at once
+        neuron INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        mean_ie REAL NOT NULL,
+        n INTEGER NOT NULL
+    );
+    CREATE INDEX neuron_summary_by_strength ON neuron_summary (run_id, method, abs(mean_ie) DESC);
+    CREATE INDEX neuron_summary_by_layer ON neuron_summary (run_id, method, layer, abs(mean_ie) DESC);
+    CREATE INDEX neuron_summary_by_site ON neuron_summary (run_id, method, layer, neuron, pos);
+    INSERT INTO neuron_summary
+        SELECT e.run_id, e.method, e.layer,
+               CASE WHEN e.position < 0 THEN NULL
+                    ELSE e.position - json_array_length(p.control_tokens) END AS pos,
+               e.neuron, MAX(e.width), AVG(e.ie), COUNT(*)
+        FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
+        JOIN runs r ON r.id = e.run_id AND r.status != 'running'
+        WHERE e.module = 'neuron' GROUP BY e.run_id, e.method, e.layer, pos, e.neuron;
+    """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
 GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
     ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
+# a run's neuron_summary rows, computed when it stops running (and again after a resume)
+NEURON_SUMMARY = """
+    INSERT INTO neuron_summary
+    SELECT e.run_id, e.method, e.layer, CASE WHEN e.position < 0 THEN NULL ELSE e.position - p.n END AS pos,
+           e.neuron, MAX(e.width), AVG(e.ie), COUNT(*)
+    FROM effects e JOIN (SELECT pair, json_array_length(control_tokens) AS n FROM pairs WHERE run_id = ?) p
+         ON p.pair = e.pair
+    WHERE e.run_id = ? AND e.module = 'neuron' GROUP BY e.method, e.layer, pos, e.neuron"""
 GENERATION_KEY = ("run_id", "pair", "layer", "module", "position", "neuron")
 EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
 
@@ -319,6 +352,9 @@ class Store:
     def set_status(self, run_id: int, status: str, error: str | None = None, compute_s: float | None = None):
         assert status in STATUSES
         with self.db.conn:
+            self.db.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
+            if status != "running":
+                self.db.execute(NEURON_SUMMARY, [run_id, run_id])
             self.db.execute(
                 "UPDATE runs SET status = ?, error = ?, finished = CASE WHEN ? = 'running' THEN NULL ELSE ? END, "
                 "compute_s = compute_s + COALESCE(?, 0), "

@@ -432,6 +432,8 @@ class ExploreScreen(Screen):
         self.query_one("#rate", Static).update(
             f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
         )
-        if now - self._shown > 1.0:  # rows stream in: refresh the pane, at most once a second
+        # rows stream in: refresh the pane, at most once a second (the top neurons across layers, an
+        # aggregate of every neuron row, once the run ends)
+        if now - self._shown > 1.0 and self.level != "top":
             self.pairs = self.app.store.pairs(self.run_id)
             self.show()

@@ -3,6 +3,8 @@
 import json
 import sqlite3
 
+import pytest
+
 from harmmed_tui.db import queries
 from harmmed_tui.db.store import MIGRATIONS, Store
 
@@ -57,3 +59,17 @@ def test_a_version_5_gate_check_migrates_to_a_one_point_curve(tmp_path):
         assert (p.group, p.k, p.units, p.top_removed, p.top_flipped) == ("all", 2, 2, 0.5, None)
         store.delete_run(1)  # foreign keys hold again after the migration
         assert store.db.execute("SELECT COUNT(*) FROM gate_rows").fetchone()[0] == 0
+
+
+def test_the_neuron_summary_equals_the_live_aggregate(stored_db):
+    """A finished run's neuron panes read its summary; a running one aggregates its rows live: the same."""
+    with Store(stored_db) as store:
+        from_summary = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
+        with store.db.conn:
+            store.db.execute("UPDATE runs SET status = 'running' WHERE id = 1")  # (no summary rebuild)
+        live = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
+    for layer in (None, 3):
+        assert len(from_summary[layer]) == len(live[layer]) > 0
+        for a, b in zip(from_summary[layer], live[layer], strict=True):
+            assert a[:3] == b[:3] and a[5] == b[5]
+            assert a[3] == pytest.approx(b[3]) and a[4] == pytest.approx(b[4])
