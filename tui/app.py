@@ -15,6 +15,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store
 from harmmed_tui.themes import THEMES
+from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.messages import RunEnded, RunProgress
@@ -32,13 +33,22 @@ class HarmmedApp(App):
     BINDINGS = [
         # shown in the footer only where a screen says so (see RunsScreen): every screen's footer has room for
         # its own keys, then ? and q
-        Binding("n", "new_run", "new run", id="app.new", show=False),
-        Binding("x", "run_now", "run preselected", id="app.run_now", show=False),
-        Binding("r", "runs", "runs", id="app.runs", show=False),
-        Binding("e", "export", "export", id="app.export"),
-        Binding("c", "cancel", "cancel run", id="app.cancel", show=False),
-        Binding("question_mark,f1", "help", "help", id="app.help"),
-        Binding("q", "quit", "quit", id="app.quit"),
+        Binding("n", "new_run", "new run", id="app.new", show=False, tooltip="set up a new run (Setup)"),
+        Binding(
+            "x",
+            "run_now",
+            "run preselected",
+            id="app.run_now",
+            show=False,
+            tooltip="run the preselected run now",
+        ),
+        Binding("r", "runs", "runs", id="app.runs", show=False, tooltip="the run history"),
+        Binding(
+            "e", "export", "export", id="app.export", tooltip="export the open or highlighted run's table"
+        ),
+        Binding("c", "cancel", "cancel run", id="app.cancel", show=False, tooltip="cancel the running job"),
+        Binding("question_mark,f1", "help", "help", id="app.help", tooltip="this help"),
+        Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a job runs)"),
     ]
 
     def __init__(self, db: str | None = None, spec: RunSpec | None = None):
@@ -52,20 +62,36 @@ class HarmmedApp(App):
         for theme in THEMES:
             self.register_theme(theme)
         self.theme = self._saved_theme()
+        self._apply_keymap()
         self.push_screen(RunsScreen())
         self.warm_up()
 
-    def _saved_theme(self) -> str:
+    def _config(self) -> dict:
+        """The config file: {"theme": NAME, "keys": {BINDING_ID: KEYS}}; missing or unreadable is empty."""
         try:
-            name = json.loads(CONFIG.read_text()).get("theme", "harmmed-dark")
+            config = json.loads(CONFIG.read_text())
         except (OSError, ValueError):
-            name = "harmmed-dark"
+            return {}
+        return config if isinstance(config, dict) else {}
+
+    def _saved_theme(self) -> str:
+        name = self._config().get("theme", "harmmed-dark")
         return name if name in self.available_themes else "harmmed-dark"
+
+    def _apply_keymap(self) -> None:
+        """Keys remapped in the config, by binding id (the help screen lists the ids' keys as remapped)."""
+        keys = self._config().get("keys", {})
+        known = {b.id for _, bindings in keymod.sections() for b in bindings if b.id}
+        unknown = sorted(set(keys) - known) if isinstance(keys, dict) else ["(not a mapping)"]
+        if unknown:
+            self.notify(f"{CONFIG}: unknown key ids {', '.join(unknown)}", severity="warning")
+        self.keymap = {k: v for k, v in keys.items() if k in known} if isinstance(keys, dict) else {}
+        self.set_keymap(self.keymap)
 
     def watch_theme(self, theme: str) -> None:
         try:
             CONFIG.parent.mkdir(parents=True, exist_ok=True)
-            CONFIG.write_text(json.dumps({"theme": theme}))
+            CONFIG.write_text(json.dumps({**self._config(), "theme": theme}, indent=1))
         except OSError:
             pass  # a read-only home must not stop the app; the theme is simply not remembered
 

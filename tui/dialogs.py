@@ -7,12 +7,13 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from harmmed_tui.db import export
+from harmmed_tui.tui import keys
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -60,21 +61,13 @@ class ErrorDialog(ModalScreen[None]):
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key, generated from the screens' bindings (remapped keys as remapped), and the terms."""
+
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "close")]
-    TEXT = """[b]harmmed-tui keys[/b]
-n  new run (Setup)   x  run the preselected model/pairs now   r  runs   e  export the open run
-enter  drill in: run > layer > module > neurons        escape  back up
-p  next pair / aggregate    \\[ ]  previous / next page of neurons (recur: in how many pairs'
-   top 20 neuron sites)
-C  aggregate over one category of the harmful prompts (prompt-set runs), the next, all
-a  gate curve: ablate the run's top 1,5,20,100,1000 neurons on held-out pairs vs random ones
-c  cancel the running job   q  quit
-ctrl+p  command palette (every action)   ?/F1  this help
-Tables: arrows or j/k, g/G top/bottom.  Setup: tab between fields, ctrl+r runs."""
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static(self.TEXT)
+        with VerticalScroll(id="dialog", classes="wide"):
+            yield Static(keys.help_text(getattr(self.app, "keymap", {})), id="help")
 
 
 EXTENSIONS = {"markdown": "md", "latex": "tex"}

@@ -25,8 +25,14 @@ BEHIND = {0: ("modules", 0), 1: ("layers", None), 2: ("layers", None), 3: ("neur
 
 class ReportScreen(Screen):
     BINDINGS = [
-        Binding("enter", "open_table", "table behind it", id="report.open"),
-        Binding("escape", "app.pop_screen", "back", id="report.back"),
+        Binding(
+            "enter",
+            "open_table",
+            "table behind it",
+            id="report.open",
+            tooltip="open the table behind the claim",
+        ),
+        Binding("escape", "app.pop_screen", "back", id="report.back", tooltip="back to Explore"),
     ]
 
     def __init__(self, run_id: int, n_layers: int):

@@ -18,7 +18,7 @@ from harmmed_tui.tui import store_commands
 
 class RunDetailsScreen(Screen):
     BINDINGS = [
-        Binding("escape,i", "app.pop_screen", "back", id="details.back"),
+        Binding("escape,i", "app.pop_screen", "back", id="details.back", tooltip="back"),
         Binding("j", "scroll(1)", "down", show=False),
         Binding("k", "scroll(-1)", "up", show=False),
     ]

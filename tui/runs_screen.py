@@ -17,11 +17,23 @@ from harmmed_tui.tui.widgets import Table
 
 class RunsScreen(Screen):
     BINDINGS = [
-        Binding("enter", "open", "open", id="runs.open"),
-        Binding("n", "app.new_run", "new", id="runs.new"),
-        Binding("x", "app.run_now", "run", id="runs.run_now"),
-        Binding("u", "resume", "resume", id="runs.resume"),
-        Binding("d", "delete", "delete", id="runs.delete"),
+        Binding("enter", "open", "open", id="runs.open", tooltip="open the run in Explore"),
+        Binding("n", "app.new_run", "new", id="runs.new", tooltip="set up a new run"),
+        Binding(
+            "x",
+            "app.run_now",
+            "run",
+            id="runs.run_now",
+            tooltip="run the preselected run (named in the title bar)",
+        ),
+        Binding(
+            "u",
+            "resume",
+            "resume",
+            id="runs.resume",
+            tooltip="resume an interrupted, cancelled or failed run",
+        ),
+        Binding("d", "delete", "delete", id="runs.delete", tooltip="delete the run (asks first)"),
     ]
     REFRESH_S = 2.0  # runs started elsewhere (a CLI in another shell) appear within this
 

@@ -25,9 +25,15 @@ class SetupScreen(Screen):
     """Every choice of a run, checked against the model's tokenizer and config as it is typed."""
 
     BINDINGS = [
-        Binding("ctrl+r", "start", "run", id="setup.run"),
-        Binding("ctrl+o", "pick_model", "pick model", id="setup.pick"),
-        Binding("escape", "app.pop_screen", "back"),
+        Binding("ctrl+r", "start", "run", id="setup.run", tooltip="start the run"),
+        Binding(
+            "ctrl+o",
+            "pick_model",
+            "pick model",
+            id="setup.pick",
+            tooltip="pick a model: the default, recent ones, the local Hugging Face cache",
+        ),
+        Binding("escape", "app.pop_screen", "back", id="setup.back", tooltip="back, starting nothing"),
     ]
     FIELDS = [
         ("model", "model"),

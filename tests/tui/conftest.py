@@ -13,3 +13,4 @@ os.environ.pop("TEXTUAL_COLOR_SYSTEM", None)
 def config_dir(tmp_path, monkeypatch):
     """The app's remembered theme goes to a temporary config, never the user's."""
     monkeypatch.setattr("harmmed_tui.tui.app.CONFIG", tmp_path / "config.json")
+    return tmp_path

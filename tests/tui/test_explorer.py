@@ -232,3 +232,44 @@ def test_export_paths_hold_the_level_and_aggregation(tmp_path):
     assert export_path(3, "neuron", "markdown", True, tmp_path) == tmp_path / "run3-neuron-aggregate.md"
     (tmp_path / "run3-neuron-aggregate.md").touch()
     assert export_path(3, "neuron", "markdown", True, tmp_path).name == "run3-neuron-aggregate-2.md"
+
+
+def test_readme_key_table_is_the_help_screens():
+    from pathlib import Path
+
+    from harmmed_tui.tui import keys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert keys.markdown_table() in readme
+
+
+async def test_help_lists_every_key_and_defines_the_terms(db):
+    from harmmed_tui.tui import keys
+
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        shown = text(app, "#help")
+        for where, key, what, _ in keys.rows():
+            assert what in shown, (where, key)
+        for term in ("IE/TE", "recur", "gate", "flips"):
+            assert term in shown
+        assert "delete the run (asks first)" in shown and "ctrl+o" in shown
+
+
+async def test_keys_remapped_in_the_config_file(db, config_dir):
+    import json
+
+    (config_dir / "config.json").write_text(
+        json.dumps({"theme": "harmmed-light", "keys": {"explore.report": "v"}})
+    )
+    from harmmed_tui.tui.report_screen import ReportScreen
+
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.theme == "harmmed-light"
+        await pilot.press("j", "enter", "v")
+        assert isinstance(app.screen, ReportScreen)
+        await pilot.press("escape", "question_mark")
+        assert "v              the paper's four claims" in text(app, "#help")
+    assert json.loads((config_dir / "config.json").read_text())["keys"] == {"explore.report": "v"}

@@ -93,3 +93,19 @@ def test_claims_report(snap_compare, app, theme):
         await keys("enter", "R", "j", "j", "j")(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=opened)
+
+
+def test_explore_layers_light(snap_compare, app):
+    async def opened(pilot):
+        app.theme = "harmmed-light"
+        await keys("enter")(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=opened)
+
+
+def test_top_neurons_across_layers(snap_compare, app):
+    assert snap_compare(app, terminal_size=SIZE, run_before=keys("enter", "N"))
+
+
+def test_run_details(snap_compare, app):
+    assert snap_compare(app, terminal_size=SIZE, run_before=keys("enter", "i"))
