@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.spec import RunSpec
@@ -21,7 +21,7 @@ from harmmed_tui.db import export, queries
 from harmmed_tui.tui.messages import RunProgress
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.widgets import Table, heat, readable
+from harmmed_tui.tui.widgets import GLYPHS, Table, heat, readable
 
 MODULES = ("resid", "attn", "mlp")
 UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
@@ -99,6 +99,30 @@ class ExploreScreen(Screen):
             tooltip="the paper's four claims, judged on this run",
         ),
         Binding(
+            "slash",
+            "filter",
+            "filter",
+            id="explore.filter",
+            show=False,
+            tooltip="filter the rows: a neuron number, a token, ...",
+        ),
+        Binding(
+            "s",
+            "sort",
+            "sort",
+            id="explore.sort",
+            show=False,
+            tooltip="sort by the next column (largest first); after the last, as shown",
+        ),
+        Binding(
+            "y",
+            "copy",
+            "copy",
+            id="explore.copy",
+            show=False,
+            tooltip="copy the cell (grid) or the row, tab-separated, to the clipboard",
+        ),
+        Binding(
             "i",
             "details",
             "details",
@@ -133,6 +157,8 @@ class ExploreScreen(Screen):
         self.by_te = True  # show and colour IE/TE (by TE); else IE, coloured per row
         self._view: tuple | None = None  # what show() last drew
         self._places: dict[str, tuple[int, int]] = {}  # each level's cursor when we left it
+        self.filter_text = ""  # rows of the table in front holding it (case-insensitive)
+        self.sort_column: int | None = None  # the column the table in front is sorted by
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -143,6 +169,7 @@ class ExploreScreen(Screen):
             yield ProgressBar(id="progress", show_eta=True)
             yield Static("", id="rate")
         yield Static("", id="legend")
+        yield Input(placeholder="filter rows (enter applies; empty enter clears)", id="filter")
         with Horizontal():
             yield Table(id="table", cursor_type="row")
             yield PlotextPlot(id="plot")
@@ -154,6 +181,7 @@ class ExploreScreen(Screen):
         self.method = store.run_method(self.run_id)
         self.spec = RunSpec.from_json(store.run(self.run_id)["spec"])
         self.query_one("#running").display = False
+        self.query_one("#filter").display = False
         self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
         # a neuron-only run (the gate recipe) has no layer table: it opens on its top neurons
         if not queries.has_modules(store, self.run_id) and queries.has_neurons(store, self.run_id):
@@ -219,6 +247,7 @@ class ExploreScreen(Screen):
         checks = store.gate_checks(self.run_id) if self.level in ("neurons", "top") else []
         te = self._te()
         getattr(self, f"_show_{self.level}")(t, plot.plt, te, checks)
+        self._filter_and_sort(t)
         plot.refresh()
         self._show_gate(checks)
         if cursor is not None and cursor.row < t.row_count:
@@ -227,6 +256,30 @@ class ExploreScreen(Screen):
 
     def _legend(self, text: str) -> None:
         self.query_one("#legend", Static).update(text)
+
+    def _filter_and_sort(self, t: Table) -> None:
+        """Keep the rows holding the filter text; sort by the chosen column, largest first."""
+        notes = []
+        if self.filter_text:
+            needle = self.filter_text.casefold()
+            for row in list(t.rows):
+                if not any(needle in str(c).casefold() for c in t.get_row(row)):
+                    t.remove_row(row)
+            notes.append(f"filter '{escape(self.filter_text)}': {t.row_count} rows")
+        if self.sort_column is not None and self.sort_column < len(t.columns):
+            column = list(t.columns)[self.sort_column]
+
+            def value(cell) -> tuple:
+                text = str(cell).lstrip(GLYPHS).rstrip("⚑·").lstrip("#")
+                try:
+                    return (0, -float(text))
+                except ValueError:
+                    return (1, text)
+
+            t.sort(column, key=value)
+            notes.append(f"sorted by {t.columns[column].label} (s: next)")
+        if notes:
+            self.query_one("#legend", Static).update(" · ".join(notes) + " · / filter")
 
     def _scale_legend(self, te: float | None) -> None:
         if self.by_te and te:
@@ -419,6 +472,38 @@ class ExploreScreen(Screen):
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
         self.app.start_gate(self.run_id)
 
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.value = self.filter_text
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def _filtered(self, event: Input.Submitted) -> None:
+        self.filter_text = event.value.strip()
+        event.input.display = False
+        self.show()
+
+    def action_sort(self) -> None:
+        """Sort by the next column; after the last, back to the order shown."""
+        n = len(self.query_one(Table).columns)
+        self.sort_column = 1 if self.sort_column is None else self.sort_column + 1
+        self.sort_column = None if self.sort_column >= n else self.sort_column
+        self.show()
+
+    def action_copy(self) -> None:
+        """The cell under the cursor (grid) or the row (tab-separated), to the clipboard: OSC 52, so it works
+        over SSH in terminals that allow it."""
+        t = self.query_one(Table)
+        if not t.row_count:
+            return
+        if t.cursor_type == "cell":
+            text = str(t.get_cell_at(t.cursor_coordinate))
+        else:
+            text = "\t".join(str(c) for c in t.get_row_at(t.cursor_row))
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied: {text[:60]}")
+
     def action_toggle_scale(self) -> None:
         self.by_te = not self.by_te
         self.show()
@@ -443,6 +528,7 @@ class ExploreScreen(Screen):
         t = self.query_one(Table)
         if not t.row_count:
             return
+        self.filter_text, self.sort_column = "", None
         key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
         if self.level == "layers":
             self._leave()
@@ -458,6 +544,12 @@ class ExploreScreen(Screen):
         self.show()
 
     def action_up(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:  # escape closes the filter box first
+            box.display = False
+            self.query_one(Table).focus()
+            return
+        self.filter_text, self.sort_column = "", None
         came_from = self.level
         if UP[self.level] is None:
             self.app.pop_screen()

@@ -24,6 +24,7 @@ GLOSSARY = (
 def sections() -> list[tuple[str, list[Binding]]]:
     """(where, bindings) for every screen, in the order a user meets them."""
     from harmmed_tui.tui.app import HarmmedApp
+    from harmmed_tui.tui.compare_screen import CompareScreen
     from harmmed_tui.tui.explore_screen import ExploreScreen
     from harmmed_tui.tui.report_screen import ReportScreen
     from harmmed_tui.tui.run_details import RunDetailsScreen
@@ -39,6 +40,7 @@ def sections() -> list[tuple[str, list[Binding]]]:
         ("Explore", ExploreScreen.BINDINGS),
         ("Claims report", ReportScreen.BINDINGS),
         ("Run details", RunDetailsScreen.BINDINGS),
+        ("Compare", CompareScreen.BINDINGS),
         ("tables", VIM_KEYS),
     ]
 

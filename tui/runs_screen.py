@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
+from harmmed_tui.tui.compare_screen import CompareScreen
 from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.widgets import Table
@@ -33,6 +34,13 @@ class RunsScreen(Screen):
             id="runs.resume",
             tooltip="resume an interrupted, cancelled or failed run",
         ),
+        Binding(
+            "m",
+            "mark",
+            "mark",
+            id="runs.mark",
+            tooltip="mark the run to compare: enter on another then opens the two side by side",
+        ),
         Binding("d", "delete", "delete", id="runs.delete", tooltip="delete the run (asks first)"),
     ]
     REFRESH_S = 2.0  # runs started elsewhere (a CLI in another shell) appear within this
@@ -45,6 +53,7 @@ class RunsScreen(Screen):
 
     def on_mount(self) -> None:
         self._shown: list | None = None
+        self.marked: int | None = None  # a run to compare with the next one opened
         self.set_interval(self.REFRESH_S, self.refresh_runs)
 
     def on_screen_resume(self) -> None:  # also when first shown
@@ -80,8 +89,21 @@ class RunsScreen(Screen):
         self.action_open()
 
     def action_open(self) -> None:
-        if (run_id := self.selected()) is not None:
+        if (run_id := self.selected()) is None:
+            return
+        if self.marked is not None and self.marked != run_id:
+            self.app.push_screen(CompareScreen(self.marked, run_id))
+        else:
             self.app.push_screen(ExploreScreen(run_id))
+
+    def action_mark(self) -> None:
+        run_id = self.selected()
+        self.marked = None if run_id == self.marked else run_id
+        self.notify(
+            f"run {run_id} marked: enter on another run compares the two (m again unmarks)"
+            if self.marked is not None
+            else "unmarked"
+        )
 
     def action_delete(self) -> None:
         if (run_id := self.selected()) is None:

@@ -273,3 +273,55 @@ async def test_keys_remapped_in_the_config_file(db, config_dir):
         await pilot.press("escape", "question_mark")
         assert "v              the paper's four claims" in text(app, "#help")
     assert json.loads((config_dir / "config.json").read_text())["keys"] == {"explore.report": "v"}
+
+
+async def test_slash_filters_the_table_in_front(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "N")
+        table = app.screen.query_one("#table")
+        neuron = cells(table, 5)[2]
+        await pilot.press("slash", *neuron, "enter")
+        assert 0 < table.row_count < 200 and all(
+            neuron in " ".join(cells(table, i)) for i in range(table.row_count)
+        )
+        assert f"filter '{neuron}'" in text(app, "#legend")
+        await pilot.press("slash", "ctrl+u", "enter")  # an empty filter shows every row again
+        assert table.row_count == 200
+
+
+async def test_s_cycles_the_sort_column(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "s", "s", "s")  # layers: the third column, mlp IE/TE
+        table = app.screen.query_one("#table")
+        values = [float(cells(table, i)[3]) for i in range(table.row_count)]
+        assert values == sorted(values, reverse=True) and "sorted by mlp IE/TE" in text(app, "#legend")
+        await pilot.press(*["s"] * 5)  # past the last column: the order shown
+        assert [cells(table, i)[0] for i in range(table.row_count)] == ["0", "1", "2", "3"]
+
+
+async def test_y_copies_the_row_or_the_cell(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "y")
+        assert app.clipboard.startswith("0\t+1.000")
+        await pilot.press("enter", "y")  # the grid: the cell under the cursor, `*` of resid
+        assert app.clipboard == "+1.000"
+
+
+async def test_m_marks_a_run_and_enter_on_another_compares_them(db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from harmmed_tui.tui.compare_screen import CompareScreen
+
+    with Store(db) as store:
+        execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp"), positions="*"), store)  # run 3
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("m", "j", "j", "enter")  # run 3 marked, then run 1
+        screen = app.screen
+        assert isinstance(screen, CompareScreen) and (screen.run_a, screen.run_b) == (3, 1)
+        table = screen.query_one("#table")
+        assert table.row_count == 4 * 3 and "Pearson r" in text(app, "#crumb")
+        await pilot.press("e")
+        assert len((tmp_path / "compare-3-1.csv").read_text().splitlines()) == 1 + 12
