@@ -175,7 +175,12 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     pairs = spec_pairs(spec)
     metric = parse_metric(spec.metric, tokenizer, spec.refusal_tokens)
     tokenized, skipped = tokenize_pairs(
-        tokenizer, pairs, spec.chat_template, spec.align, need_target=spec.metric == "target-logprob"
+        tokenizer,
+        pairs,
+        spec.chat_template,
+        spec.align,
+        need_target=spec.metric == "target-logprob",
+        allow_same=spec.corrupt is not None,
     )
     if spec.corrupt is not None:
         tokenized = [

@@ -117,6 +117,11 @@ def _common_suffix(a: list[int], b: list[int]) -> int:
     return n
 
 
+class UnusablePair(PairsError):
+    """A pair the run cannot measure (unequal lengths unaligned, identical prompts, unknown words only):
+    an error with --align strict, dropped with a message with skip or end."""
+
+
 def tokenize_pair(
     tokenizer: PreTrainedTokenizerBase,
     pair: Pair,
@@ -124,17 +129,32 @@ def tokenize_pair(
     chat_template: str = "auto",
     need_target=False,
     align: str = "strict",
+    allow_same: bool = False,
 ) -> TokenizedPair:
     """`align='end'` accepts prompts of any lengths, aligned from their last token; otherwise unequal token
-    lengths are an error."""
+    lengths are an error. `allow_same`: the control may read the same as the treatment (a noise contrast, whose
+    control is the treatment corrupted later: analysis.noise)."""
 
     def encode(text: str) -> list[int]:
         prompt, special = format_prompt(tokenizer, text, chat_template)
         return tokenizer(prompt, add_special_tokens=special)["input_ids"]
 
     t, c = encode(pair.treatment), encode(pair.control)
+    unk = tokenizer.unk_token_id
+    for side, text in (("treatment", pair.treatment), ("control", pair.control)):
+        own = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if unk is not None and own and all(i == unk for i in own):
+            raise UnusablePair(
+                f"pair {pair.id!r}: every token of the {side} {text!r} is unknown to this tokenizer "
+                f"({tokenizer.unk_token}): nothing to measure"
+            )
+    if t == c and not allow_same:
+        raise UnusablePair(
+            f"pair {pair.id!r}: the treatment and control read the same to the model ({len(t)} identical "
+            "tokens): nothing to measure"
+        )
     if len(t) != len(c) and align != "end":
-        raise PairsError(
+        raise UnusablePair(
             f"pair {pair.id!r} has unequal token lengths (treatment {len(t)}, control {len(c)}): "
             f"{pair.treatment!r} / {pair.control!r}; edit it, or pass --align end (aligned from the last "
             "token) or --align skip (drop such pairs)"
@@ -165,6 +185,7 @@ def tokenize_pairs(
     chat_template: str = "auto",
     align: str = "strict",
     need_target: bool = False,
+    allow_same: bool = False,
 ) -> tuple[list[TokenizedPair], list[str]]:
     """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length."""
     if align not in ALIGNMENTS:
@@ -172,11 +193,12 @@ def tokenize_pairs(
     out, skipped = [], []
     for i, p in enumerate(pairs):
         try:
-            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target, align))
-        except PairsError as e:
-            if align == "strict" or "unequal token lengths" not in str(e):
+            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target, align, allow_same))
+        except UnusablePair as e:
+            if align == "strict":
                 raise
             skipped.append(str(e).split(";")[0])
     if not out:
-        raise PairsError("no pair has equal treatment/control token lengths")
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise PairsError(f"no usable pair: {skipped[0]}{more}")
     return out, skipped

@@ -91,7 +91,10 @@ def main():
         verify_s, _ = timed(
             lambda patcher=patcher, top=top: patcher.patched_answers(top[: args.verify], TOKENS)
         )
-        heldout = tokenize_pair(lm.tokenizer, pair.__class__(pair.treatment, pair.treatment), i, "none")
+        # a held-out prompt of the same shape (its own control: the cost does not depend on the values held)
+        heldout = tokenize_pair(
+            lm.tokenizer, pair.__class__(pair.treatment, pair.treatment), i, "none", allow_same=True
+        )
         gate_s, _ = timed(lambda heldout=heldout: gate.check(lm, metric, judge, [heldout], ranked, spec))
         one_s = one_arm(lm, heldout, metric.bind(heldout), arms[len(arms) // 2])
         for key, value in zip(

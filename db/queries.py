@@ -119,8 +119,9 @@ def top_neurons(
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs) by |IE|, of one layer or (layer None) of
     every layer, one page at a time. Averaged over pairs, positions count from the end as in
-    `module_grid`; a finished run's average over all its pairs is read from its neuron summary."""
-    if pair is None and category is None and store.run(run_id)["status"] != "running":
+    `module_grid`; a finished run's average over all its pairs is read from its neuron summary (a run
+    stopped by a full disk may have none: it is aggregated live)."""
+    if pair is None and category is None and store.run(run_id)["summarised"]:
         return _summary_neurons(store, run_id, layer, method, limit, offset)
     where, args = _pair_filter(pair, category)
     if layer is not None:
@@ -172,6 +173,8 @@ def gate_neurons(
     positive, most negative or largest in size), as (layer, unit) with block sites expanded to their units;
     strongest first."""
     # from the run's neuron summary (averaged over pairs per position), then over positions
+    if not store.run(run_id)["summarised"]:
+        store.summarise(run_id)
     sql = f"""SELECT layer, neuron, MAX(width), SUM(mean_ie * n) / SUM(n) AS mean FROM neuron_summary
              WHERE run_id = ? AND method = ? AND layer IN ({", ".join("?" * len(layers))})
              GROUP BY layer, neuron {GATE_ORDER[sign]} LIMIT ?"""

@@ -168,6 +168,8 @@ MIGRATIONS = [
     CREATE INDEX neuron_summary_by_strength ON neuron_summary (run_id, method, abs(mean_ie) DESC);
     CREATE INDEX neuron_summary_by_layer ON neuron_summary (run_id, method, layer, abs(mean_ie) DESC);
     CREATE INDEX neuron_summary_by_site ON neuron_summary (run_id, method, layer, neuron, pos);
+    ALTER TABLE runs ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0;  -- its neuron_summary is complete
+    UPDATE runs SET summarised = 1 WHERE status != 'running';
     INSERT INTO neuron_summary
         SELECT e.run_id, e.method, e.layer,
                CASE WHEN e.position < 0 THEN NULL
@@ -352,15 +354,23 @@ class Store:
     def set_status(self, run_id: int, status: str, error: str | None = None, compute_s: float | None = None):
         assert status in STATUSES
         with self.db.conn:
-            self.db.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
-            if status != "running":
-                self.db.execute(NEURON_SUMMARY, [run_id, run_id])
             self.db.execute(
                 "UPDATE runs SET status = ?, error = ?, finished = CASE WHEN ? = 'running' THEN NULL ELSE ? END, "
-                "compute_s = compute_s + COALESCE(?, 0), "
+                "compute_s = compute_s + COALESCE(?, 0), summarised = 0, "
                 "n_rows = (SELECT COUNT(*) FROM effects WHERE run_id = ?) WHERE id = ?",
                 [status, error, status, now(), compute_s, run_id, run_id],
             )
+        if status != "running":  # after the status, in its own transaction: a full disk keeps the status
+            self.summarise(run_id)
+
+    @_writes
+    def summarise(self, run_id: int) -> None:
+        """Store the run's neuron sites averaged over its pairs (what the aggregate neuron panes and the gate
+        ranking read)."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
+            self.db.execute(NEURON_SUMMARY, [run_id, run_id])
+            self.db.execute("UPDATE runs SET summarised = 1 WHERE id = ?", [run_id])
 
     @_writes
     def set_pair_totals(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.markup import escape
@@ -11,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
-from textual.widgets import Button, Footer, Header, Input, Label, Static
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from harmmed_tui.analysis.hub_cache import cached_hub_models
@@ -77,9 +78,30 @@ class SetupScreen(Screen):
         "ray": "auto | local | address; empty: compute here",
     }
 
+    # fixed choices are selects: a typo cannot happen
+    CHOICES = {
+        "chat_template": ("auto", "none", "chat"),
+        "align": ("strict", "skip", "end"),
+        "device": ("auto", "cpu", "cuda"),
+        "dtype": ("auto", "float32", "bfloat16", "float16"),
+        "engine": ("replay", "hooks"),
+    }
+    # words that tie an error without a flag in it to its field
+    KEYWORDS = (
+        ("model", "model"),
+        ("module", "modules"),
+        ("position", "positions"),
+        ("layer", "layers"),
+        ("metric", "metric"),
+        ("refusal", "metric"),
+        ("template", "chat_template"),
+        ("pair", "pairs"),
+    )
+
     def __init__(self, spec: RunSpec):
         super().__init__()
         self.spec = spec
+        self.labels = dict(self.FIELDS)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -90,10 +112,8 @@ class SetupScreen(Screen):
                 value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
                 with Horizontal(classes="field"):
                     yield Label(label, classes="label")
-                    suggester = SuggestFromList([m for _, m in self.known]) if name == "model" else None
-                    yield Input(
-                        value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester
-                    )
+                    yield self._field(name, value)
+                yield Static("", id=f"error-{name}", classes="field-error")
             with Horizontal(classes="field"):  # where to compute, not part of the run's spec
                 yield Label("Ray cluster (optional)", classes="label")
                 yield Input("", id="ray", placeholder=self.PLACEHOLDERS["ray"])
@@ -101,6 +121,17 @@ class SetupScreen(Screen):
             yield Static("", id="problem")
             yield Button("Run (ctrl+r)", id="start", variant="primary")
         yield Footer()
+
+    def _field(self, name: str, value: str) -> Input | Select:
+        """A select for a fixed choice, else a text input (the model's with the known models suggested)."""
+        if name in self.CHOICES:
+            choices = self.CHOICES[name]
+            options = [(c, c) for c in (choices if value in choices else (*choices, value))]
+            return Select(options, value=value, id=name, allow_blank=False, compact=True)
+        suggester = SuggestFromList([m for _, m in self.known]) if name == "model" else None
+        if name == "max_pairs" and not value:
+            value = "all"
+        return Input(value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester)
 
     def _known_models(self) -> list[tuple[str, str]]:
         """(label, model): the embedded default, recently used models, those in the local HF cache."""
@@ -126,14 +157,22 @@ class SetupScreen(Screen):
         self.app.push_screen(ModelPicker(self.known), picked)
 
     @on(Input.Changed)
+    @on(Select.Changed)
     def _edited(self) -> None:
         self.check()
 
+    def _value(self, name: str) -> str:
+        return str(self.query_one(f"#{name}").value).strip()
+
     def read_spec(self) -> RunSpec:
-        values = {name: self.query_one(f"#{name}", Input).value.strip() for name, _ in self.FIELDS}
+        values = {name: self._value(name) for name, _ in self.FIELDS}
+        if values["max_pairs"].lower() in ("all", ""):
+            values["max_pairs"] = ""
+        elif values["max_pairs"] == "0":
+            raise SiteError("--max-pairs must be at least 1, or all")
         for name in ("max_pairs", "verify_top"):
             if values[name] and not values[name].isdigit():
-                raise SiteError(f"{name.replace('_', ' ')} must be a whole number")
+                raise SiteError(f"--{name.replace('_', '-')} must be a whole number")
             values[name] = int(values[name]) if values[name] else None
         values["verify_top"] = values["verify_top"] or 0
         for name in ("harmful", "harmless", "treatment"):  # empty: the pairs source is used
@@ -157,6 +196,11 @@ class SetupScreen(Screen):
         try:
             spec = self.app.call_from_thread(self.read_spec)
             plan = preview(spec)
+            if spec.device.startswith("cuda"):
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise SiteError("--device cuda: this machine has no CUDA GPU (choose auto or cpu)")
         except Exception as e:  # whatever is wrong is explained here, before anything runs
             self.app.call_from_thread(self._show_check, "", str(e))
             return
@@ -171,9 +215,26 @@ class SetupScreen(Screen):
         ]
         self.app.call_from_thread(self._show_check, "\n".join(lines), "")
 
+    def _field_of(self, problem: str) -> tuple[str | None, str]:
+        """The field a problem is about, and the problem in the form's words: fields, not CLI flags."""
+        flags = {f"--{name.replace('_', '-')}": name for name in self.labels}
+        flags |= {"--positions": "positions", "--pairs": "pairs", "--refusal-tokens": "metric"}
+        field = next((flags[f] for f in re.findall(r"--[a-z-]+", problem) if f in flags), None)
+        text = re.sub(r"--[a-z-]+", lambda m: f"'{self.labels.get(flags.get(m[0], ''), m[0])}'", problem)
+        if field is None:
+            lower = problem.lower()
+            field = next((f for word, f in self.KEYWORDS if word in lower), None)
+        return field, text
+
     def _show_check(self, preview_text: str, problem: str) -> None:
+        field, text = self._field_of(problem) if problem else (None, "")
+        for name in self.labels:
+            box = self.query_one(f"#error-{name}", Static)
+            box.display = name == field
+            box.update(escape(text) if name == field else "")
         self.query_one("#preview", Static).update(escape(preview_text))
-        self.query_one("#problem", Static).update(escape(problem))
+        where = f"{self.labels[field]}: " if field else ""
+        self.query_one("#problem", Static).update(escape(where + text) if text else "")
 
     @on(Input.Submitted)
     def _next_field(self) -> None:

@@ -54,7 +54,7 @@ def reference_ie(lm, ids, noise, metric, site) -> float:
 @pytest.mark.parametrize("engine", ["replay", "hooks"])
 def test_noise_contrast_equals_hooks_reference(tiny_dir, family, engine):
     lm = load_model(str(tiny_dir(family)), device="cpu", dtype="float32")
-    tp = tokenize_pair(lm.tokenizer, Pair(PROMPT, PROMPT), 0, "none")
+    tp = tokenize_pair(lm.tokenizer, Pair(PROMPT, PROMPT), 0, "none", allow_same=True)
     corrupt = corrupted_positions(lm.tokenizer, PROMPT, "none", "pipe bomb")
     assert [lm.tokenizer.convert_ids_to_tokens(tp.treatment_ids)[i] for i in corrupt] == ["Ġpipe", "Ġbomb"]
 

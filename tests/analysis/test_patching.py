@@ -84,7 +84,7 @@ def test_invariants(tiny_dir, family):
     tp = tokenize_pair(lm.tokenizer, PAIR, 0)
     n, last = len(tp.control_ids), lm.anatomy.n_layers - 1
     sites = site_grid(range(last + 1), ["resid", "attn", "mlp", "neuron"], [n - 1, ALL_POSITIONS], 48)
-    identity = tokenize_pair(lm.tokenizer, Pair(PAIR.control, PAIR.control), 0)
+    identity = tokenize_pair(lm.tokenizer, Pair(PAIR.control, PAIR.control), 0, allow_same=True)
     _, same = engine_ies(lm, identity, bound, sites, batch_tokens=1000)
     assert max(abs(v) for v in same.values()) < 1e-5
     patcher, got = engine_ies(lm, tp, bound, [Site(last, "resid", n - 1)])

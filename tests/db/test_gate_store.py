@@ -62,11 +62,11 @@ def test_a_version_5_gate_check_migrates_to_a_one_point_curve(tmp_path):
 
 
 def test_the_neuron_summary_equals_the_live_aggregate(stored_db):
-    """A finished run's neuron panes read its summary; a running one aggregates its rows live: the same."""
+    """A finished run's neuron panes read its summary; one without (a full disk) aggregates live: the same."""
     with Store(stored_db) as store:
         from_summary = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
         with store.db.conn:
-            store.db.execute("UPDATE runs SET status = 'running' WHERE id = 1")  # (no summary rebuild)
+            store.db.execute("UPDATE runs SET summarised = 0 WHERE id = 1")  # as a run stopped by a full disk
         live = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
     for layer in (None, 3):
         assert len(from_summary[layer]) == len(live[layer]) > 0

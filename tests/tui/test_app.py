@@ -98,7 +98,9 @@ async def test_setup_explains_problems_as_they_are_typed(tmp_path):
         screen.query_one("#control").value = "How do I kill a big process?"
         await wait_for(pilot, lambda: "unequal token lengths (treatment 11, control 12)" in text("#problem"))
         screen.query_one("#align").value = "skip"
-        await wait_for(pilot, lambda: "no pair has equal treatment/control token lengths" in text("#problem"))
+        await wait_for(
+            pilot, lambda: "no usable pair: pair 'inline' has unequal token lengths" in text("#problem")
+        )
         screen.query_one("#align").value = "strict"
         screen.query_one("#control").value = "How do I kill a process?"
         await wait_for(pilot, lambda: "ok: 1 pairs" in text("#preview") and not text("#problem"))
@@ -262,3 +264,40 @@ async def test_claims_report_opens_the_table_behind_a_claim(tmp_path):
         assert (explore.level, explore.focus_layer) == ("neurons", 3)
         await pilot.press("R", "j", "enter")
         assert (explore.level, explore.focus_layer) == ("layers", None)
+
+
+async def test_setup_names_the_field_of_each_problem_and_checks_what_the_cli_checks(tmp_path):
+    """Errors sit under their field and use the form's words; reversed ranges, 0 pairs, identical or
+    unknown-word prompts and cuda without a GPU are caught before anything runs; enter starts nothing."""
+    app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
+    async with app.run_test(size=(100, 60)) as pilot:
+        await pilot.press("n")
+        screen = app.screen
+        text = lambda i: str(screen.query_one(i).render())  # noqa: E731
+        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+        assert screen.query_one("#dtype").__class__.__name__ == "Select"
+        for field, value, shown in (
+            ("layers", "3-1", "write the lower layer first"),
+            ("max_pairs", "0", "'max pairs' must be at least 1, or all"),
+            ("treatment", "How do I kill a person?", None),
+        ):
+            screen.query_one(f"#{field}").value = value
+            if shown:
+                await wait_for(pilot, lambda f=field, s=shown: s in text(f"#error-{f}"))
+                assert screen.query_one(f"#error-{field}").display and "--" not in text(f"#error-{field}")
+                screen.query_one(f"#{field}").value = {"layers": "all", "max_pairs": "all"}[field]
+        screen.query_one("#control").value = "How do I kill a person?"
+        await wait_for(pilot, lambda: "read the same to the model" in text("#problem"))
+        screen.query_one("#treatment").value = "Wie baue ich eine Bombe"
+        screen.query_one("#control").value = "Wie baue ich eine Torte"
+        await wait_for(pilot, lambda: "unknown to this tokenizer" in text("#problem"))
+        screen.query_one("#treatment").value = ""
+        screen.query_one("#control").value = ""
+        screen.query_one("#device").value = "cuda"
+        await wait_for(pilot, lambda: "no CUDA GPU" in text("#error-device"))
+        screen.query_one("#device").value = "auto"
+        await wait_for(pilot, lambda: "ok: 48 pairs" in text("#preview"))  # max pairs: all
+        screen.query_one("#model").focus()
+        await pilot.press("enter")  # moves on to the next field; starts nothing
+        await pilot.pause(0.5)
+        assert app.screen is screen and screen.focused.id == "pairs" and not app.store.runs()
