@@ -165,16 +165,20 @@ RULE_1 = (
 )
 
 
-def _module_matrix(run: RunEffects, modules: tuple[str, ...]) -> tuple[list[PairEffects], dict]:
-    """Pairs with `*`-level rows of every module at every layer, and each module's (pairs, layers) IE."""
-    keys = [(m, layer) for m in modules for layer in range(run.n_layers)]
+_NO_MODULES = "{} pairs have attn and mlp rows at every layer and position at once"
+
+
+def _module_pairs(run: RunEffects) -> tuple[list[PairEffects], dict[str, np.ndarray], np.ndarray]:
+    """Pairs with `*`-level attn and mlp rows at every layer, each module's (pairs, layers) IE, and TE."""
+    keys = [(m, layer) for m in ("attn", "mlp") for layer in range(run.n_layers)]
     usable = [p for p in run.pairs if all(k in p.modules for k in keys)]
-    return usable, {
+    ie = {
         m: np.array([[p.modules[(m, layer)] for layer in range(run.n_layers)] for p in usable]).reshape(
             len(usable), run.n_layers
         )
-        for m in modules
+        for m in ("attn", "mlp")
     }
+    return usable, ie, np.array([p.te for p in usable])
 
 
 def _first_crossing(series: np.ndarray, threshold: float) -> np.ndarray:
@@ -184,11 +188,9 @@ def _first_crossing(series: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def claim_1(run: RunEffects) -> Claim:
-    usable, ie = _module_matrix(run, ("attn", "mlp"))
-    te = np.array([p.te for p in usable])
+    usable, ie, te = _module_pairs(run)
     if len(usable) < MIN_PAIRS or te.sum() <= 0:
-        why = f"{len(usable)} pairs have attn and mlp rows at every layer and position at once"
-        return _too_few(1, TITLE_1, RULE_1, why, usable)
+        return _too_few(1, TITLE_1, RULE_1, _NO_MODULES.format(len(usable)), usable)
     boot, half = _Bootstrap(te), run.n_layers // 2
     both = ie["attn"] + ie["mlp"]
     total, total_draws = boot.share(both.sum(1))
@@ -244,11 +246,9 @@ RULE_2 = (
 
 
 def claim_2(run: RunEffects) -> Claim:
-    usable, ie = _module_matrix(run, ("attn", "mlp"))
-    te = np.array([p.te for p in usable])
+    usable, ie, te = _module_pairs(run)
     if len(usable) < MIN_PAIRS or te.sum() <= 0:
-        why = f"{len(usable)} pairs have attn and mlp rows at every layer and position at once"
-        return _too_few(2, TITLE_2, RULE_2, why, usable)
+        return _too_few(2, TITLE_2, RULE_2, _NO_MODULES.format(len(usable)), usable)
     boot = _Bootstrap(te)
     sums = {m: boot.share(ie[m].sum(1)) for m in ("attn", "mlp")}
     diff, draws = boot.share(ie["mlp"].sum(1) - ie["attn"].sum(1))

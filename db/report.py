@@ -9,7 +9,24 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store, StoreError
 
-FORMATS = ("markdown", "latex")
+# the report's lines in each format (its tables: export.render)
+FORMS = {
+    "markdown": {
+        "escape": str,
+        "title": "# Claims report (arXiv:2604.11663), {about}",
+        "claim": "## Claim {n}: {title}: **{verdict}**",
+        "rule": "*Rule:* {rule}.",
+        "behind": "*Behind it:* {pairs}.",
+    },
+    "latex": {
+        "escape": export.latex_escape,
+        "title": r"\section*{{Claims report (arXiv:2604.11663), {about}}}",
+        "claim": r"\subsection*{{Claim {n}: {title}: \textbf{{{verdict}}}}}",
+        "rule": r"\emph{{Rule:}} {rule}.",
+        "behind": r"\emph{{Behind it:}} {pairs}.",
+    },
+}
+FORMATS = tuple(FORMS)
 
 
 def differing_positions(treatment: list[str], control: list[str]) -> tuple[int, ...]:
@@ -93,32 +110,13 @@ def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "m
         f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
         f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
     )
-    if fmt == "markdown":
-        out = [f"# Claims report (arXiv:2604.11663), {about}", ""]
-        for c in found:
-            out += [
-                f"## Claim {c.number}: {c.title}: **{c.verdict}**",
-                "",
-                c.finding,
-                "",
-                f"*Rule:* {c.rule}.",
-                "",
-            ]
-            if c.table:
-                out += [export.render(_rounded(c.table), "markdown"), ""]
-            out += [f"*Behind it:* {_pairs_line(c.pairs)}.", ""]
-        return "\n".join(out)
-    esc = export.latex_escape
-    out = [rf"\section*{{Claims report (arXiv:2604.11663), {esc(about)}}}", ""]
+    form = FORMS[fmt]
+    esc = form["escape"]
+    out = [form["title"].format(about=esc(about)), ""]
     for c in found:
-        out += [
-            rf"\subsection*{{Claim {c.number}: {esc(c.title)}: \textbf{{{esc(c.verdict)}}}}}",
-            esc(c.finding),
-            "",
-            rf"\emph{{Rule:}} {esc(c.rule)}.",
-            "",
-        ]
+        head = dict(n=c.number, title=esc(c.title), verdict=esc(c.verdict))
+        out += [form["claim"].format(**head), esc(c.finding), "", form["rule"].format(rule=esc(c.rule)), ""]
         if c.table:
-            out += [export.render(_rounded(c.table), "latex"), ""]
-        out += [rf"\emph{{Behind it:}} {esc(_pairs_line(c.pairs))}.", ""]
+            out += [export.render(_rounded(c.table), fmt), ""]
+        out += [form["behind"].format(pairs=esc(_pairs_line(c.pairs))), ""]
     return "\n".join(out)
