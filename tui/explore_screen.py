@@ -159,6 +159,7 @@ class ExploreScreen(Screen):
         self._places: dict[str, tuple[int, int]] = {}  # each level's cursor when we left it
         self.filter_text = ""  # rows of the table in front holding it (case-insensitive)
         self.sort_column: int | None = None  # the column the table in front is sorted by
+        self._has_neurons = False  # (a streaming run gets its neuron rows later: see show)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -184,7 +185,8 @@ class ExploreScreen(Screen):
         self.query_one("#filter").display = False
         self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
         # a neuron-only run (the gate recipe) has no layer table: it opens on its top neurons
-        if not queries.has_modules(store, self.run_id) and queries.has_neurons(store, self.run_id):
+        self._has_neurons = queries.has_neurons(store, self.run_id)
+        if not queries.has_modules(store, self.run_id) and self._has_neurons:
             self.level = "top"
         self.show()
 
@@ -250,6 +252,8 @@ class ExploreScreen(Screen):
         self._filter_and_sort(t)
         plot.refresh()
         self._show_gate(checks)
+        self._has_neurons = self._has_neurons or queries.has_neurons(store, self.run_id)
+        self.refresh_bindings()  # (which keys apply depends on the pane)
         if cursor is not None and cursor.row < t.row_count:
             t.move_cursor(row=cursor.row, column=cursor.column)
         t.focus()
@@ -450,6 +454,16 @@ class ExploreScreen(Screen):
             )
 
     # --- actions ------------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters) -> bool:
+        """Keys that would do nothing in the pane in front are left out of the footer and do nothing."""
+        if action == "toggle_scale":
+            return self.level in ("layers", "modules")
+        if action == "page":
+            return self.level in ("neurons", "top")
+        if action in ("top_neurons", "gate"):
+            return self._has_neurons
+        return True
+
     def action_report(self) -> None:
         """The paper's four claims judged on this run; enter there comes back to the table behind one."""
         n_layers = self.app.store.run(self.run_id)["provenance"].get("n_layers")

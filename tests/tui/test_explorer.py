@@ -325,3 +325,13 @@ async def test_m_marks_a_run_and_enter_on_another_compares_them(db, tmp_path, mo
         assert table.row_count == 4 * 3 and "Pearson r" in text(app, "#crumb")
         await pilot.press("e")
         assert len((tmp_path / "compare-3-1.csv").read_text().splitlines()) == 1 + 12
+
+
+async def test_keys_that_do_nothing_in_a_pane_leave_its_footer(db):
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")
+        footer = lambda: {b.binding.action for b in app.screen.active_bindings.values() if b.enabled}  # noqa: E731
+        assert "toggle_scale" in footer() and "page(1)" not in footer()
+        await pilot.press("N")
+        assert "toggle_scale" not in footer() and "page(1)" in footer()
