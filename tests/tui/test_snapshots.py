@@ -16,13 +16,18 @@ SIZE = (80, 24)
 
 @pytest.fixture(scope="module")
 def stored_run(tmp_path_factory):
-    """Three built-in pairs, every module and neuron, and a gate check; times fixed so that screens repeat."""
+    """Three built-in pairs, every module and neuron, and a gate check; times and paths fixed so that screens
+    repeat on any machine."""
     path = tmp_path_factory.mktemp("snap") / "runs.db"
     store = Store(path)
     execute(RunSpec(max_pairs=3, modules=("resid", "attn", "mlp", "neuron")), store)
     check_gate(store, 1, GateSpec(tops=(5, 20), groups=("final", "all"), seeds=2, max_new_tokens=12))
     with store.db.conn:
-        store.db.execute("UPDATE runs SET started = '2026-11-23T12:00:00+00:00', compute_s = 1.0")
+        store.db.execute(
+            "UPDATE runs SET started = '2026-11-23T12:00:00+00:00', finished = '2026-11-23T12:00:01+00:00', "
+            "compute_s = 1.0, provenance = json_set(provenance, '$.resolved', 'analysis/organism/model', "
+            "'$.tokenizer_name', 'analysis/organism/model')"  # (not this checkout's path)
+        )
     store.close()
     return path
 
