@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 
@@ -7,6 +8,8 @@ import pytest
 os.environ["TERM"] = "xterm-256color"
 os.environ.pop("NO_COLOR", None)
 os.environ.pop("TEXTUAL_COLOR_SYSTEM", None)
+os.environ["TZ"] = "UTC"  # the Runs screen shows local times
+time.tzset()
 
 
 @pytest.fixture(autouse=True)
