@@ -160,6 +160,7 @@ class ExploreScreen(Screen):
         self.filter_text = ""  # rows of the table in front holding it (case-insensitive)
         self.sort_column: int | None = None  # the column the table in front is sorted by
         self._has_neurons = False  # (a streaming run gets its neuron rows later: see show)
+        self._status = ""  # the run's status when its pairs were last read
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -178,7 +179,6 @@ class ExploreScreen(Screen):
 
     def on_mount(self) -> None:
         store = self.app.store
-        self.pairs = store.pairs(self.run_id)
         self.method = store.run_method(self.run_id)
         self.spec = RunSpec.from_json(store.run(self.run_id)["spec"])
         self.query_one("#running").display = False
@@ -226,6 +226,8 @@ class ExploreScreen(Screen):
         self._shown = time.monotonic()
         store = self.app.store
         run = store.run(self.run_id)
+        if run["status"] == "running" or run["status"] != self._status:  # its pairs' TE arrive as it runs
+            self.pairs, self._status = store.pairs(self.run_id), run["status"]
         who = f"pair {self.pair}" if self.pair is not None else "aggregate over pairs"
         if self.pair is None and self.category is not None:
             who += f" of category {self.category}"
@@ -619,5 +621,4 @@ class ExploreScreen(Screen):
         # rows stream in: refresh the pane, at most once a second (the top neurons across layers, an
         # aggregate of every neuron row, once the run ends)
         if now - self._shown > 1.0 and self.level != "top":
-            self.pairs = self.app.store.pairs(self.run_id)
             self.show()

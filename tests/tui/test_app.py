@@ -25,6 +25,8 @@ async def test_run_drill_down_and_export(tmp_path):
         assert isinstance(screen, ExploreScreen)
         run = app.store.run(screen.run_id)
         assert run["status"] == "done"
+        # opened while it ran, the header has every pair's TE once it is done
+        assert "2 pairs, TE +14" in str(screen.query_one("#summary").render())
         table = screen.query_one("#table")
         assert table.row_count == 4  # one row per organism layer
         await pilot.press("G", "enter")  # last layer -> module x position grid
