@@ -81,7 +81,7 @@ class Plan:
 @dataclass
 class Prepared(Plan):
     lm: LoadedModel = field(kw_only=True)
-    judge: PhraseJudge | ModelJudge = field(kw_only=True)
+    judge: PhraseJudge | ModelJudge | None = field(kw_only=True)  # None when no answer is judged
 
 
 def parse_method(method: str) -> tuple[str, int]:
@@ -230,9 +230,9 @@ def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
     check_choices(spec)
     lm = lm or spec_model(spec)
     checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
-    behaviour = {}
-    judge = spec_judge(spec, lm)
+    behaviour, judge = {}, None
     if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
+        judge = spec_judge(spec, lm)  # (a classifier judge loads only when answers are judged)
         behaviour = {tp.index: pair_behaviour(lm, tp, judge, spec.answer_tokens) for tp in checked.pairs}
     return Prepared(**vars(with_behaviour(checked, behaviour)), lm=lm, judge=judge)
 
