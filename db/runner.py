@@ -146,9 +146,7 @@ def check_gate(
     source = heldout or ("builtin" if own else None)
     if source is None:
         raise gate.GateError(f"run {run_id} used its own pairs: give held-out ones with --pairs")
-    if not store.db.execute(
-        "SELECT 1 FROM effects WHERE run_id = ? AND module = 'neuron' LIMIT 1", [run_id]
-    ).fetchone():
+    if not queries.has_neurons(store, run_id):
         raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
     used = {p["treatment"] for p in store.pairs(run_id)}
     pairs = [p for p in load_pairs(source) if p.treatment not in used]

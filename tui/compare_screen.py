@@ -13,7 +13,8 @@ from textual.widgets import Footer, Header, Static
 
 from harmmed_tui.db import compare, export
 from harmmed_tui.db.store import StoreError
-from harmmed_tui.tui.widgets import Table, heat
+from harmmed_tui.tui.dialogs import unique_path
+from harmmed_tui.tui.widgets import Table
 
 
 class CompareScreen(Screen):
@@ -58,15 +59,12 @@ class CompareScreen(Screen):
             t.add_column(col)
         for row in self.rows:
             values = list(row.values())
-            t.add_row(str(row["layer"]), row["module"], *(heat(v, 1.0) for v in values[2:]))
+            t.add_row(str(row["layer"]), row["module"], *(t.heat(v, 1.0) for v in values[2:]))
         t.focus()
 
     def action_export(self) -> None:
         if not self.rows:
             return
-        path = Path.cwd() / f"compare-{self.run_a}-{self.run_b}.csv"
-        n = 2
-        while path.exists():
-            path, n = Path.cwd() / f"compare-{self.run_a}-{self.run_b}-{n}.csv", n + 1
+        path = unique_path(Path.cwd(), f"compare-{self.run_a}-{self.run_b}", "csv")
         export.write(export.render(self.rows, "csv"), str(path))
         self.notify(f"wrote {len(self.rows)} rows to {path}")

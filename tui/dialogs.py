@@ -77,7 +77,11 @@ def export_path(run_id: int, level: str, fmt: str, aggregated: bool, folder: Pat
     """run1-neuron.csv, run1-layer-aggregate.md, ...: named by what it holds, and never a file that is
     already there (run1-layer-2.csv), so that no export overwrites another silently."""
     stem = f"run{run_id}-{level}" + ("-aggregate" if aggregated else "")
-    ext = EXTENSIONS.get(fmt, fmt)
+    return unique_path(folder, stem, EXTENSIONS.get(fmt, fmt))
+
+
+def unique_path(folder: Path, stem: str, ext: str) -> Path:
+    """folder/stem.ext, or stem-2.ext, stem-3.ext, ...: the first that is not there yet."""
     path, n = folder / f"{stem}.{ext}", 2
     while path.exists():
         path, n = folder / f"{stem}-{n}.{ext}", n + 1

@@ -21,7 +21,7 @@ from harmmed_tui.db import export, queries
 from harmmed_tui.tui.messages import RunProgress
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.widgets import GLYPHS, Table, heat, readable
+from harmmed_tui.tui.widgets import GLYPHS, Table, readable
 
 MODULES = ("resid", "attn", "mlp")
 UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
@@ -293,12 +293,6 @@ class ExploreScreen(Screen):
         else:
             self._legend("colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE")
 
-    def _heat(self, value: float, scale: float, mark: str = ""):
-        theme = self.app.current_theme
-        base = tuple(int(theme.background.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
-        glyphs = self.app.console.color_system in ("standard", "windows", None)  # 16 colours or none
-        return heat(value, scale, base, glyphs, mark)
-
     def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
         data = queries.layer_effects(self.app.store, self.run_id, self.pair, self.method, self.category)
         by_te = self.by_te and bool(te)
@@ -311,8 +305,8 @@ class ExploreScreen(Screen):
         for layer in sorted(data):
             row = [data[layer].get(m, float("nan")) for m in MODULES]
             scale = max((abs(v) for v in row if v == v), default=0.0)
-            ies = [self._heat(v, scale) if not by_te else f"{v:+.3f}" for v in row]
-            shares = [self._heat(v / te, 1.0) if by_te else f"{v / te:+.3f}" if te else "" for v in row]
+            ies = [t.heat(v, scale) if not by_te else f"{v:+.3f}" for v in row]
+            shares = [t.heat(v / te, 1.0) if by_te else f"{v / te:+.3f}" if te else "" for v in row]
             t.add_row(str(layer), *(shares + ies if by_te else ies + shares), key=str(layer))
         self._scale_legend(te)
         layers = sorted(data)
@@ -352,7 +346,7 @@ class ExploreScreen(Screen):
             for p, v in zip(positions, values, strict=True):
                 f = flips.get((m, p, -1))
                 mark = "" if f is None else "⚑" if f[0] else "·"
-                cells.append(self._heat(v / te, 1.0, mark) if by_te else self._heat(v, scale, mark))
+                cells.append(t.heat(v / te, 1.0, mark) if by_te else t.heat(v, scale, mark))
             t.add_row(m, *cells, key=m)
         self._scale_legend(te)
         ps = [p for p in positions if p is not None]

@@ -6,6 +6,7 @@ import re
 
 from rich.text import Text
 from textual.binding import Binding
+from textual.color import Color
 from textual.widgets import DataTable
 
 VIM_KEYS = [
@@ -60,3 +61,10 @@ class Table(DataTable):
     def __init__(self, *args, **kwargs):
         # the cursor's background wins over a heat cell's, so the cursor stays visible on a hot cell
         super().__init__(*args, cursor_background_priority="css", **kwargs)
+
+    def heat(self, value: float, scale: float, mark: str = "") -> Text:
+        """A heat cell for this app's theme and terminal: blended from the theme's background, or shading
+        glyphs in a terminal of 16 colours (or none)."""
+        base = Color.parse(self.app.current_theme.background).rgb
+        glyphs = self.app.console.color_system in ("standard", "windows", None)
+        return heat(value, scale, base, glyphs, mark)
