@@ -12,7 +12,7 @@ import torch
 
 from harmmed_tui.analysis.attribution import Attribution
 from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_refusal_tokens, pair_behaviour
-from harmmed_tui.analysis.errors import MetricError
+from harmmed_tui.analysis.errors import MetricError, PairsError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
@@ -76,6 +76,17 @@ class Plan:
 
     def pair_sites(self, pair: int) -> int:
         return len(self.sites[pair]) + self.verified(pair)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A resumed run's pairs as the store holds them: a resume computes from these, never from the pairs'
+    files again (an edited file cannot change a stored run), and checks they tokenize as they did."""
+
+    pairs: dict[int, Pair]  # pair index -> the pair (wrapped, if a jailbreak wrapped it)
+    tokens: dict[int, tuple[list[str], list[str]]]  # pair index -> (treatment, control) tokens as stored
+    behaviour: dict[int, Behaviour]  # pair index -> its judged answers, where they were recorded
+    refusal_token_ids: list[int] | None = None  # the set `--refusal-tokens auto` learned
 
 
 @dataclass
@@ -168,11 +179,11 @@ def _source_pairs(spec: RunSpec) -> list[Pair]:
     return [replace(p, control=p.treatment) for p in pairs] if noise else pairs
 
 
-def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
-    """Check every choice of the spec and list each pair's sites."""
+def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int, stored: Stored | None = None) -> Plan:
+    """Check every choice of the spec and list each pair's sites (a resumed run's: its stored pairs')."""
     method, block = check_choices(spec)
     modules = parse_modules(",".join(spec.modules))
-    pairs = spec_pairs(spec)
+    pairs = list(stored.pairs.values()) if stored else spec_pairs(spec)
     metric = parse_metric(spec.metric, tokenizer, spec.refusal_tokens)
     tokenized, skipped = tokenize_pairs(
         tokenizer,
@@ -181,7 +192,10 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
         spec.align,
         need_target=spec.metric == "target-logprob",
         allow_same=spec.corrupt is not None,
+        indices=list(stored.pairs) if stored else None,
     )
+    if stored:
+        _check_stored_tokens(tokenized, stored)
     if spec.corrupt is not None:
         tokenized = [
             replace(
@@ -207,6 +221,18 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int) -> Plan:
     return Plan(spec, metric, tokenized, skipped, sites, method)
 
 
+def _check_stored_tokens(tokenized: list[TokenizedPair], stored: Stored) -> None:
+    """A resumed pair must read to the model as it did when its rows were computed."""
+    for tp in tokenized:
+        if (tp.treatment_tokens, tp.control_tokens) != tuple(stored.tokens[tp.index]):
+            raise PairsError(
+                f"pair {tp.index} ({tp.pair.id!r}) tokenizes differently than when the run started (the "
+                "tokenizer or its chat template changed): its rows would mix two inputs; start a new run"
+            )
+    if missing := sorted(set(stored.pairs) - {tp.index for tp in tokenized}):
+        raise PairsError(f"stored pair {missing[0]} is no longer usable with this tokenizer: start a new run")
+
+
 def preview(spec: RunSpec) -> Plan:
     """The plan from the model's tokenizer and config alone (for checking a setup as it is typed)."""
     tokenizer, config = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)
@@ -224,17 +250,22 @@ def spec_model(spec: RunSpec) -> LoadedModel:
     )
 
 
-def prepare(spec: RunSpec, lm: LoadedModel | None = None) -> Prepared:
+def prepare(spec: RunSpec, lm: LoadedModel | None = None, stored: Stored | None = None) -> Prepared:
     """Load the model (unless given), check every choice, and judge each pair's behaviour before any
-    patching starts."""
+    patching starts (a resumed run keeps the answers and verdicts it stored)."""
     check_choices(spec)
     lm = lm or spec_model(spec)
-    checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
-    behaviour, judge = {}, None
+    checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp, stored)
+    behaviour, judge, judged = {}, None, stored.behaviour if stored else {}
     if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
-        judge = spec_judge(spec, lm)  # (a classifier judge loads only when answers are judged)
-        behaviour = {tp.index: pair_behaviour(lm, tp, judge, spec.answer_tokens) for tp in checked.pairs}
-    return Prepared(**vars(with_behaviour(checked, behaviour)), lm=lm, judge=judge)
+        # a classifier judge loads only when answers are judged
+        if spec.verify_generation or any(tp.index not in judged for tp in checked.pairs):
+            judge = spec_judge(spec, lm)
+        behaviour = {
+            tp.index: judged.get(tp.index) or pair_behaviour(lm, tp, judge, spec.answer_tokens)
+            for tp in checked.pairs
+        }
+    return Prepared(**vars(with_behaviour(checked, behaviour, stored)), lm=lm, judge=judge)
 
 
 def spec_judge(spec: RunSpec, lm: LoadedModel) -> PhraseJudge | ModelJudge:
@@ -242,22 +273,25 @@ def spec_judge(spec: RunSpec, lm: LoadedModel) -> PhraseJudge | ModelJudge:
     return make_judge(spec.refusal_phrases, spec.judge, spec.judge_template, str(lm.device), spec.dtype)
 
 
-def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour]) -> Plan:
+def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour], stored: Stored | None = None) -> Plan:
     """The plan with its pairs' behaviour recorded; with --require-flip, without the pairs that do not flip
-    (reported like the pairs --align skip drops)."""
+    (reported like the pairs --align skip drops). A resumed run keeps the refusal tokens it learned."""
     checked = replace(checked, behaviour=behaviour)
     spec = checked.spec
     if spec.metric == "refusal" and spec.refusal_tokens == AUTO:
-        if not behaviour:
+        if stored and stored.refusal_token_ids:
+            checked = replace(checked, metric=Refusal(stored.refusal_token_ids))
+        elif not behaviour:
             raise SiteError(
                 "--refusal-tokens auto learns from each pair's answers: keep --answer-tokens above 0"
             )
-        if not (learned := learned_refusal_tokens(behaviour)):
+        elif not (learned := learned_refusal_tokens(behaviour)):
             raise MetricError(
                 "--refusal-tokens auto: no first token of a refused treatment answer is absent from the "
                 "answered controls' (does the model refuse any treatment? see harmmed-tui probe)"
             )
-        checked = replace(checked, metric=Refusal(learned))
+        else:
+            checked = replace(checked, metric=Refusal(learned))
     if not spec.require_flip:
         return checked
     if not behaviour:
@@ -289,8 +323,8 @@ class InProcess:
     def __init__(self, lm: LoadedModel | None = None):
         self.lm = lm
 
-    def prepare(self, spec: RunSpec) -> tuple[Plan, dict]:
-        self.prep = prepare(spec, self.lm)
+    def prepare(self, spec: RunSpec, stored: Stored | None = None) -> tuple[Plan, dict]:
+        self.prep = prepare(spec, self.lm, stored)
         return self.prep, model_provenance(self.prep.lm, spec)
 
     def run(self, plan: Plan, progress=None, cancelled=None, done=frozenset()) -> Iterator[PairResult]:

@@ -186,12 +186,14 @@ def tokenize_pairs(
     align: str = "strict",
     need_target: bool = False,
     allow_same: bool = False,
+    indices: list[int] | None = None,
 ) -> tuple[list[TokenizedPair], list[str]]:
-    """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length."""
+    """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length.
+    A pair's index is its place in `pairs`, or in its source as `indices` gives it (a resumed run's)."""
     if align not in ALIGNMENTS:
         raise PairsError(f"unknown alignment '{align}' (use {', '.join(ALIGNMENTS)})")
     out, skipped = [], []
-    for i, p in enumerate(pairs):
+    for i, p in zip(indices or range(len(pairs)), pairs, strict=True):
         try:
             out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target, align, allow_same))
         except UnusablePair as e:

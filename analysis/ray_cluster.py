@@ -38,10 +38,10 @@ def _ray():
 class PairWorker:
     """A Ray actor: one model replica, computing whole pairs (or their missing sites) on request."""
 
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, stored: mediation.Stored | None):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.executor = mediation.InProcess()
-        self.plan, self.provenance = self.executor.prepare(spec)
+        self.plan, self.provenance = self.executor.prepare(spec, stored)
         self.prep = self.executor.prep
 
     def describe(self) -> tuple[dict, int, dict]:
@@ -64,7 +64,7 @@ class RayExecutor:
     workers: int = 0
     gpus_per_worker: float = 1.0
 
-    def prepare(self, spec: RunSpec) -> tuple[mediation.Plan, dict]:
+    def prepare(self, spec: RunSpec, stored: mediation.Stored | None = None) -> tuple[mediation.Plan, dict]:
         ray = _ray()
         mediation.check_choices(spec)  # a typo fails here, before any replica loads
         self._connect(ray)
@@ -76,13 +76,13 @@ class RayExecutor:
                 f"the cluster has {gpus:g} GPUs: too few for {self.gpus_per_worker:g} per worker"
             )
         actor = ray.remote(num_cpus=1, num_gpus=per_worker, max_restarts=ACTOR_RESTARTS)(PairWorker)
-        self.actors = [actor.remote(spec) for _ in range(n)]
+        self.actors = [actor.remote(spec, stored) for _ in range(n)]
         described = self._get(ray, [a.describe.remote() for a in self.actors])
         self.pids = [pid for _, pid, _ in described]
         # the plan is the replicas' own: the same spec, tokenizer and shape give the same plan everywhere,
         # and the first replica's judged answers (greedy, so every replica's) give the same pairs
         plan = mediation.with_behaviour(
-            mediation.plan(spec, *self._shape(spec, described[0][0])), described[0][2]
+            mediation.plan(spec, *self._shape(spec, described[0][0]), stored), described[0][2], stored
         )
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         cluster = {

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from transformers.utils import logging as hf_logging
 
-from harmmed_tui.analysis import gate, mediation
+from harmmed_tui.analysis import gate, inputs, mediation
+from harmmed_tui.analysis.behaviour import Behaviour
 from harmmed_tui.analysis.gate_curve import group_layers
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel
-from harmmed_tui.analysis.pairs import load_pairs, tokenize_pairs
+from harmmed_tui.analysis.pairs import Pair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
 from harmmed_tui.db.store import Store, StoreError
@@ -71,20 +72,74 @@ def execute(
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
     The executor computes the pairs (in this process by default, or on Ray actors); whatever it is, this
-    process is the store's one writer. `on_prepared(run_id, plan, provenance)` is called once the run exists.
+    process is the store's one writer, and the run's only one: a resume first claims the run (refused while
+    another live process writes it), then computes from the pairs the run stored, with the model and judge
+    files it started with. `on_prepared(run_id, plan, provenance)` is called once the run exists.
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
-    if run_id is not None and store.run(run_id)["status"] == "done":
-        raise StoreError(f"run {run_id} is already done")
     store.check_writable()
     executor = executor or mediation.InProcess(lm)
     try:
-        # a run is stored only once its model has loaded and its plan checked: bad input leaves no row behind
-        plan, provenance = executor.prepare(spec)
         if run_id is None:
+            # a run is stored only once its model has loaded and its plan checked: bad input leaves no row
+            spec = inputs.resolved(spec)
+            kept = {"inputs": inputs.record(spec)}
+            plan, provenance = executor.prepare(spec)
             run_id = store.create_run(spec.model, spec.to_json())
-        return _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared)
+        else:
+            plan, provenance, kept = _resume(spec, store, run_id, executor)
+        with store.keep_alive(run_id):
+            return _stream(
+                spec, store, run_id, executor, plan, {**provenance, **kept}, progress, cancelled, on_prepared
+            )
     finally:
         executor.close()
+
+
+def _resume(spec: RunSpec, store: Store, run_id: int, executor) -> tuple[mediation.Plan, dict, dict]:
+    """Claim a stored run and prepare it from what it stored; a resume that cannot start leaves the run as
+    it was. Returns the plan, the model's provenance, and what the run's provenance keeps from its start."""
+    before = store.run(run_id)
+    store.claim(run_id)
+    try:
+        with store.keep_alive(run_id):
+            old = before["provenance"]
+            inputs.check_unchanged(run_id, old.get("inputs", {}))
+            plan, provenance = executor.prepare(spec, stored_pairs(store, run_id, old))
+            if old.get("revision") != provenance.get("revision"):
+                raise inputs.InputChangedError(
+                    f"run {run_id} cannot resume: its model {spec.model} is now revision "
+                    f"{provenance.get('revision')}, not {old.get('revision')} as when the run started; rows of "
+                    "two models would mix: start a new run"
+                )
+    except BaseException:
+        store.release(run_id, before["status"], before["error"])
+        raise
+    return plan, provenance, {k: old[k] for k in ("inputs", "skipped_pairs") if k in old}
+
+
+def stored_pairs(store: Store, run_id: int, provenance: dict) -> mediation.Stored:
+    """A run's pairs, tokens and judged answers as it stored them (what a resume computes from)."""
+    rows = store.pairs(run_id)
+    return mediation.Stored(
+        pairs={
+            p["pair"]: Pair(
+                p["treatment"], p["control"], p["pair_id"] or "", p["category"] or "", p["target"] or ""
+            )
+            for p in rows
+        },
+        tokens={p["pair"]: (p["treatment_tokens"], p["control_tokens"]) for p in rows},
+        behaviour={
+            p["pair"]: Behaviour(
+                p["answer_treatment"],
+                p["answer_control"],
+                bool(p["refused_treatment"]),
+                bool(p["refused_control"]),
+            )
+            for p in rows
+            if p["answer_treatment"] is not None and p["refused_treatment"] is not None
+        },
+        refusal_token_ids=provenance.get("refusal_token_ids"),
+    )
 
 
 def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared) -> RunOutcome:
@@ -95,7 +150,7 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
         provenance = {
             **provenance,
             "seed": spec.seed,
-            "skipped_pairs": plan.skipped,
+            "skipped_pairs": provenance.get("skipped_pairs", plan.skipped),  # (a resume keeps the first's)
             "method": plan.method,
             # the refusal metric's token set as used (learned from the model's answers with `auto`)
             "refusal_token_ids": getattr(plan.metric, "token_ids", None),

@@ -5,7 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import sqlite3
+import threading
+import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import sqlite_utils
 from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -179,6 +183,11 @@ MIGRATIONS = [
         JOIN runs r ON r.id = e.run_id AND r.status != 'running'
         WHERE e.module = 'neuron' GROUP BY e.run_id, e.method, e.layer, pos, e.neuron;
     """,
+    # one writer per run: the host of the process that holds the run (with `pid`) and when it last said so
+    """
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    ALTER TABLE runs ADD COLUMN heartbeat REAL;  -- unix time, renewed by the writer every LEASE_RENEW_S
+    """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
 GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
@@ -205,6 +214,13 @@ def _statements(script: str):
             statement = ""
 
 
+def damaged(path: Path, problem: str) -> str:
+    return (
+        f"{path} is damaged ({problem}): nothing was read or written; restore it from a backup, or save "
+        f"what is readable with: sqlite3 {path} .recover"
+    )
+
+
 def default_db_path() -> Path:
     """$HARMMED_DB, else runs.db in the platform's user data directory."""
     env = os.environ.get("HARMMED_DB")
@@ -213,6 +229,13 @@ def default_db_path() -> Path:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+HOST = socket.gethostname()
+LEASE_RENEW_S = 15.0
+# a writer on another host (a database on a shared disk) is taken for dead once its heartbeat is this old;
+# on this host, its process id says
+LEASE_EXPIRES_S = 120.0
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -225,6 +248,19 @@ def _pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def writer_alive(run: dict) -> bool:
+    """Whether the process that holds a running run still does: on this host, its pid is alive; on another
+    (runs without a host are this one's, from before hosts were kept), its heartbeat is recent."""
+    if run.get("host") in (None, HOST):
+        return _pid_alive(run.get("pid"))
+    return time.time() - (run.get("heartbeat") or 0) < LEASE_EXPIRES_S
+
+
+def describe_writer(run: dict) -> str:
+    where = "" if run.get("host") in (None, HOST) else f" on {run['host']}"
+    return f"process {run.get('pid')}{where}"
 
 
 def _writes(method):
@@ -242,21 +278,33 @@ def _writes(method):
 
 
 class Store:
-    """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted;
-    a database file we may not write is opened read-only."""
+    """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted.
 
-    def __init__(self, path: str | Path | None = None):
+    `create=False` (the read-only commands) never creates a file or directory. A database we may not write
+    (the file, or its directory: WAL keeps files beside it) is opened read-only, and immutable where not even
+    SQLite's shared-memory file can be made. A writable database is integrity-checked on open (quick_check):
+    nothing is ever written into a damaged file."""
+
+    def __init__(self, path: str | Path | None = None, create: bool = True):
         self.path = Path(path) if path else default_db_path()
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a database file")
-        self.read_only = self.path.exists() and not os.access(self.path, os.W_OK)
+        if not create and not self.path.exists():
+            raise StoreError(
+                f"no database at {self.path}: nothing has been run there yet (runs are stored by "
+                "harmmed-tui run or the explorer; --db or HARMMED_DB choose another)"
+            )
+        directory_writable = os.access(self.path.parent, os.W_OK) if self.path.parent.exists() else True
+        self.read_only = self.path.exists() and not (os.access(self.path, os.W_OK) and directory_writable)
         if not self.read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # timeout= is sqlite's busy timeout: a reader waits for the writer instead of failing
-            target, uri = (
-                (f"{self.path.resolve().as_uri()}?mode=ro", True) if self.read_only else (self.path, False)
-            )
+            if self.read_only:
+                mode = "mode=ro" if directory_writable else "immutable=1"
+                target, uri = f"{self.path.resolve().as_uri()}?{mode}", True
+            else:
+                target, uri = self.path, False
             self.db = sqlite_utils.Database(
                 sqlite3.connect(target, uri=uri, timeout=30, check_same_thread=True)
             )
@@ -264,10 +312,17 @@ class Store:
             # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a power cut can
             # drop the last transactions, never corrupt the file
             self.db.execute("PRAGMA synchronous = NORMAL")
+            if not self.read_only:
+                self._check_integrity()
             self._migrate()
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
+
+    def _check_integrity(self) -> None:
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(damaged(self.path, problems[0]))
 
     def check_writable(self) -> None:
         if self.read_only:
@@ -325,28 +380,92 @@ class Store:
     def _mark_interrupted(self) -> None:
         if self.read_only:
             return
-        rows = self.db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
-        dead = [run_id for run_id, pid in rows if not _pid_alive(pid)]
-        for run_id in dead:
+        rows = self.db.query("SELECT id, pid, host, heartbeat FROM runs WHERE status = 'running'")
+        for run_id in [r["id"] for r in rows if not writer_alive(r)]:
             self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
 
-    # --- runs ---------------------------------------------------------------------------------
+    # --- runs and their writers -----------------------------------------------------------------
     @_writes
     def create_run(self, model: str, spec_json: str) -> int:
         with self.db.conn:
             cur = self.db.execute(
-                "INSERT INTO runs (status, model, spec, started, pid) VALUES ('running', ?, ?, ?, ?)",
-                [model, spec_json, now(), os.getpid()],
+                "INSERT INTO runs (status, model, spec, started, pid, host, heartbeat) "
+                "VALUES ('running', ?, ?, ?, ?, ?, ?)",
+                [model, spec_json, now(), os.getpid(), HOST, time.time()],
             )
         return cur.lastrowid
+
+    @_writes
+    def claim(self, run_id: int) -> str:
+        """Make this process the writer of a stored run (to resume it) and return its status before. One
+        writer per run: a run whose writer is alive is refused; a dead writer's run is taken over. Reading
+        and taking happen in one write transaction, so of two resumes at once, one is refused."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            run = self.run(run_id)
+            if run["status"] == "done":
+                raise StoreError(f"run {run_id} is already done")
+            if run["status"] == "running" and writer_alive(run) and run["pid"] != os.getpid():
+                raise StoreError(
+                    f"run {run_id} is being written by {describe_writer(run)}: wait for it to end, or cancel "
+                    "it there, then resume"
+                )
+            conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, error = NULL, "
+                "finished = NULL WHERE id = ?",
+                [os.getpid(), HOST, time.time(), run_id],
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return run["status"]
+
+    @_writes
+    def release(self, run_id: int, status: str, error: str | None) -> None:
+        """Give back a claimed run unchanged but for its error (a resume that could not start)."""
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished = ? WHERE id = ?",
+                [status, error, now(), run_id],
+            )
+
+    @contextmanager
+    def keep_alive(self, run_id: int):
+        """Renew this process's heartbeat on a run while the block runs (from a thread of its own, with its
+        own connection), so that a writer busy loading a model is never taken for dead."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                while not stop.wait(LEASE_RENEW_S):
+                    with conn:
+                        conn.execute(
+                            "UPDATE runs SET heartbeat = ? WHERE id = ? AND pid = ? AND host = ?",
+                            [time.time(), run_id, os.getpid(), HOST],
+                        )
+            except sqlite3.Error:
+                pass  # the run's own writes report a database gone bad
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=beat, name=f"harmmed-lease-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     @_writes
     def start_run(self, run_id: int, provenance: dict, pairs: list[dict], n_sites: int) -> None:
         with self.db.conn:
             self.db.execute(
                 "UPDATE runs SET provenance = ?, n_pairs = ?, n_sites = ?, status = 'running', pid = ?, "
-                "finished = NULL, error = NULL WHERE id = ?",
-                [json.dumps(provenance), len(pairs), n_sites, os.getpid(), run_id],
+                "host = ?, finished = NULL, error = NULL WHERE id = ?",
+                [json.dumps(provenance), len(pairs), n_sites, os.getpid(), HOST, run_id],
             )
             self.db["pairs"].upsert_all([{"run_id": run_id, **p} for p in pairs], pk=("run_id", "pair"))
 
@@ -464,7 +583,11 @@ class Store:
 
     @_writes
     def delete_run(self, run_id: int) -> None:
-        self.run(run_id)
+        run = self.run(run_id)
+        if run["status"] == "running" and writer_alive(run):
+            raise StoreError(
+                f"run {run_id} is running ({describe_writer(run)} writes it): cancel it first, then delete it"
+            )
         with self.db.conn:
             self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
 
