@@ -194,6 +194,7 @@ def check_gate(
     """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use)
     with the run's own model, metric, chat template and refusal judge; store the check and return its id."""
     spec.check()
+    store.check_writable()  # before the curve's minutes of work, not after
     run = store.run(run_id)
     run_spec = RunSpec.from_json(run["spec"])
     method = store.run_method(run_id)

