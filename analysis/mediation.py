@@ -17,12 +17,12 @@ from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.metrics import AUTO, Metric, Refusal, parse_metric
-from harmmed_tui.analysis.model_judge import ModelJudge, make_judge
+from harmmed_tui.analysis.model_judge import ModelJudge, check_template, make_judge
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
-from harmmed_tui.analysis.pairs import Pair, TokenizedPair, load_pairs, tokenize_pairs
+from harmmed_tui.analysis.pairs import BUILTIN, Pair, TokenizedPair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
-from harmmed_tui.analysis.prompt_sets import build_pairs, load_prompt_set
+from harmmed_tui.analysis.prompt_sets import build_pairs, check_pairing, load_prompt_set
 from harmmed_tui.analysis.sites import (
     Site,
     SiteError,
@@ -139,8 +139,41 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
             raise SiteError("--corrupt makes the control from the treatment: drop --control and --jailbreak")
         if not spec.noise_scale > 0 or spec.noise_samples < 1:
             raise SiteError("--noise-scale must be more than 0 and --noise-samples at least 1")
+    _check_sources(spec)
     parse_modules(",".join(spec.modules))
     return method, block
+
+
+def _check_sources(spec: RunSpec) -> None:
+    """One source of pairs, and no flag that the chosen source would silently ignore."""
+    sets = spec.harmful is not None or spec.harmless is not None
+    typed = spec.treatment is not None or spec.control is not None
+    given = [
+        name
+        for name, on in (
+            ("--pairs", spec.pairs != BUILTIN),
+            ("--harmful/--harmless", sets),
+            ("--treatment/--control", typed),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        raise SiteError(f"give one source of pairs, not {' and '.join(given)}")
+    check_pairing(spec.pairing)
+    if spec.pairing != "index" and not sets:
+        raise SiteError(
+            f"--pairing {spec.pairing} pairs two prompt sets: use it with --harmful and --harmless"
+        )
+    if spec.refusal_tokens is not None and not spec.refusal_tokens.strip(" ,"):
+        raise SiteError(
+            "--refusal-tokens is empty: give refusal openings (I cannot,Sorry) or auto, or leave it out"
+        )
+    if spec.judge_template != "refusal":
+        if not spec.judge:
+            raise SiteError(
+                f"--judge-template {spec.judge_template} is the --judge model's prompt: give --judge too"
+            )
+        check_template(spec.judge_template)
 
 
 def spec_pairs(spec: RunSpec) -> list[Pair]:

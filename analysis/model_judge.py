@@ -81,6 +81,19 @@ class ModelJudge:
         return f"classifier {self.lm.source}"
 
 
+def check_template(template: str) -> tuple[str, bool]:
+    """A judge template by name, or a file holding {answer}: (its text, whether Yes means refused)."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    path = Path(template).expanduser()
+    if not path.is_file():
+        raise MetricError(f"judge template '{template}' is neither {' nor '.join(TEMPLATES)} nor a file")
+    text = path.read_text(encoding="utf-8-sig")
+    if "{answer}" not in text:
+        raise MetricError(f"judge template {path} has no {{answer}} placeholder")
+    return text, True
+
+
 def make_judge(
     phrases: str | None = None,
     model: str | None = None,
@@ -91,13 +104,5 @@ def make_judge(
     """The phrase judge, or (with `model`) a classifier LM with a built-in template name or a template file."""
     if not model:
         return phrase_judge(phrases)
-    if template in TEMPLATES:
-        text, yes_means_refusal = TEMPLATES[template]
-    else:
-        path = Path(template).expanduser()
-        if not path.is_file():
-            raise MetricError(f"judge template '{template}' is neither {' nor '.join(TEMPLATES)} nor a file")
-        text, yes_means_refusal = path.read_text(encoding="utf-8-sig"), True
-        if "{answer}" not in text:
-            raise MetricError(f"judge template {path} has no {{answer}} placeholder")
+    text, yes_means_refusal = check_template(template)
     return ModelJudge(load_model(model, device=device, dtype=dtype), text, yes_means_refusal)

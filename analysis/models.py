@@ -6,6 +6,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,7 +171,31 @@ def resolve_device_map(device_map: str) -> str | dict:
         raise ModelLoadError(f"device map file {device_map} is not valid JSON") from None
     if not isinstance(mapping, dict) or not mapping:
         raise ModelLoadError(f"device map file {device_map} must map module names to devices")
+    gpus = torch.cuda.device_count()
+    for module, place in mapping.items():
+        index = place if isinstance(place, int) and not isinstance(place, bool) else None
+        if isinstance(place, str) and (m := re.fullmatch(r"cuda:(\d+)", place)):
+            index = int(m[1])
+        if index is None and place not in ("cpu", "disk"):
+            raise ModelLoadError(
+                f"device map file {device_map}: '{module}' -> {place!r} is not a GPU index, 'cuda:N', 'cpu' or 'disk'"
+            )
+        if index is not None and index >= gpus:
+            raise ModelLoadError(
+                f"device map file {device_map} places '{module}' on GPU {index}, but this machine has {gpus} GPU(s)"
+            )
     return mapping
+
+
+def _check_device_map_modules(device_map: dict, config, source: str) -> None:
+    """Every module a device map names exists in the model (checked on an empty, meta-device copy)."""
+    with torch.device("meta"):
+        names = {name for name, _ in AutoModelForCausalLM.from_config(config).named_modules()}
+    if unknown := sorted(set(device_map) - names):
+        raise ModelLoadError(
+            f"the device map names {', '.join(map(repr, unknown[:3]))}, not a module of {source} "
+            f"(its top modules: {', '.join(sorted(n for n in names if n and '.' not in n))})"
+        )
 
 
 def _execution_device(model: PreTrainedModel) -> torch.device:
@@ -202,12 +227,20 @@ def load_model(
             offload_folder=tempfile.mkdtemp(prefix="harmmed-offload-"),
         )
     with _load_errors(source):
+        if isinstance(kwargs.get("device_map"), dict):
+            config = AutoConfig.from_pretrained(
+                resolved,
+                **{k: v for k, v in kwargs.items() if k in ("trust_remote_code", "revision", "gguf_file")},
+            )
+            _check_device_map_modules(kwargs["device_map"], config, source)
         tokenizer = AutoTokenizer.from_pretrained(
             resolved, **{k: v for k, v in kwargs.items() if k not in ("device_map", "offload_folder")}
         )
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dt, **kwargs)
-    if device_map:
+    if device_map and getattr(model, "hf_device_map", None):
         dev = _execution_device(model)
+    elif device_map:  # (a map that keeps everything on the CPU is applied without dispatching)
+        dev = torch.device("cpu")
     else:
         model.to(dev)
     model.eval().requires_grad_(False)

@@ -31,6 +31,10 @@ def corrupted_positions(tokenizer, text: str, chat_template: str, corrupt: str) 
         for part in corrupt.removeprefix("tokens:").split(","):
             if m := re.fullmatch(r"\s*(-?\d+)(?:-(\d+))?\s*", part):
                 first, last = int(m[1]), int(m[2] if m[2] else m[1])
+                if m[2] and last < first:
+                    raise PairsError(
+                        f"token range '{part.strip()}' in '{corrupt}' is empty (write FIRST-LAST, FIRST <= LAST)"
+                    )
                 out += range(first % n if -n <= first < 0 else first, last + 1 if m[2] else (first % n) + 1)
             else:
                 raise PairsError(f"bad token list '{corrupt}' (use tokens:3,5-7 or tokens:-2)")

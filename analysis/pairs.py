@@ -50,6 +50,17 @@ class TokenizedPair:
         return self.prompt_len + self.shift
 
 
+CSV_FIELD_MAX = 16 << 20  # characters in one CSV field (the csv module's default, 131072, is a long prompt)
+
+
+def read_csv(text: str, source: object) -> list[dict]:
+    csv.field_size_limit(CSV_FIELD_MAX)
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise PairsError(f"{source}: not a readable CSV file ({e})") from None
+
+
 def load_pairs(source: str) -> list[Pair]:
     """Pairs from `builtin` or a .jsonl/.json/.csv file with fields treatment, control [, id, category, target]."""
     path = BUILTIN_PATH if source == BUILTIN else Path(source).expanduser()
@@ -72,7 +83,7 @@ def load_pairs(source: str) -> list[Pair]:
             if isinstance(records, dict):
                 records = records.get("pairs", [records])
         elif suffix == ".csv":
-            records = list(csv.DictReader(io.StringIO(text, newline="")))
+            records = read_csv(text, source)
         else:
             raise PairsError(f"unsupported pairs file type '{suffix}' (use .jsonl, .json or .csv): {source}")
     except json.JSONDecodeError as e:
@@ -81,6 +92,11 @@ def load_pairs(source: str) -> list[Pair]:
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not r.get("treatment") or not r.get("control"):
             raise PairsError(f"{source}: record {i + 1} needs non-empty 'treatment' and 'control' fields")
+        for name in ("treatment", "control", "id", "category", "target"):
+            if isinstance(r.get(name), list | dict):
+                raise PairsError(
+                    f"{source}: record {i + 1}'s '{name}' is a {type(r[name]).__name__}, not text"
+                )
         pairs.append(
             Pair(
                 treatment=str(r["treatment"]),

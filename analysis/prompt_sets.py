@@ -9,8 +9,6 @@ are run end-aligned (`--align end`).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import re
@@ -18,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harmmed_tui.analysis.errors import PairsError
-from harmmed_tui.analysis.pairs import Pair
+from harmmed_tui.analysis.pairs import Pair, read_csv
 
 SETS_DIR = Path(__file__).parent / "data" / "sets"
 # name -> (file, the rows it keeps: column -> value)
@@ -87,7 +85,7 @@ def _records(path: Path) -> list[dict]:
         raise PairsError(f"{path} is not UTF-8 text (a binary file?)") from None
     try:
         if suffix == ".csv":
-            return list(csv.DictReader(io.StringIO(text, newline="")))
+            return read_csv(text, path)
         if suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         if suffix == ".json":
@@ -115,7 +113,12 @@ def load_prompt_set(source: str) -> list[Prompt]:
     if not records:
         raise PairsError(f"prompt set {source} has no records")
     columns = records[0].keys()
+    given = column is not None
     column = column or _pick(columns, PROMPT_COLUMNS)
+    if column not in columns and given:
+        raise PairsError(
+            f"prompt set {source} has no column '{column}' (its columns: {', '.join(map(str, columns))})"
+        )
     if column not in columns:
         raise PairsError(
             f"prompt set {source}: no prompt column ({', '.join(PROMPT_COLUMNS)}) among {', '.join(map(str, columns))}; "
@@ -124,6 +127,11 @@ def load_prompt_set(source: str) -> list[Prompt]:
     category, target, ident = (_pick(columns, c) for c in (CATEGORY_COLUMNS, TARGET_COLUMNS, ID_COLUMNS))
     prompts = []
     for i, r in enumerate(records):
+        for name in (column, category, target, ident):
+            if name and isinstance(r.get(name), list | dict):
+                raise PairsError(
+                    f"prompt set {source}: record {i + 1}'s '{name}' is a {type(r[name]).__name__}, not text"
+                )
         text = str(r.get(column) or "").strip()
         if text:
             prompts.append(
@@ -139,6 +147,11 @@ def load_prompt_set(source: str) -> list[Prompt]:
     return prompts
 
 
+def check_pairing(pairing: str) -> None:
+    if pairing != "index" and not re.fullmatch(r"random:\d+", pairing):
+        raise PairsError(f"unknown pairing '{pairing}' (use {PAIRINGS})")
+
+
 def build_pairs(
     harmful: str, harmless: str, pairing: str = "index", max_pairs: int | None = None
 ) -> list[Pair]:
@@ -149,8 +162,8 @@ def build_pairs(
     if pairing.startswith("random:") and pairing.removeprefix("random:").isdigit():
         rng = random.Random(int(pairing.removeprefix("random:")))
         treatments, controls = rng.sample(treatments, len(treatments)), rng.sample(controls, len(controls))
-    elif pairing != "index":
-        raise PairsError(f"unknown pairing '{pairing}' (use {PAIRINGS})")
+    else:
+        check_pairing(pairing)
     pairs = [
         Pair(t.text, c.text, id=f"{t.id}/{c.id}", category=t.category, target=t.target)
         for t, c in zip(treatments, controls, strict=False)

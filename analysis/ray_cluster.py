@@ -9,8 +9,10 @@ writes what run() yields (db.runner.execute), exactly as for an in-process run.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -97,11 +99,16 @@ class RayExecutor:
     def _connect(self, ray) -> None:
         if ray.is_initialized():
             return
+        if self.address not in ("local", "auto"):
+            _reachable(self.address)
+        # Ray's own logging stays off the user's terminal (the explorer draws on it); its errors come back
+        # as one ClusterError
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
         try:
             if self.address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(include_dashboard=False, **quiet)
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ClusterError(f"cannot join the Ray cluster at '{self.address}': {first}") from None
@@ -203,6 +210,22 @@ class RayExecutor:
         for actor in getattr(self, "actors", []):
             ray.kill(actor)
         self.actors = []
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _reachable(address: str) -> None:
+    """A cluster address must answer within CONNECT_TIMEOUT_S: ray.init retries an unreachable one for many
+    minutes, printing as it goes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray address '{address}' is not HOST:PORT (or local, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({reason})") from None
 
 
 def _user_error(error: Exception) -> Exception:

@@ -25,14 +25,28 @@ def _table(store: Store, run_id: int) -> dict[tuple[int, str], float]:
     return table
 
 
-def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | None]:
-    """One row per (layer, module) both runs have: IE/TE of each and b - a; and the Pearson correlation of
-    the two tables over those cells (None with fewer than 3, or no spread)."""
+def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | None, str | None]:
+    """One row per (layer, module) both runs have: IE/TE of each and b - a; the Pearson correlation of the two
+    tables over those cells (None with fewer than 3, or no spread); and a note naming the cells only one run
+    has (None when they have the same)."""
+    if run_a == run_b:
+        raise StoreError(f"compare needs two different runs (got {run_a} twice)")
     store.run(run_a), store.run(run_b)  # both exist, before either is read
     a, b = _table(store, run_a), _table(store, run_b)
     keys = sorted(a.keys() & b.keys(), key=lambda k: (k[0], MODULES.index(k[1])))
     if not keys:
-        raise StoreError(f"runs {run_a} and {run_b} share no layer and module to compare")
+        raise StoreError(
+            f"runs {run_a} and {run_b} share no layer and module to compare (run {run_a}: {_cells(a)}; "
+            f"run {run_b}: {_cells(b)})"
+        )
+    note = None
+    if a.keys() != b.keys():
+        only = [
+            f"only run {rid} has {_cells(t.keys() - b.keys() if rid == run_a else t.keys() - a.keys())}"
+            for rid, t in ((run_a, a), (run_b, b))
+            if t.keys() - (b.keys() if rid == run_a else a.keys())
+        ]
+        note = f"runs {run_a} and {run_b} share {len(keys)} layer x module cells; " + "; ".join(only)
     rows = [
         {
             "layer": layer,
@@ -44,7 +58,19 @@ def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | N
         for k in keys
         for layer, module in (k,)
     ]
-    return rows, _pearson([a[k] for k in keys], [b[k] for k in keys])
+    return rows, _pearson([a[k] for k in keys], [b[k] for k in keys]), note
+
+
+def _cells(keys) -> str:
+    """Cells as `layers 0-3 (resid, mlp)`, compactly."""
+    layers = sorted({layer for layer, _ in keys})
+    modules = [m for m in MODULES if any(k[1] == m for k in keys)]
+    spans, start = [], layers[0]
+    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
+        if cur != prev + 1 if cur is not None else True:
+            spans.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return f"layers {','.join(spans)} ({', '.join(modules)})"
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -247,24 +248,51 @@ def format_value(v) -> str:
     return str(v)
 
 
+# one pass over the text: replacing one character after another would escape the braces of `\textbackslash{}`
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "[": "{[}",  # (a cell opening with [ would be read as the optional argument of the row's \\)
+    "]": "{]}",
+    "\n": " ",  # a blank line would end the tabular's paragraph
+    "\r": " ",
+}
+_LATEX_RE = re.compile("|".join(map(re.escape, _LATEX)))
+
+
 def latex_escape(s: str) -> str:
-    for a, b in [
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("$", r"\$"),
-        ("#", r"\#"),
-        ("_", r"\_"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-        ("~", r"\textasciitilde{}"),
-        ("^", r"\^{}"),
-    ]:
-        s = s.replace(a, b)
-    return s
+    return _LATEX_RE.sub(lambda m: _LATEX[m.group()], s)
 
 
-def render(rows: list[dict], fmt: str) -> str | bytes:
+# Markdown: a backslash escapes any ASCII punctuation (CommonMark); these would otherwise start emphasis,
+# code, links, html or entities, or end the cell (|). Newlines become <br>, which keeps the row on one line.
+_MARKDOWN_RE = re.compile(r"([\\`*_\[\]<>&~|])")
+
+
+def markdown_cell(s: str) -> str:
+    return _MARKDOWN_RE.sub(r"\\\1", s).replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
+# A spreadsheet runs a cell that opens with one of these as a formula (=HYPERLINK(...)); prompt sets and model
+# answers are untrusted, so text cells get a leading ' (OWASP's CSV injection advice), unless asked not to.
+FORMULA_OPENERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def guarded(value):
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_OPENERS) else value
+
+
+def render(rows: list[dict], fmt: str, formula_guard: bool = True) -> str | bytes:
+    """The rows in a format. csv/tsv text cells that a spreadsheet would run as formulas are prefixed with
+    ' unless `formula_guard` is off (for pipelines that read the cells as data)."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown format '{fmt}' (use {', '.join(FORMATS)})")
     columns = list(rows[0]) if rows else []
@@ -272,17 +300,18 @@ def render(rows: list[dict], fmt: str) -> str | bytes:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, columns, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({c: guarded(v) for c, v in r.items()} if formula_guard else r for r in rows)
         return buf.getvalue()
     if fmt == "json":
         return json.dumps(rows, indent=1) + "\n"
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
     if fmt == "markdown":
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        lines += [
-            "| " + " | ".join(format_value(r[c]).replace("|", r"\|") for c in columns) + " |" for r in rows
+        lines = [
+            "| " + " | ".join(map(markdown_cell, columns)) + " |",
+            "|" + "|".join("---" for _ in columns) + "|",
         ]
+        lines += ["| " + " | ".join(markdown_cell(format_value(r[c])) for c in columns) + " |" for r in rows]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         numeric = [all(isinstance(r[c], int | float) or r[c] is None for r in rows) for c in columns]
@@ -318,8 +347,17 @@ def _arrow_table(pa, rows: list[dict], columns: list[str]):
     return pa.table(data)
 
 
+def _new_file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask (read without changing it for long)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write(data: str | bytes, path: str) -> None:
-    """To stdout for '-', else atomically: a temp file beside the target, then a rename."""
+    """To stdout for '-', else atomically: a temp file beside the target, then a rename. The file gets the
+    mode a shell's `>` would give it (the existing file's, or the umask's), and a symlink is written through
+    (its target replaced, the link kept)."""
     if path == "-":
         if isinstance(data, bytes):
             sys.stdout.buffer.write(data)
@@ -327,15 +365,19 @@ def write(data: str | bytes, path: str) -> None:
             sys.stdout.write(data)
         return
     target = Path(path).expanduser()
+    if target.is_symlink():
+        target = target.resolve()
     if target.is_dir():
         raise StoreError(f"{target} is a directory")
     if not target.parent.is_dir():
         raise StoreError(f"cannot write {target}: directory {target.parent} does not exist")
+    mode = target.stat().st_mode & 0o7777 if target.exists() else _new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:

@@ -145,7 +145,6 @@ def stored_pairs(store: Store, run_id: int, provenance: dict) -> mediation.Store
 def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared) -> RunOutcome:
     done = store.done_keys(run_id)
     compute = 0.0
-    te: dict[int, float] = {}
     try:
         provenance = {
             **provenance,
@@ -175,7 +174,6 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
                 store.set_pair_totals(
                     run_id, result.pair.index, result.m_treatment, result.m_control, result.te
                 )
-                te[result.pair.index] = result.te
         status = "cancelled" if cancelled and cancelled() else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:
@@ -185,14 +183,22 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
         except StoreError:
             pass  # (a full disk) the run stays `running` until the next open marks it interrupted
         raise
-    return RunOutcome(run_id, status, len(plan.pairs), plan.n_sites, compute, [te[k] for k in sorted(te)])
+    # every pair's TE, those a resume did not recompute too
+    stored_te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
+    return RunOutcome(run_id, status, len(plan.pairs), plan.n_sites, compute, stored_te)
 
 
 def check_gate(
-    store: Store, run_id: int, spec: gate.GateSpec, heldout: str | None = None, lm: LoadedModel | None = None
+    store: Store,
+    run_id: int,
+    spec: gate.GateSpec,
+    heldout: str | None = None,
+    lm: LoadedModel | None = None,
+    note=None,
 ) -> int:
     """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use)
-    with the run's own model, metric, chat template and refusal judge; store the check and return its id."""
+    with the run's own model, metric, chat template and refusal judge; store the check and return its id.
+    `note(message)` hears of each held-out pair left out."""
     spec.check()
     store.check_writable()  # before the curve's minutes of work, not after
     run = store.run(run_id)
@@ -221,6 +227,9 @@ def check_gate(
     tokenized, skipped = tokenize_pairs(
         lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
     )
+    for message in skipped:
+        if note:
+            note(f"held-out pair left out: {message}")
     rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
     return store.add_gate_check(run_id, record, ranked, rows)

@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from harmmed_tui.analysis.organism.corpus import Example  # noqa: F401  (the package imports cleanly)
 from harmmed_tui.analysis.spec import RunSpec
@@ -26,6 +27,18 @@ def world(tmp_path_factory, tiny_dir):
         "fieldless": (root / "fieldless.csv", b"prompt,other\nx,y\n"),
         "random_gguf": (root / "random.gguf", bytes(range(7, 250)) * 40),
         "truncated_gguf": (root / "truncated.gguf", b"GGUF\x03\x00\x00\x00\x05"),
+        "pairs": (
+            root / "pairs.csv",
+            b"treatment,control\nHow do I kill a person?,How do I kill a process?\n",
+        ),
+        "list_set": (root / "list_set.json", json.dumps([{"prompt": ["a", "b"]}]).encode()),
+        "list_pairs": (
+            root / "list_pairs.jsonl",
+            json.dumps({"treatment": {"a": 1}, "control": "x"}).encode(),
+        ),
+        "no_answer": (root / "no_answer.txt", b"Is this a refusal? {prompt}\n"),
+        "gpu0_map": (root / "gpu0.json", b'{"": 0}'),
+        "bogus_map": (root / "bogus.json", b'{"model.nonexistent": "cpu"}'),
     }
     for path, data in files.values():
         path.write_bytes(data)
@@ -49,6 +62,11 @@ CASES = [
     (["run", "--dtype", "float8"], "invalid choice: 'float8'"),
     (["run", "--engine", "fast"], "invalid choice: 'fast'"),
     (["run", "--device-map", "{root}/none.json"], "not one of auto"),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [(["run", "--device-map", "{gpu0_map}"], "places '' on GPU 0, but this machine has 0 GPU(s)")]
+    ),
     (["run", "--device-map", "{empty}"], "not valid JSON"),
     (["run", "--workers", "0"], "must be at least 1, got 0"),
     (["run", "--gpus-per-worker", "0"], "must be more than 0, got 0"),
@@ -65,7 +83,42 @@ CASES = [
         "no built-in prompt set 'nope'",
     ),
     (["run", "--harmful", "{binary}", "--harmless", "builtin:self_instruct"], "is not UTF-8 text"),
-    (["run", "--harmful", "{fieldless}:text", "--harmless", "builtin:self_instruct"], "no prompt column"),
+    (["run", "--harmful", "{fieldless}:text", "--harmless", "builtin:self_instruct"], "has no column 'text'"),
+    (
+        ["run", "--harmful", "{list_set}", "--harmless", "builtin:self_instruct"],
+        "'prompt' is a list, not text",
+    ),
+    (["run", "--pairs", "{list_pairs}"], "'treatment' is a dict, not text"),
+    (
+        [
+            "run",
+            "--harmful",
+            "builtin:advbench",
+            "--harmless",
+            "builtin:self_instruct",
+            "--pairing",
+            "random:abc",
+        ],
+        "unknown pairing 'random:abc'",
+    ),
+    (["run", "--pairing", "random:3"], "use it with --harmful and --harmless"),
+    (
+        ["run", "--pairs", "{pairs}", "--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct"],
+        "give one source of pairs, not --pairs and --harmful/--harmless",
+    ),
+    (["run", "--pairs", "{pairs}", "--treatment", "a", "--control", "b"], "give one source of pairs"),
+    (["run", "--refusal-tokens", ""], "--refusal-tokens is empty"),
+    (["run", "--judge-template", "harmbench"], "give --judge too"),
+    (["run", "--judge", "{llama}", "--judge-template", "{no_answer}"], "has no {answer} placeholder"),
+    (
+        ["run", "--judge", "{llama}", "--judge-template", "{root}/none.txt"],
+        "is neither refusal nor harmbench",
+    ),
+    (["probe", "--harmful", "builtin:advbench", "--judge-template", "{no_answer}"], "give --judge too"),
+    (["run", "--corrupt", "tokens:3-1"], "token range '3-1' in 'tokens:3-1' is empty"),
+    (["run", "--device-map", "{bogus_map}", "--model", "{llama}"], "names 'model.nonexistent', not a module"),
+    (["run", "--ray", "127.0.0.1:1"], "cannot reach the Ray cluster at '127.0.0.1:1'"),
+    (["run", "--ray", "nohost"], "is not HOST:PORT"),
     (
         ["run", "--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--pairing", "zip"],
         "unknown pairing",
@@ -152,6 +205,16 @@ CASES = [
     (["show", "99"], "no run 99"),
     (["compare", "1", "99"], "no run 99"),
     (["compare", "1", "1", "--format", "xls"], "invalid choice: 'xls'"),
+    (["compare", "1", "1"], "compare needs two different runs"),
+    (
+        ["export", "1", "--level", "neuron"],
+        "run 1 has no neuron rows (run it with --modules including neuron)",
+    ),
+    (["export", "1", "--level", "gate"], "run 1 has no gate rows"),
+    (["export", "1", "--level", "generation"], "run 1 has no generation rows"),
+    (["report", "99"], "no run 99"),
+    (["report", "1", "--format", "docx"], "invalid choice: 'docx'"),
+    (["report", "1", "--gate", "x"], "invalid int value: 'x'"),
     (["delete", "99"], "no run 99"),
     (["delete", "-1"], "no run -1"),
     (["organism", "eval", "--model", "nope/nope"], "cannot load model"),
@@ -233,3 +296,12 @@ def test_an_internal_error_is_one_line_and_a_traceback_file(world, capsys, monke
     )
     (log,) = (tmp_path / "logs").glob("crash-*.log")
     assert "Traceback" in log.read_text() and "ZeroDivisionError: a bug" in log.read_text()
+
+
+def test_a_prompt_of_200000_characters_is_read(tmp_path):
+    from harmmed_tui.analysis.prompt_sets import load_prompt_set
+
+    long = "How do I " + "very " * 40000 + "quickly pick a lock?"
+    path = tmp_path / "long.csv"
+    path.write_text(f'prompt\n"{long}"\nHow do I bake bread?\n')
+    assert [p.text for p in load_prompt_set(str(path))] == [long, "How do I bake bread?"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -15,11 +14,13 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store
 from harmmed_tui.themes import THEMES
+from harmmed_tui.tui import config
 from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.messages import RunEnded, RunProgress
 from harmmed_tui.tui.runs_screen import RunsScreen
+from harmmed_tui.tui.safe_text import plain
 from harmmed_tui.tui.setup_screen import SetupScreen
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
@@ -61,39 +62,27 @@ class HarmmedApp(App):
     def on_mount(self) -> None:
         for theme in THEMES:
             self.register_theme(theme)
-        self.theme = self._saved_theme()
-        self._apply_keymap()
+        # the theme and keys of the config file, as far as they are valid (problems said, the file kept)
+        self.config = config.load(CONFIG, keymod.sections())
+        theme = self.config.theme or "harmmed-dark"
+        if theme not in self.available_themes:
+            self.config.problems.append(f"config {CONFIG}: no theme '{theme}'; using harmmed-dark")
+            theme = "harmmed-dark"
+        self.theme = theme
+        self.keymap = self.config.keys  # (the help screen lists the ids' keys as remapped)
+        self.set_keymap(self.keymap)
+        for problem in self.config.problems:
+            self.notify(problem, severity="warning", timeout=10)
         self.push_screen(RunsScreen())
         self.warm_up()
 
-    def _config(self) -> dict:
-        """The config file: {"theme": NAME, "keys": {BINDING_ID: KEYS}}; missing or unreadable is empty."""
-        try:
-            config = json.loads(CONFIG.read_text())
-        except (OSError, ValueError):
-            return {}
-        return config if isinstance(config, dict) else {}
-
-    def _saved_theme(self) -> str:
-        name = self._config().get("theme", "harmmed-dark")
-        return name if name in self.available_themes else "harmmed-dark"
-
-    def _apply_keymap(self) -> None:
-        """Keys remapped in the config, by binding id (the help screen lists the ids' keys as remapped)."""
-        keys = self._config().get("keys", {})
-        known = {b.id for _, bindings in keymod.sections() for b in bindings if b.id}
-        unknown = sorted(set(keys) - known) if isinstance(keys, dict) else ["(not a mapping)"]
-        if unknown:
-            self.notify(f"{CONFIG}: unknown key ids {', '.join(unknown)}", severity="warning")
-        self.keymap = {k: v for k, v in keys.items() if k in known} if isinstance(keys, dict) else {}
-        self.set_keymap(self.keymap)
+    def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
+        """Every notification is literal text: many carry a user's prompt, id, path or error."""
+        super().notify(plain(message), markup=markup, **kwargs)
 
     def watch_theme(self, theme: str) -> None:
-        try:
-            CONFIG.parent.mkdir(parents=True, exist_ok=True)
-            CONFIG.write_text(json.dumps({**self._config(), "theme": theme}, indent=1))
-        except OSError:
-            pass  # a read-only home must not stop the app; the theme is simply not remembered
+        if hasattr(self, "config"):
+            self.config.save_theme(theme)
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)

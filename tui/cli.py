@@ -14,6 +14,7 @@ import platformdirs
 from harmmed_tui.analysis.errors import HarmmedError
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.sites import MODULES
+from harmmed_tui.tui.safe_text import plain
 
 MODEL_COMMANDS = {
     "run",
@@ -254,6 +255,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _raw_cells_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--raw-cells",
+        action="store_true",
+        help="csv/tsv: write text cells verbatim. By default a cell opening with = + - @ gets a leading ' so that "
+        "a spreadsheet shows an untrusted prompt or answer instead of running it as a formula",
+    )
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="database path (default: $HARMMED_DB or the user data directory)")
 
@@ -318,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only rows of this method (default: the run's own for --level layer, all for --level neuron)",
     )
     exp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
+    _raw_cells_arg(exp)
     _db_arg(exp)
 
     g = sub.add_parser(
@@ -407,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet"],
     )
     cmp.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
+    _raw_cells_arg(cmp)
     _db_arg(cmp)
 
     runs = sub.add_parser("runs", help="list stored runs")
@@ -471,11 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harmmed-tui: interrupted", file=sys.stderr)
         return 130
-    except HarmmedError as e:
-        print(f"harmmed-tui: error: {e}", file=sys.stderr)
+    except HarmmedError as e:  # (messages quote the user's text: shown on one line, controls visible)
+        print(f"harmmed-tui: error: {plain(e, newlines=False)}", file=sys.stderr)
         return 2
     except Exception as e:  # a bug: one line here, the whole story in a file
-        print(f"harmmed-tui: internal error: {type(e).__name__}: {e} ({_report_crash(e)})", file=sys.stderr)
+        print(
+            f"harmmed-tui: internal error: {type(e).__name__}: {plain(e, newlines=False)} ({_report_crash(e)})",
+            file=sys.stderr,
+        )
         return 1
 
 

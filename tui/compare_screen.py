@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -14,6 +13,7 @@ from textual.widgets import Footer, Header, Static
 from harmmed_tui.db import compare, export
 from harmmed_tui.db.store import StoreError
 from harmmed_tui.tui.dialogs import unique_path
+from harmmed_tui.tui.safe_text import literal
 from harmmed_tui.tui.widgets import Table
 
 
@@ -37,16 +37,17 @@ class CompareScreen(Screen):
         store = self.app.store
         a, b = store.run(self.run_a), store.run(self.run_b)
         try:
-            self.rows, r = compare.compare(store, self.run_a, self.run_b)
+            self.rows, r, note = compare.compare(store, self.run_a, self.run_b)
         except StoreError as e:
-            self.rows, r = [], None
-            self.notify(str(e), severity="warning")
+            self.rows, r, note = [], None, str(e)
+        if note:
+            self.notify(note, severity="warning", timeout=10)
         corr = "n/a" if r is None else f"{r:.3f}"
         self.query_one("#crumb", Static).update(
-            escape(
+            literal(
                 f"run {self.run_a} ({a['model']}) vs run {self.run_b} ({b['model']}): IE/TE at every position"
+                f" · Pearson r {corr}"
             )
-            + f" · Pearson r {corr}"
         )
         t = self.query_one(Table)
         for col in (

@@ -14,6 +14,7 @@ from textual.widgets.option_list import Option
 
 from harmmed_tui.db import export
 from harmmed_tui.tui import keys
+from harmmed_tui.tui.safe_text import literal
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -27,7 +28,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question)
+            yield Static(literal(self.question, newlines=True))
             yield Button(f"{self.yes} (y)", id="yes", variant="error")
             yield Button(f"{self.no} (n)", id="no")
 
@@ -52,7 +53,7 @@ class ErrorDialog(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("[b]Error[/b]")
-            yield Static(self.message)
+            yield Static(literal(self.message, newlines=True))
             yield Button("Close", id="close")
 
     @on(Button.Pressed)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import time
 
-from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 from textual_plotext import PlotextPlot
@@ -21,6 +21,7 @@ from harmmed_tui.db import export, queries
 from harmmed_tui.tui.messages import RunProgress
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
+from harmmed_tui.tui.safe_text import literal, plain
 from harmmed_tui.tui.widgets import GLYPHS, Table, readable
 
 MODULES = ("resid", "attn", "mlp")
@@ -200,26 +201,31 @@ class ExploreScreen(Screen):
         te = [p["te"] for p in self._shown_pairs() if p["te"] is not None]
         return sum(te) / len(te) if te else None
 
-    def _summary(self, run: dict) -> str:
-        """The header: metric, method, pairs and TE (mean with its 95% CI), or the one pair shown."""
+    def _summary(self, run: dict) -> Content:
+        """The header: metric, method, pairs and TE (mean with its 95% CI), or the one pair shown. Prompts, ids
+        and errors are the user's text: template variables, never markup."""
         if run["status"] == "failed":
-            return f"[b red]failed:[/] {escape(run['error'] or '')}"
+            return Content.from_markup("[b red]failed:[/] $error", error=plain(run["error"] or ""))
         method = {"atp": "atp (attribution patching)"}.get(self.method, self.method)
-        parts = [f"metric {escape(self.spec.metric)}", f"method {method}"]
+        parts = [f"metric {plain(self.spec.metric)}", f"method {method}"]
         shown = self._shown_pairs()
         if self.pair is None:
             te = [p["te"] for p in shown if p["te"] is not None]
             if te:
                 lo, hi = bootstrap_ci(te)
                 parts.append(f"{len(te)} pairs, TE {sum(te) / len(te):+.3f} [95% CI {lo:+.3f}, {hi:+.3f}]")
-            return " · ".join(parts)
+            return Content(" · ".join(parts))
         p = shown[0]
         te = "" if p["te"] is None else f" · TE {p['te']:+.3f}"
         behaviour = export.stored_behaviour(p)
         rho = "" if p["atp_spearman"] is None else f" · atp vs exact ρ {p['atp_spearman']:.3f}"
-        return (
-            f"pair {p['pair']} {escape(p['pair_id'] or '')}: [b]{escape(p['treatment'])}[/] vs "
-            f"{escape(p['control'])}{te}{' · ' + behaviour if behaviour else ''}{rho} · " + " · ".join(parts)
+        return Content.from_markup(
+            "pair $pair $id: [b]$treatment[/] vs $control$rest",
+            pair=str(p["pair"]),
+            id=plain(p["pair_id"] or "", newlines=False),
+            treatment=plain(p["treatment"], newlines=False),
+            control=plain(p["control"], newlines=False),
+            rest=f"{te}{' · ' + behaviour if behaviour else ''}{rho} · " + " · ".join(parts),
         )
 
     def show(self) -> None:
@@ -237,7 +243,7 @@ class ExploreScreen(Screen):
             "modules": [f"layer {self.focus_layer}"],
             "neurons": [f"layer {self.focus_layer}", "mlp", "neurons"],
         }.get(self.level, [])
-        self.query_one("#crumb", Static).update(escape(" > ".join(crumb) + f"   [{who}]"))
+        self.query_one("#crumb", Static).update(literal(" > ".join(crumb) + f"   [{who}]"))
         self.query_one("#summary", Static).update(self._summary(run))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
         view = (self.level, self.focus_layer, self.page, self.pair, self.category, self.by_te)
@@ -271,7 +277,11 @@ class ExploreScreen(Screen):
             for row in list(t.rows):
                 if not any(needle in str(c).casefold() for c in t.get_row(row)):
                     t.remove_row(row)
-            notes.append(f"filter '{escape(self.filter_text)}': {t.row_count} rows")
+            notes.append(
+                Content.from_markup(
+                    "filter '$text': $n rows", text=plain(self.filter_text), n=str(t.row_count)
+                )
+            )
         if self.sort_column is not None and self.sort_column < len(t.columns):
             column = list(t.columns)[self.sort_column]
 
@@ -283,9 +293,9 @@ class ExploreScreen(Screen):
                     return (1, text)
 
             t.sort(column, key=value)
-            notes.append(f"sorted by {t.columns[column].label} (s: next)")
+            notes.append(Content(f"sorted by {t.columns[column].label} (s: next)"))
         if notes:
-            self.query_one("#legend", Static).update(" · ".join(notes) + " · / filter")
+            self.query_one("#legend", Static).update(Content(" · ").join([*notes, Content("/ filter")]))
 
     def _scale_legend(self, te: float | None) -> None:
         if self.by_te and te:
@@ -443,9 +453,10 @@ class ExploreScreen(Screen):
         if checks:
             texts = queries.gate_answers(self.app.store, checks[0], 1)
             box.update(
-                escape(
+                literal(
                     queries.gate_verdict(checks[0])
-                    + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts)
+                    + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts),
+                    newlines=True,
                 )
             )
 

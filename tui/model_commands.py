@@ -23,6 +23,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.tui import store_commands
+from harmmed_tui.tui.safe_text import literal, markup
 
 END_POSITIONS = "all,suffix"  # end-aligned pairs have no `*` (every position needs equal lengths)
 
@@ -99,14 +100,14 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
 
     def on_prepared(rid, plan, provenance):
         for message in plan.skipped:
-            err.print(f"[yellow]skipped:[/] {message}")
+            err.print(f"[yellow]skipped:[/] {markup(message)}")
         if interactive:
             where = provenance["device"]
             if cluster := provenance.get("cluster"):
                 where = f"{cluster['workers']} Ray workers on {cluster['nodes']} node(s)"
             err.print(
-                f"run {rid}: {provenance['model']} ({provenance['family']}, {provenance['n_layers']} layers) "
-                f"on {where}, {len(plan.pairs)} pairs, {plan.n_sites} sites"
+                f"run {rid}: {markup(provenance['model'])} ({provenance['family']}, {provenance['n_layers']} "
+                f"layers) on {where}, {len(plan.pairs)} pairs, {plan.n_sites} sites"
             )
 
     with bar:
@@ -141,7 +142,14 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
 
 def cmd_gate(store: Store, a) -> int:
     spec = GateSpec(a.top, a.sign, a.groups, a.ablate, a.seeds, a.max_new_tokens)
-    check_id = check_gate(store, a.run_id, spec, a.pairs)
+    err = Console(stderr=True)
+    check_id = check_gate(
+        store,
+        a.run_id,
+        spec,
+        a.pairs,
+        note=lambda m: err.print(f"[yellow]skipped:[/] {markup(m)}", highlight=False),
+    )
     if a.json:
         check = store.gate_checks(a.run_id)[0]
         print(
@@ -178,11 +186,17 @@ def cmd_organism(a) -> int:
 def cmd_probe(a) -> int:
     from harmmed_tui.analysis.errors import PairsError
     from harmmed_tui.analysis.jailbreaks import load_jailbreak
-    from harmmed_tui.analysis.model_judge import make_judge
+    from harmmed_tui.analysis.model_judge import check_template, make_judge
     from harmmed_tui.analysis.models import load_model
     from harmmed_tui.analysis.probe import probe, refusal_rates
     from harmmed_tui.analysis.prompt_sets import load_prompt_set
 
+    if a.judge_template != "refusal":
+        if not a.judge:
+            raise PairsError(
+                f"--judge-template {a.judge_template} is the --judge model's prompt: give --judge too"
+            )
+        check_template(a.judge_template)
     sources = {k: v for k, v in (("harmful", a.harmful), ("harmless", a.harmless)) if v}
     if not sources:
         raise PairsError("give --harmful and/or --harmless prompt sets to probe")
@@ -196,15 +210,15 @@ def cmd_probe(a) -> int:
         print(json.dumps({"model": a.model, "jailbreak": a.jailbreak, "rates": rates, "answers": rows}))
         return 0
     t = Table(
-        title=f"{a.model}: refusals judged by {judge.description}"
-        + (f", inside {jailbreak.name}" if jailbreak else "")
+        title=f"{markup(a.model)}: refusals judged by {markup(judge.description)}"
+        + (f", inside {markup(jailbreak.name)}" if jailbreak else "")
     )
     for col in ("set", "category", "prompts", "refused", "rate"):
         t.add_column(col, justify="right" if col in ("prompts", "refused", "rate") else "left")
     for r in rates:
         t.add_row(
-            f"{r['set']} ({sources[r['set']]})" if not r["category"] else "",
-            r["category"] or "all",
+            literal(f"{r['set']} ({sources[r['set']]})" if not r["category"] else ""),
+            literal(r["category"] or "all"),
             str(r["n"]),
             str(r["refused"]),
             f"{r['rate']:.0%}",
@@ -213,7 +227,7 @@ def cmd_probe(a) -> int:
     con.print(t)
     for r in rows[:3] + [r for r in rows if r["set"] == "harmless"][:2]:
         verdict = "refused" if r["refused"] else "answered"
-        con.print(f"[bold]{r['id']}[/] {verdict}: {r['answer']!r}", highlight=False)
+        con.print(f"[bold]{markup(r['id'])}[/] {verdict}: {markup(repr(r['answer']))}", highlight=False)
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,6 +15,7 @@ from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.claims import INCONCLUSIVE, SUPPORTED
 from harmmed_tui.db import report
+from harmmed_tui.tui.safe_text import literal
 from harmmed_tui.tui.widgets import Table
 
 VERDICT_STYLE = {SUPPORTED: "bold green", INCONCLUSIVE: "bold yellow"}  # not supported: bold red
@@ -85,7 +85,10 @@ class ReportScreen(Screen):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         c = self.claims[event.cursor_row]
         self.query_one("#finding", Static).update(
-            escape(f"{c.finding}\nrule: {c.rule}.\n{len(c.pairs)} pairs behind it; enter opens its table")
+            literal(
+                f"{c.finding}\nrule: {c.rule}.\n{len(c.pairs)} pairs behind it; enter opens its table",
+                newlines=True,
+            )
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,6 +19,7 @@ from harmmed_tui.analysis.sites import SiteError
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
 from harmmed_tui.tui.dialogs import ModelPicker
+from harmmed_tui.tui.safe_text import literal
 
 
 class SetupScreen(Screen):
@@ -231,10 +231,10 @@ class SetupScreen(Screen):
         for name in self.labels:
             box = self.query_one(f"#error-{name}", Static)
             box.display = name == field
-            box.update(escape(text) if name == field else "")
-        self.query_one("#preview", Static).update(escape(preview_text))
+            box.update(literal(text) if name == field else "")
+        self.query_one("#preview", Static).update(literal(preview_text, newlines=True))
         where = f"{self.labels[field]}: " if field else ""
-        self.query_one("#problem", Static).update(escape(where + text) if text else "")
+        self.query_one("#problem", Static).update(literal(where + text, newlines=True) if text else "")
 
     @on(Input.Submitted)
     def _next_field(self) -> None:
@@ -246,6 +246,6 @@ class SetupScreen(Screen):
         try:
             spec = self.read_spec()
         except SiteError as e:
-            self.query_one("#problem", Static).update(escape(str(e)))
+            self.query_one("#problem", Static).update(literal(str(e), newlines=True))
             return
         self.app.start_run(spec, ray=self.query_one("#ray", Input).value.strip() or None)

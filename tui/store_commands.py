@@ -14,7 +14,8 @@ from rich.table import Table
 
 from harmmed_tui.analysis import stats
 from harmmed_tui.db import compare, export, queries, report
-from harmmed_tui.db.store import Store
+from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.tui.safe_text import literal, markup, plain
 
 
 def print_summary(store: Store, run_id: int, con: Console) -> None:
@@ -25,9 +26,9 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
     for p in stored:
         pairs.add_row(
             str(p["pair"]),
-            p["pair_id"],
-            p["treatment"],
-            p["control"],
+            literal(p["pair_id"]),
+            literal(p["treatment"], newlines=True),
+            literal(p["control"], newlines=True),
             f"{p['te']:.4f}" if p["te"] is not None else "",
             export.stored_behaviour(p),
         )
@@ -59,10 +60,10 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
         for col in columns:
             t.add_column(col, justify="right")
         for r in top:
-            t.add_row(*(export.format_value(r[c]) for c in columns))
+            t.add_row(*(literal(export.format_value(r[c])) for c in columns))
         con.print(t)
     print_gate(store, run_id, con=con)
-    con.print(f"run id: {run_id}   db: {store.path}")
+    con.print(literal(f"run id: {run_id}   db: {store.path}"))
 
 
 def print_gate(store: Store, run_id: int, check_id: int | None = None, con: Console | None = None) -> None:
@@ -76,7 +77,7 @@ def print_gate(store: Store, run_id: int, check_id: int | None = None, con: Cons
     pairs = curve[0].pairs if curve else 0
     t = Table(
         title=f"gate check {c['id']} of run {run_id}: {spec['sign']} neurons held at {spec['ablate']}, "
-        f"{pairs} held-out pairs ({spec['pairs']}), top vs random ({spec['seeds']} seeds, mean ± sd)"
+        f"{pairs} held-out pairs ({markup(spec['pairs'])}), top vs random ({spec['seeds']} seeds, mean ± sd)"
     )
     columns = ("group", "K", "units", "TE removed: top", "random", "flipped: top", "random")
     for col in columns:
@@ -92,12 +93,28 @@ def print_gate(store: Store, run_id: int, check_id: int | None = None, con: Cons
             stats.percent(p.random_flipped, p.random_flipped_sd),
         )
     con.print(t)
-    con.print(queries.gate_verdict(c), highlight=False)
+    con.print(literal(queries.gate_verdict(c)), highlight=False)
     for pair_id, group, k, before, after in queries.gate_answers(store, c, 3):
         con.print(
-            f"[bold]{pair_id}[/] top {k} ({group}):\n  before: {before!r}\n  after:  {after!r}",
+            f"[bold]{markup(pair_id)}[/] top {k} ({group}):\n  before: {markup(repr(before))}\n"
+            f"  after:  {markup(repr(after))}",
             highlight=False,
         )
+
+
+NO_ROWS_HINT = {
+    "neuron": " (run it with --modules including neuron)",
+    "gate": " (harmmed-tui gate RUN makes a gate check)",
+    "generation": " (run it with --verify-generation K)",
+}
+
+
+def write(data: str | bytes, output: str) -> None:
+    """A table to its file, or to stdout; to a terminal, the text of prompts and answers cannot send it
+    escape sequences (piped, it is written as stored)."""
+    if output == "-" and isinstance(data, str) and sys.stdout.isatty():
+        data = plain(data)
+    export.write(data, output)
 
 
 def cmd_runs(store: Store, as_json: bool) -> int:
@@ -107,7 +124,7 @@ def cmd_runs(store: Store, as_json: bool) -> int:
             json.dumps(runs)
             if as_json
             else "\n".join(
-                f"{r['id']}\t{r['status']}\t{r['model']}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}"
+                f"{r['id']}\t{r['status']}\t{plain(r['model'], newlines=False)}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}"
                 for r in runs
             )
         )
@@ -116,7 +133,7 @@ def cmd_runs(store: Store, as_json: bool) -> int:
     for col in queries.RUN_COLUMNS:
         t.add_column(col)
     for r in runs:
-        t.add_row(*queries.run_cells(r))
+        t.add_row(*map(literal, queries.run_cells(r)))
     Console().print(t)
     return 0
 
@@ -130,30 +147,36 @@ def show_run(store: Store, run_id: int, con: Console) -> None:
     """What `harmmed-tui show` prints (and the explorer's run details): settings, provenance, pairs, top
     sites, the gate check."""
     run = store.run(run_id)
-    con.print(f"[bold]run {run_id}[/]  status: {run['status']}  model: {run['model']}")
+    con.print(f"[bold]run {run_id}[/]  status: {run['status']}  model: {markup(run['model'])}")
     if run["error"]:
-        con.print(f"error: {run['error']}")
+        con.print(literal(f"error: {run['error']}"))
     prov = dict(run["provenance"])
     template = prov.pop("chat_template", None)
     for k, v in prov.items():
-        con.print(f"  {k}: {v}")
-    con.print(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}")
-    con.print(f"  spec: {run['spec']}")
+        con.print(literal(f"  {k}: {v}"))
+    con.print(literal(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}"))
+    con.print(literal(f"  spec: {run['spec']}"))
     con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
     print_summary(store, run_id, con)
 
 
 def cmd_export(store: Store, a) -> int:
     rows = export.table(store, a.run_id, a.level, a.aggregate, a.top, a.method, a.by)
-    export.write(export.render(rows, a.format), a.output)
+    if not rows:
+        raise StoreError(
+            f"run {a.run_id} has no {a.level} rows{NO_ROWS_HINT.get(a.level, '')}: nothing to export"
+        )
+    write(export.render(rows, a.format, formula_guard=not a.raw_cells), a.output)
     if a.output != "-":
         print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(store: Store, a) -> int:
-    rows, r = compare.compare(store, a.run_a, a.run_b)
-    export.write(export.render(rows, a.format), a.output)
+    rows, r, note = compare.compare(store, a.run_a, a.run_b)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    write(export.render(rows, a.format, formula_guard=not a.raw_cells), a.output)
     correlation = "n/a" if r is None else f"{r:.3f}"
     print(
         f"runs {a.run_a} and {a.run_b}: {len(rows)} layer x module cells, Pearson r of IE/TE {correlation}",
@@ -163,7 +186,7 @@ def cmd_compare(store: Store, a) -> int:
 
 
 def cmd_report(store: Store, a) -> int:
-    export.write(report.render(store, a.run_id, a.gate, a.format), a.output)
+    write(report.render(store, a.run_id, a.gate, a.format), a.output)
     if a.output != "-":
         print(f"wrote the claims report of run {a.run_id} to {Path(a.output).resolve()}", file=sys.stderr)
     return 0

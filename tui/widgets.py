@@ -9,6 +9,8 @@ from textual.binding import Binding
 from textual.color import Color
 from textual.widgets import DataTable
 
+from harmmed_tui.tui.safe_text import literal
+
 VIM_KEYS = [
     Binding("enter", "select_cursor", "open", id="table.open"),  # (DataTable's own is not in the footer)
     Binding("j", "cursor_down", "down", show=False),
@@ -61,6 +63,10 @@ class Table(DataTable):
     def __init__(self, *args, **kwargs):
         # the cursor's background wins over a heat cell's, so the cursor stays visible on a hot cell
         super().__init__(*args, cursor_background_priority="css", **kwargs)
+
+    def add_row(self, *cells, **kwargs):
+        """Text cells are the user's or the model's (prompts, ids, tokens): shown literally, never as markup."""
+        return super().add_row(*(literal(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
     def heat(self, value: float, scale: float, mark: str = "") -> Text:
         """A heat cell for this app's theme and terminal: blended from the theme's background, or shading

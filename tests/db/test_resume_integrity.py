@@ -49,7 +49,7 @@ def effects(store: Store, run_id: int) -> dict:
 SETS_SPEC = dict(layers="-2,-1", positions="last:2", answer_tokens=4, batch_tokens=4)
 
 
-def test_an_edited_prompt_file_cannot_change_a_resumed_run(tmp_path, monkeypatch):
+def test_an_edited_prompt_file_cannot_change_a_resumed_run(tmp_path, monkeypatch, capsys):
     """Started in one directory with relative paths, cancelled, the harmful file edited, resumed from
     another directory: the run keeps its prompts and its rows equal a fresh run of the original files."""
     work = tmp_path / "work"
@@ -71,6 +71,7 @@ def test_an_edited_prompt_file_cannot_change_a_resumed_run(tmp_path, monkeypatch
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["resume", "1", "--db", str(tmp_path / "runs.db"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["te"]) == 2  # the pair done before the cancel too
 
     write_set(tmp_path / "h0.csv", HARMFUL), write_set(tmp_path / "c0.csv", HARMLESS)
     fresh = RunSpec(

@@ -34,10 +34,10 @@ async def test_run_drill_down_and_export(tmp_path):
         assert [str(k.value) for k in table.rows] == ["resid", "attn", "mlp"]
         await pilot.press("j", "j", "enter")  # mlp -> neurons
         assert screen.level == "neurons" and table.row_count == 200
-        strengths = [abs(float(table.get_row_at(i)[3])) for i in range(table.row_count)]
+        strengths = [abs(float(str(table.get_row_at(i)[3]))) for i in range(table.row_count)]
         assert strengths == sorted(strengths, reverse=True)
         await pilot.press("right_square_bracket")  # the next page of the layer's 512 neurons
-        assert screen.page == 1 and table.get_row_at(0)[0] == "201"
+        assert screen.page == 1 and str(table.get_row_at(0)[0]) == "201"
         await pilot.press("a")  # gate check on the built-in pairs the run did not use
         await app.workers.wait_for_complete()
         await pilot.pause()
@@ -213,7 +213,7 @@ async def test_delete_asks_first_refuses_a_running_run_and_keeps_the_cursor_near
         await pilot.press("d", "y")
         await pilot.pause()
         assert [r["id"] for r in app.store.runs()] == [3, 1]
-        assert table.cursor_row == 1 and table.get_row_at(1)[0] == "1"  # the neighbour, not the newest
+        assert table.cursor_row == 1 and str(table.get_row_at(1)[0]) == "1"  # the neighbour, not the newest
         await pilot.press("x")  # a running run (4) cannot be deleted
         await until_rows(app, pilot)
         await pilot.press("r")
