@@ -127,10 +127,10 @@ def load_prompt_set(source: str) -> list[Prompt]:
     category, target, ident = (_pick(columns, c) for c in (CATEGORY_COLUMNS, TARGET_COLUMNS, ID_COLUMNS))
     prompts = []
     for i, r in enumerate(records):
-        for name in (column, category, target, ident):
-            if name and isinstance(r.get(name), list | dict):
+        for field in (column, category, target, ident):
+            if field and isinstance(r.get(field), list | dict):
                 raise PairsError(
-                    f"prompt set {source}: record {i + 1}'s '{name}' is a {type(r[name]).__name__}, not text"
+                    f"prompt set {source}: record {i + 1}'s '{field}' is a {type(r[field]).__name__}, not text"
                 )
         text = str(r.get(column) or "").strip()
         if text:

@@ -152,8 +152,11 @@ def show_run(store: Store, run_id: int, con: Console) -> None:
         con.print(literal(f"error: {run['error']}"))
     prov = dict(run["provenance"])
     template = prov.pop("chat_template", None)
+    files = prov.pop("inputs", {})
     for k, v in prov.items():
         con.print(literal(f"  {k}: {v}"))
+    for flag, f in files.items():  # (what a resume checks)
+        con.print(literal(f"  input --{flag.replace('_', '-')}: {f['path']} (sha256 {f['sha256'][:12]})"))
     con.print(literal(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}"))
     con.print(literal(f"  spec: {run['spec']}"))
     con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")

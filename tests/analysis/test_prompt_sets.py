@@ -84,7 +84,7 @@ def test_parquet_and_builtin_sets(tmp_path):
     [
         ("builtin:nope", "no built-in prompt set 'nope'"),
         ("/no/such.csv", "prompt set not found"),
-        (f"{RD / 'raw' / 'jailbreakbench.csv'}:Missing", "no prompt column"),
+        (f"{RD / 'raw' / 'jailbreakbench.csv'}:Missing", "has no column 'Missing'"),
     ],
 )
 def test_bad_sets_are_one_clear_error(source, message):
