@@ -18,6 +18,13 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0)
     return float(lo), float(hi)
 
 
+def ie_share(ie, te) -> float | None:
+    """A site's share of the total effect over pairs: sum IE / sum TE (ratio of sums), the one aggregated
+    IE/TE every surface shows (a mean of per-pair ratios is dominated by the pairs of smallest TE)."""
+    total = float(np.sum(te))
+    return float(np.sum(ie)) / total if total else None
+
+
 def spearman(a, b) -> float | None:
     """Spearman rank correlation (average ranks for ties); None when either side is constant or n < 2."""
     ra, rb = (_ranks(np.asarray(v, dtype=float)) for v in (a, b))

@@ -13,12 +13,12 @@ MODULES = ("resid", "attn", "mlp")
 
 
 def _table(store: Store, run_id: int) -> dict[tuple[int, str], float]:
-    """(layer, module) -> mean IE/TE over pairs at the run's module-level site (`*` or `suffix`)."""
+    """(layer, module) -> IE/TE over pairs (sum IE / sum TE) at the run's module-level site (`*` or `suffix`)."""
     rows = export.table(store, run_id, "layer", aggregated=True)
     table = {
-        (r["layer"], r["module"]): r["ie_norm_mean"]
+        (r["layer"], r["module"]): r["ie_share"]
         for r in rows
-        if r["position"] in ("*", "suffix") and r["ie_norm_mean"] is not None
+        if r["position"] in ("*", "suffix") and r["ie_share"] is not None
     }
     if not table:
         raise StoreError(f"run {run_id} has no module-level rows ('*' or 'suffix' positions) to compare")
@@ -51,8 +51,8 @@ def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | N
         {
             "layer": layer,
             "module": module,
-            f"ie_norm_{run_a}": a[k],
-            f"ie_norm_{run_b}": b[k],
+            f"ie_share_{run_a}": a[k],
+            f"ie_share_{run_b}": b[k],
             "difference": b[k] - a[k],
         }
         for k in keys

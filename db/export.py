@@ -16,7 +16,7 @@ from pathlib import Path
 from harmmed_tui.analysis.judge import behaviour_label
 from harmmed_tui.analysis.sites import position_label
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.analysis.stats import bootstrap_ci
+from harmmed_tui.analysis.stats import bootstrap_ci, ie_share
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
@@ -164,7 +164,8 @@ BY = ("site", "category")
 
 def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
     """One row per site (per category of the harmful prompt too, with by='category') over pairs: mean IE
-    with a 95% bootstrap CI, mean normalised IE, and n.
+    with a 95% bootstrap CI, its share of the effect (ie_share = sum IE / sum TE, analysis.stats.ie_share),
+    the mean of the per-pair ratios under its own name, and n.
 
     Pairs may differ in length, so positions are aligned from the end: -1 is the last token (where the
     refusal decision is read), and the chat template's closing tokens line up across pairs."""
@@ -178,6 +179,7 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
     for key, group in groups.items():
         ies = [r["ie"] for r in group]
         norms = [r["ie_norm"] for r in group if r["ie_norm"] is not None]
+        judged = [r for r in group if r["te"] is not None]
         lo, hi = bootstrap_ci(ies)
         out.append(
             {
@@ -190,7 +192,10 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
                 "ie_mean": sum(ies) / len(ies),
                 "ci_low": lo,
                 "ci_high": hi,
-                "ie_norm_mean": sum(norms) / len(norms) if norms else None,
+                "ie_share": ie_share([r["ie"] for r in judged], [r["te"] for r in judged])
+                if judged
+                else None,
+                "ie_norm_mean_of_pairs": sum(norms) / len(norms) if norms else None,
                 "n": len(ies),
             }
         )

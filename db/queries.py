@@ -63,12 +63,28 @@ def _pair_filter(pair: int | None, category: str | None = None) -> tuple[str, li
     return "", []
 
 
+# what a layer or grid cell aggregates over the pairs shown: the mean IE, or the share of the effect, sum IE /
+# sum TE over the pairs that have the site (analysis.stats.ie_share, here in SQL)
+MEAN_IE = "AVG(e.ie)"
+IE_SHARE = "SUM(e.ie) / NULLIF(SUM(pp.te), 0)"
+
+
+def _joins(value: str) -> str:
+    return "JOIN pairs pp ON pp.run_id = e.run_id AND pp.pair = e.pair" if value == IE_SHARE else ""
+
+
 def layer_effects(
-    store: Store, run_id: int, pair: int | None, method: str, category: str | None = None
+    store: Store,
+    run_id: int,
+    pair: int | None,
+    method: str,
+    category: str | None = None,
+    value: str = MEAN_IE,
 ) -> dict[int, dict[str, float]]:
-    """IE of each module patched at every position at once ('*', or 'suffix'), per layer."""
+    """IE (or with value=IE_SHARE, IE/TE) of each module patched at every position at once ('*', or
+    'suffix'), per layer."""
     where, args = _pair_filter(pair, category)
-    sql = f"""SELECT e.layer, e.module, AVG(e.ie) FROM effects e WHERE e.run_id = ? AND e.method = ?
+    sql = f"""SELECT e.layer, e.module, {value} FROM effects e {_joins(value)} WHERE e.run_id = ? AND e.method = ?
               AND e.module IN ('resid', 'attn', 'mlp') AND e.position < 0 {where} GROUP BY e.layer, e.module"""
     out: dict[int, dict[str, float]] = {}
     for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
@@ -77,14 +93,20 @@ def layer_effects(
 
 
 def module_grid(
-    store: Store, run_id: int, layer: int, pair: int | None, method: str, category: str | None = None
+    store: Store,
+    run_id: int,
+    layer: int,
+    pair: int | None,
+    method: str,
+    category: str | None = None,
+    value: str = MEAN_IE,
 ) -> dict[str, dict[int | None, float]]:
-    """module -> {position: IE} for one layer; position None is `*`. One pair's positions are its token
-    indices; averaged over pairs they count from the end (-1 the last token), so pairs of different
-    lengths line up as in `export --aggregate`."""
+    """module -> {position: IE (or IE/TE with value=IE_SHARE)} for one layer; position None is `*`. One
+    pair's positions are its token indices; over pairs they count from the end (-1 the last token), so pairs
+    of different lengths line up as in `export --aggregate`."""
     where, args = _pair_filter(pair, category)
-    sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, AVG(e.ie)
-              FROM effects e JOIN lengths p ON p.pair = e.pair
+    sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, {value}
+              FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(value)}
               WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND e.layer = ?
               {where} GROUP BY e.module, pos"""
     out: dict[str, dict[int | None, float]] = {}

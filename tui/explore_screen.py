@@ -304,7 +304,8 @@ class ExploreScreen(Screen):
             self._legend("colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE")
 
     def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
-        data = queries.layer_effects(self.app.store, self.run_id, self.pair, self.method, self.category)
+        args = (self.app.store, self.run_id, self.pair, self.method, self.category)
+        data, share = queries.layer_effects(*args), queries.layer_effects(*args, value=queries.IE_SHARE)
         by_te = self.by_te and bool(te)
         # the coloured quantity first, so that it is in view at 80 columns
         groups = ("IE/TE", "IE") if by_te else ("IE", "IE/TE")
@@ -316,14 +317,15 @@ class ExploreScreen(Screen):
             row = [data[layer].get(m, float("nan")) for m in MODULES]
             scale = max((abs(v) for v in row if v == v), default=0.0)
             ies = [t.heat(v, scale) if not by_te else f"{v:+.3f}" for v in row]
-            shares = [t.heat(v / te, 1.0) if by_te else f"{v / te:+.3f}" if te else "" for v in row]
+            ratios = [_number(share.get(layer, {}).get(m)) for m in MODULES]
+            shares = [t.heat(v, 1.0) if by_te else f"{v:+.3f}" if v == v else "" for v in ratios]
             t.add_row(str(layer), *(shares + ies if by_te else ies + shares), key=str(layer))
         self._scale_legend(te)
         layers = sorted(data)
-        norm = te if by_te else 1.0
+        shown = share if by_te else data
         plt.multiple_bar(
             [str(i) for i in layers],
-            [[data[i].get(m, 0.0) / norm for i in layers] for m in ("attn", "mlp")],
+            [[shown.get(i, {}).get(m) or 0.0 for i in layers] for m in ("attn", "mlp")],
             labels=["attn", "mlp"],
         )
         plt.title(f"{'IE/TE' if by_te else 'IE'} by layer, every position at once")
@@ -331,9 +333,8 @@ class ExploreScreen(Screen):
 
     def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
         store = self.app.store
-        grid = queries.module_grid(
-            store, self.run_id, self.focus_layer, self.pair, self.method, self.category
-        )
+        args = (store, self.run_id, self.focus_layer, self.pair, self.method, self.category)
+        grid, share = queries.module_grid(*args), queries.module_grid(*args, value=queries.IE_SHARE)
         flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
         positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
         shown = self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
@@ -356,18 +357,16 @@ class ExploreScreen(Screen):
             for p, v in zip(positions, values, strict=True):
                 f = flips.get((m, p, -1))
                 mark = "" if f is None else "⚑" if f[0] else "·"
-                cells.append(t.heat(v / te, 1.0, mark) if by_te else t.heat(v, scale, mark))
+                ratio = _number(share.get(m, {}).get(p))
+                cells.append(t.heat(ratio, 1.0, mark) if by_te else t.heat(v, scale, mark))
             t.add_row(m, *cells, key=m)
         self._scale_legend(te)
         ps = [p for p in positions if p is not None]
         labels = [str(p) for p in ps] + ([star] if None in positions else [])
-        norm = te if by_te else 1.0
+        shown = share if by_te else grid
         plt.multiple_bar(
             list(range(len(labels))),
-            [
-                [grid.get(m, {}).get(p, 0.0) / norm for p in [*ps, None][: len(labels)]]
-                for m in ("attn", "mlp")
-            ],
+            [[shown.get(m, {}).get(p) or 0.0 for p in [*ps, None][: len(labels)]] for m in ("attn", "mlp")],
             labels=["attn", "mlp"],
         )
         # few enough ticks to fit: plotext's own thinning of crowded ticks varies from run to run
@@ -627,3 +626,8 @@ class ExploreScreen(Screen):
         # aggregate of every neuron row, once the run ends)
         if now - self._shown > 1.0 and self.level != "top":
             self.show()
+
+
+def _number(value: float | None) -> float:
+    """A cell's value, NaN where there is none (no TE to divide by): shown as n/a."""
+    return float("nan") if value is None else value

@@ -13,7 +13,11 @@ GLOSSARY = (
         "IE",
         "indirect effect of a site: metric(control run with the site at its treatment value) - metric(control)",
     ),
-    ("IE/TE", "the share of the total effect that flows through the site (ie_norm in exports)"),
+    (
+        "IE/TE",
+        "the share of the total effect that flows through the site: one pair's IE / TE (ie_norm in per-pair "
+        "exports); over pairs, sum IE / sum TE (ie_share in aggregate exports, compare, show and the report)",
+    ),
     ("recur", "in how many pairs the neuron is among that pair's 20 strongest neuron sites"),
     ("gate", "the neuron's rank in the newest gate check (its curve ablated the top K)"),
     ("flips", "--verify-generation: pairs whose judged answer flipped with the site patched / pairs checked"),

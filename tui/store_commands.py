@@ -56,7 +56,7 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
     top = export.table(store, run_id, "layer", aggregated=True, top=10)
     if top:
         t = Table(title="top sites by |mean IE| over pairs")
-        columns = ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "n")
+        columns = ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "ie_share", "n")
         for col in columns:
             t.add_column(col, justify="right")
         for r in top:
