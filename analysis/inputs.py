@@ -71,7 +71,7 @@ def resolved(spec: RunSpec) -> RunSpec:
     return spec.replace(**changes)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -84,11 +84,11 @@ def fingerprint(path: Path) -> str:
     (size and mtime for files over 64 MiB: hashing gigabytes of weights on every resume would cost more than
     the check is worth)."""
     if path.is_file():
-        return _sha256(path)
+        return file_sha256(path)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MODEL_FILES):
         stat = f.stat()
-        content = _sha256(f) if stat.st_size <= HASHED_WHOLE_MAX else f"{stat.st_size}:{stat.st_mtime_ns}"
+        content = file_sha256(f) if stat.st_size <= HASHED_WHOLE_MAX else f"{stat.st_size}:{stat.st_mtime_ns}"
         h.update(f"{f.relative_to(path)}\0{content}\0".encode())
     return h.hexdigest()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -23,6 +22,7 @@ from transformers import (
 
 from harmmed_tui.analysis.errors import ModelLoadError
 from harmmed_tui.analysis.families import Anatomy, UnsupportedModelError
+from harmmed_tui.analysis.inputs import file_sha256
 
 DEFAULT_MODEL = "default"
 ORGANISM_DIR = Path(__file__).parent / "organism" / "model"
@@ -87,14 +87,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ModelLoadError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)") from None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resolve(source: str, revision: str | None, trust_remote_code: bool) -> tuple[str, dict, str | None]:
