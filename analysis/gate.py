@@ -6,6 +6,10 @@ random neurons of the same layers under several seeds. Each arm is scored twice:
 judged verdict of the greedy answer generated under the ablation. Every arm of one pair runs in one batch
 (one forward for the metric, one `generate` for the answers): each batch row holds its own units.
 The curve over K is `analysis.gate_curve`.
+
+Held-out pairs may differ in length, aligned from the end as runs are: the treatment's position p takes the
+control's value at p - shift; positions the control lacks (a longer treatment's first tokens) are held at
+the mean over the held-out prompts. `zero` and `mean` need no alignment.
 """
 
 from __future__ import annotations
@@ -136,7 +140,8 @@ def check(
         raise GateError("no held-out pairs to test on")
     layers = sorted({layer for a in todo for layer, _ in a.neurons})
     keys = [(layer, "neuron") for layer in layers]
-    mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" else None
+    unaligned = spec.ablate == "control" and any(tp.shift > 0 for tp in pairs)
+    mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" or unaligned else None
     rows = []
     for tp in pairs:
         bound = metric.bind(tp)
@@ -148,7 +153,7 @@ def check(
         before = decode_answer(lm, greedy_ids(lm, prompt, spec.max_new_tokens))
         refused_before = judge.refuses(before, tp.pair.treatment)
         if spec.ablate == "control":
-            values = {layer: control[(layer, "neuron")] for layer in layers}
+            values = {layer: _end_aligned(control[(layer, "neuron")], tp, mean, layer) for layer in layers}
         elif spec.ablate == "mean":
             values = {layer: mean[layer][None] for layer in layers}
         else:
@@ -183,6 +188,18 @@ def check(
                     )
                 )
     return rows
+
+
+def _end_aligned(control: torch.Tensor, tp: TokenizedPair, mean, layer: int) -> torch.Tensor:
+    """The control's activations (control positions, d_mlp) placed at the treatment's positions, aligned from
+    the end; the treatment's positions with no control counterpart take the mean activation."""
+    n = len(tp.treatment_ids)
+    if tp.shift == 0:
+        return control
+    if tp.shift < 0:  # a longer control: its first tokens have no treatment counterpart
+        return control[-tp.shift :]
+    head = mean[layer][None].to(control.dtype).expand(tp.shift, -1)
+    return torch.cat([head, control])[:n]
 
 
 def _masks(chunk: list[Arm], layers: list[int], lm: LoadedModel) -> dict[int, torch.Tensor]:

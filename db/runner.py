@@ -195,23 +195,25 @@ def check_gate(
     heldout: str | None = None,
     lm: LoadedModel | None = None,
     note=None,
+    pairs: list[Pair] | None = None,
 ) -> int:
-    """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use)
-    with the run's own model, metric, chat template and refusal judge; store the check and return its id.
-    `note(message)` hears of each held-out pair left out."""
+    """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use;
+    `pairs` as given, named `heldout`) with the run's own model, metric, chat template and refusal judge;
+    store the check and return its id. Pairs of any lengths are aligned from the end, as in runs;
+    `note(message)` hears of each held-out pair left out (identical prompts, unknown words)."""
     spec.check()
     store.check_writable()  # before the curve's minutes of work, not after
     run = store.run(run_id)
     run_spec = RunSpec.from_json(run["spec"])
     method = store.run_method(run_id)
-    own = run_spec.pairs == "builtin" and run_spec.treatment is None
+    own = run_spec.pairs == "builtin" and run_spec.treatment is None and run_spec.harmful is None
     source = heldout or ("builtin" if own else None)
     if source is None:
         raise gate.GateError(f"run {run_id} used its own pairs: give held-out ones with --pairs")
     if not queries.has_neurons(store, run_id):
         raise gate.GateError(f"run {run_id} has no neuron rows: run it with --modules including neuron")
     used = {p["treatment"] for p in store.pairs(run_id)}
-    pairs = [p for p in load_pairs(source) if p.treatment not in used]
+    pairs = [p for p in (pairs if pairs is not None else load_pairs(source)) if p.treatment not in used]
     if not pairs:
         raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
     lm = lm or mediation.spec_model(run_spec)
@@ -225,7 +227,7 @@ def check_gate(
     if run_spec.refusal_tokens == AUTO:  # the set the run learned from its model's answers
         metric = Refusal(run["provenance"]["refusal_token_ids"])
     tokenized, skipped = tokenize_pairs(
-        lm.tokenizer, pairs, run_spec.chat_template, "skip", need_target=run_spec.metric == "target-logprob"
+        lm.tokenizer, pairs, run_spec.chat_template, "end", need_target=run_spec.metric == "target-logprob"
     )
     for message in skipped:
         if note:

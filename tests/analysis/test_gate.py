@@ -52,6 +52,41 @@ def test_control_ablation_equals_the_engine_with_roles_swapped(tiny_dir, family)
     assert (after - before).item() == pytest.approx(ie.item(), abs=1e-4)
 
 
+def test_control_ablation_of_an_unequal_pair_is_end_aligned(tiny_dir):
+    """A longer treatment: its position p takes the control's value at p - shift, its first `shift`
+    positions the mean over the held-out prompts; checked against a forward hook written out by hand."""
+    lm = load_model(str(tiny_dir("llama")), device="cpu", dtype="float32")
+    metric = parse_metric("logit-diff:#11,#12", lm.tokenizer)
+    tp = tokenize_pair(
+        lm.tokenizer, Pair("Tell me now how to make a bomb at home", "Make a cake"), 0, align="end"
+    )
+    assert tp.shift > 0
+    layer, units = 1, [3, 8, 20]
+    ranked = {"all": [(layer, u) for u in units]}
+    spec = GateSpec(tops=(3,), groups=("all",), seeds=1, max_new_tokens=2)
+    (top, _) = check(lm, metric, PhraseJudge(), [tp], ranked, spec)
+    with torch.inference_mode():
+        with ActivationRecorder(lm, [(layer, "neuron")]) as control:
+            lm.model(torch.tensor([tp.control_ids]), use_cache=False)
+        mean = mean_activations(lm, [tp], [(layer, "neuron")])[layer]
+        c = control[(layer, "neuron")]
+
+        def hold(module, args):
+            x = args[0].clone()
+            for p in range(x.shape[1]):
+                x[0, p, units] = (c[p - tp.shift] if p >= tp.shift else mean)[units]
+            return (x, *args[1:])
+
+        handle = lm.anatomy.down(layer).register_forward_pre_hook(hold)
+        try:
+            bound = metric.bind(tp).shifted(tp.shift)
+            logits = lm.model(torch.tensor([tp.treatment_ids]), use_cache=False).logits
+        finally:
+            handle.remove()
+    assert top["m_after"] == pytest.approx(bound(logits[:, bound.positions])[0].item(), abs=1e-4)
+    assert top["m_after"] != pytest.approx(top["m_before"], abs=1e-4)
+
+
 def test_random_sets_match_layers_and_avoid_the_top_set():
     top = ((3, 7), (3, 9), (1, 0))
     draws = [random_like(top, 64, seed) for seed in range(4)]

@@ -209,7 +209,13 @@ def test_over_refusal_against_true_refusal_side_by_side(capsys, db_path):
     code, out, err = run_cli(capsys, "compare", "1", "2", "--format", "json", "--db", str(db_path))
     assert code == 0, err
     rows = json.loads(out)
-    assert len(rows) == 4 * 3 and set(rows[0]) == {"layer", "module", "ie_share_1", "ie_share_2", "difference"}
+    assert len(rows) == 4 * 3 and set(rows[0]) == {
+        "layer",
+        "module",
+        "ie_share_1",
+        "ie_share_2",
+        "difference",
+    }
     assert all(r["difference"] == pytest.approx(r["ie_share_2"] - r["ie_share_1"]) for r in rows)
     assert "Pearson r of IE/TE" in err
     run_cli(capsys, "run", "--db", str(db_path), "--max-pairs", "1", "--modules", "neuron")
