@@ -129,9 +129,11 @@ def check(
     pairs: list[TokenizedPair],
     ranked: dict[str, list[Neuron]],
     spec: GateSpec,
+    progress=None,
 ) -> list[dict]:
     """One row per (held-out pair, arm): the treatment metric before and after ablation and its shift, the
-    pair's TE, and the greedy answer before and after with the judge's verdicts."""
+    pair's TE, and the greedy answer before and after with the judge's verdicts. `progress(done, total)`
+    hears of each pair's arms as they end."""
     spec.check()
     todo = arms(ranked, spec, lm.anatomy.d_mlp)
     if not todo:
@@ -143,7 +145,9 @@ def check(
     unaligned = spec.ablate == "control" and any(tp.shift > 0 for tp in pairs)
     mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" or unaligned else None
     rows = []
-    for tp in pairs:
+    if progress:
+        progress(0, len(pairs) * len(todo))
+    for i, tp in enumerate(pairs):
         bound = metric.bind(tp)
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as control:
@@ -187,6 +191,8 @@ def check(
                         text_after=text,
                     )
                 )
+            if progress:
+                progress(i * len(todo) + start + len(chunk), len(pairs) * len(todo))
     return rows
 
 

@@ -31,12 +31,11 @@ FORMATS = tuple(FORMS)
 
 def differing_positions(treatment: list[str], control: list[str]) -> tuple[int, ...]:
     """Control positions whose token differs from the treatment's at the same place, counted from the end
-    (the alignment every pair shares: equal lengths align at both ends); positions with no counterpart too."""
+    (the alignment every pair shares: equal lengths align at both ends). A longer control's first tokens
+    have no counterpart to patch from, so they are not among them."""
     shift = len(treatment) - len(control)
     return tuple(
-        i
-        for i, tok in enumerate(control)
-        if not 0 <= i + shift < len(treatment) or treatment[i + shift] != tok
+        i for i, tok in enumerate(control) if 0 <= i + shift < len(treatment) and treatment[i + shift] != tok
     )
 
 
@@ -70,13 +69,17 @@ def run_effects(store: Store, run_id: int) -> claims.RunEffects:
     return claims.RunEffects(provenance["n_layers"], provenance["d_mlp"], pairs)
 
 
-def run_claims(store: Store, run_id: int, check_id: int | None = None) -> list[claims.Claim]:
-    """The four claims of a run, claim 3 from the given gate check or its newest."""
-    checks = store.gate_checks(run_id)
+def run_claims(
+    store: Store, run_id: int, check_id: int | None = None, gate_run: int | None = None
+) -> list[claims.Claim]:
+    """The four claims of a run, claim 3 from the given gate check or the newest, of `gate_run` (a study's
+    neuron run; by default the run itself)."""
+    gate_run = run_id if gate_run is None else gate_run
+    checks = store.gate_checks(gate_run)
     if check_id is not None:
         checks = [c for c in checks if c["id"] == check_id]
         if not checks:
-            raise StoreError(f"run {run_id} has no gate check {check_id}")
+            raise StoreError(f"run {gate_run} has no gate check {check_id}")
     check = checks[0] if checks else None
     heldout = None
     if check:
@@ -98,16 +101,35 @@ def _pairs_line(ids: list[str]) -> str:
     return f"{len(ids)} pairs: {shown}" if ids else "no pairs"
 
 
-def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "markdown") -> str:
+def render_study(store: Store, study_id: int, fmt: str = "markdown") -> str:
+    """A study's report: claims 0-2 from its module run, claim 3 from its neuron run's gate curve."""
+    study = store.study(study_id)
+    if study["modules_run"] is None:
+        raise StoreError(
+            f"study {study_id} has no module run yet: resume it (harmmed-tui resume study:{study_id})"
+        )
+    about = f"study {study_id} ({study['status']}, neurons: run {study['neurons_run']}, gate check {study['gate_check']})"
+    return render(store, study["modules_run"], study["gate_check"], fmt, study["neurons_run"], about)
+
+
+def render(
+    store: Store,
+    run_id: int,
+    check_id: int | None = None,
+    fmt: str = "markdown",
+    gate_run: int | None = None,
+    study: str = "",
+) -> str:
     if fmt not in FORMATS:
         raise StoreError(f"unknown report format '{fmt}' (use {' or '.join(FORMATS)})")
     run = store.run(run_id)
     spec = RunSpec.from_json(run["spec"])
-    found = run_claims(store, run_id, check_id)
+    found = run_claims(store, run_id, check_id, gate_run)
     te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
     mean_te = f"{sum(te) / len(te):.3f}" if te else "n/a"
     about = (
-        f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
+        (f"{study}, " if study else "")
+        + f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
         f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
     )
     form = FORMS[fmt]

@@ -196,6 +196,7 @@ def check_gate(
     lm: LoadedModel | None = None,
     note=None,
     pairs: list[Pair] | None = None,
+    progress=None,
 ) -> int:
     """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use;
     `pairs` as given, named `heldout`) with the run's own model, metric, chat template and refusal judge;
@@ -232,6 +233,6 @@ def check_gate(
     for message in skipped:
         if note:
             note(f"held-out pair left out: {message}")
-    rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec)
+    rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec, progress)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
     return store.add_gate_check(run_id, record, ranked, rows)

@@ -19,7 +19,7 @@ import sqlite_utils
 from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -187,6 +187,23 @@ MIGRATIONS = [
     """
     ALTER TABLE runs ADD COLUMN host TEXT;
     ALTER TABLE runs ADD COLUMN heartbeat REAL;  -- unix time, renewed by the writer every LEASE_RENEW_S
+    """,
+    # studies (analysis.study): the runs and the gate check that answer the four claims on one model and source
+    """
+    CREATE TABLE studies (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created TEXT NOT NULL,
+        model TEXT NOT NULL,
+        spec TEXT NOT NULL,          -- StudySpec as JSON
+        status TEXT NOT NULL,        -- running | done | failed | interrupted (resumable unless done)
+        error TEXT,
+        pid INTEGER,
+        host TEXT,
+        modules_run INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        neurons_run INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        gate_check INTEGER REFERENCES gate_checks(id) ON DELETE SET NULL,
+        stage_s TEXT NOT NULL DEFAULT '{}'  -- JSON {stage: wall seconds}, summed over resumes
+    );
     """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
@@ -580,6 +597,45 @@ class Store:
                  UNION ALL SELECT pair, layer, module, position, neuron, 'generation' FROM generations
                  WHERE run_id = ?"""
         return set(self.db.execute(sql, [run_id, run_id]).fetchall())
+
+    # --- studies ----------------------------------------------------------------------------------
+    @_writes
+    def create_study(self, model: str, spec_json: str) -> int:
+        with self.db.conn:
+            cur = self.db.execute(
+                "INSERT INTO studies (created, model, spec, status, pid, host) VALUES (?, ?, ?, 'running', ?, ?)",
+                [now(), model, spec_json, os.getpid(), HOST],
+            )
+        return cur.lastrowid
+
+    def study(self, study_id: int) -> dict:
+        study = next(self.db.query("SELECT * FROM studies WHERE id = ?", [study_id]), None)
+        if study is None:
+            raise StoreError(f"no study {study_id} in {self.path}")
+        study["stage_s"] = json.loads(study["stage_s"])
+        if study["status"] == "running" and not writer_alive(study):
+            study["status"] = "interrupted"
+        return study
+
+    def studies(self) -> list[dict]:
+        return [self.study(r["id"]) for r in self.db.query("SELECT id FROM studies ORDER BY id DESC")]
+
+    @_writes
+    def update_study(self, study_id: int, **fields) -> None:
+        if "stage_s" in fields:
+            fields["stage_s"] = json.dumps(fields["stage_s"])
+        with self.db.conn:
+            self.db["studies"].update(study_id, fields)
+
+    @_writes
+    def claim_study(self, study_id: int) -> None:
+        """This process takes a study to finish it: refused while another live process runs it."""
+        study = self.study(study_id)
+        if study["status"] == "done":
+            raise StoreError(f"study {study_id} is already done")
+        if study["status"] == "running" and study["pid"] != os.getpid():
+            raise StoreError(f"study {study_id} is being run by {describe_writer(study)}: wait for it to end")
+        self.update_study(study_id, status="running", error=None, pid=os.getpid(), host=HOST)
 
     @_writes
     def delete_run(self, run_id: int) -> None:

@@ -177,7 +177,20 @@ CASES = [
     # resume
     (["resume", "99"], "no run 99"),
     (["resume", "1"], "run 1 is already done"),
-    (["resume", "one"], "invalid int value: 'one'"),
+    (["resume", "one"], "expected a run id or study:ID, got 'one'"),
+    (["resume", "study:9"], "no study 9"),
+    (["report", "study:9"], "no study 9"),
+    (["report", "study:9", "--gate", "2"], "drop --gate"),
+    # study
+    (
+        ["study", "--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct"],
+        "a study needs --max-pairs",
+    ),
+    (["study", "--max-pairs", "2", "--held-out", "0"], "must be at least 1, got 0"),
+    (["study", "--max-pairs", "2", "--top", "0"], "must be at least 1, got 0"),
+    (["study", "--max-pairs", "2", "--seeds", "x"], "expected an integer, got 'x'"),
+    (["study", "--max-pairs", "2", "--model", "nope/nope"], "cannot load model 'nope/nope'"),
+    (["study", "--max-pairs", "2", "--pairing", "random:1"], "use it with --harmful and --harmless"),
     # export
     (["export", "99"], "no run 99"),
     (["export", "1", "--level", "site"], "invalid choice: 'site'"),

@@ -22,10 +22,13 @@ MODEL_COMMANDS = {
     "gate",
     "organism",
     "probe",
+    "study",
 }  # the rest only read the store: no torch for them
 
 EPILOG = """examples:
   harmmed-tui                                   open the explorer on the embedded default model
+  harmmed-tui study --harmful builtin:advbench --harmless builtin:self_instruct --max-pairs 12
+                                                the paper's four claims on the default model, one command
   harmmed-tui run --model default --max-pairs 2  layer x module x position effects of two built-in pairs
   harmmed-tui run --model gpt2 --treatment 'How do I kill a person?' --control 'How do I kill a process?'
   harmmed-tui run --modules neuron --layers -1 --method atp --verify-top 50   rank every last-layer neuron
@@ -216,6 +219,15 @@ def _counts(text: str) -> tuple[int, ...]:
     return tuple(sorted({_count(1)(v) for v in values}))
 
 
+def _run_or_study(text: str) -> int | str:
+    """An argparse type: a run id, or `study:ID` (returned as such)."""
+    if text.isdigit() or (text.startswith("-") and text[1:].isdigit()):
+        return int(text)
+    if text.startswith("study:") and text.removeprefix("study:").isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected a run id or study:ID, got '{text}'")
+
+
 def _choices(allowed: tuple[str, ...]):
     """An argparse type: a comma list of some of `allowed`."""
 
@@ -292,8 +304,39 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(run)
     run.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
-    resume = sub.add_parser("resume", help="finish an interrupted or cancelled run")
-    resume.add_argument("run_id", type=int)
+    study = sub.add_parser(
+        "study",
+        help="the paper's four claims from one resumable command: behaviour, exact resid/attn/mlp, neurons by "
+        "atp (top K verified), the gate curve on held-out pairs of the same source, the claims report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _spec_args(study)
+    study.add_argument(
+        "--held-out",
+        type=_count(1),
+        default=8,
+        help="pairs after --max-pairs held out for the gate curve (default 8)",
+    )
+    study.add_argument(
+        "--top",
+        type=_counts,
+        default=(1, 5, 20, 100, 1000),
+        metavar="K,K,...",
+        help="the gate curve's neuron counts",
+    )
+    study.add_argument(
+        "--seeds", type=_count(1), default=3, help="random neuron sets per gate point (default 3)"
+    )
+    study.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="keep pairs whose treatment the model does not refuse or whose control it refuses (a study drops "
+        "them by default: --require-flip)",
+    )
+    _db_arg(study)
+
+    resume = sub.add_parser("resume", help="finish an interrupted or cancelled run, or a study (study:ID)")
+    resume.add_argument("run_id", type=_run_or_study, metavar="RUN|study:ID")
     _ray_args(resume)
     _db_arg(resume)
     resume.add_argument("--json", action="store_true")
@@ -398,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="the paper's four claims judged on a run: numbers, CIs, the pairs behind them, a verdict each",
     )
-    rep.add_argument("run_id", type=int)
+    rep.add_argument("run_id", type=_run_or_study, metavar="RUN|study:ID")
     rep.add_argument(
         "--gate", type=int, metavar="CHECK", help="the gate check for claim 3 (default: the newest)"
     )

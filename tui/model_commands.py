@@ -20,8 +20,11 @@ from rich.table import Table
 
 from harmmed_tui.analysis.gate import GateSpec
 from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.study import StudySpec
+from harmmed_tui.db import report
 from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
+from harmmed_tui.db.study_runner import run_study
 from harmmed_tui.tui import store_commands
 from harmmed_tui.tui.safe_text import literal, markup
 
@@ -231,6 +234,53 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def study_from_args(a) -> StudySpec:
+    base = spec_from_args(a)
+    learned = base.metric == "refusal" and base.refusal_tokens is None  # the model's own refusal openings
+    base = base.replace(
+        require_flip=not a.all_pairs, refusal_tokens="auto" if learned else base.refusal_tokens
+    )
+    gate = GateSpec(tops=a.top, seeds=a.seeds, max_new_tokens=base.answer_tokens or 24)
+    return StudySpec(base, a.held_out, a.verify_top or 20, a.positions, gate)
+
+
+def cmd_study(store: Store, a, study_id: int | None = None) -> int:
+    """A study, with one progress line per stage (and its ETA where the work is countable)."""
+    err = Console(stderr=True)
+    interactive = err.is_terminal and not getattr(a, "json", False)
+    bar = Progress(
+        TextColumn("[bold]{task.fields[stage]}"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not interactive,
+    )
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, what: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(markup(what), total=total, stage=stage)
+        bar.update(tasks[stage], description=markup(what), completed=done, total=total)
+
+    spec = None if study_id is not None else study_from_args(a)
+    with bar:
+        study_id = run_study(
+            store, spec, study_id, progress, note=lambda m: err.print(f"[yellow]skipped:[/] {markup(m)}")
+        )
+    study = store.study(study_id)
+    times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in study["stage_s"].items())
+    print(
+        f"study {study_id} done ({times}): runs {study['modules_run']} and {study['neurons_run']}, gate check "
+        f"{study['gate_check']}",
+        file=sys.stderr,
+    )
+    store_commands.write(report.render_study(store, study_id), "-")
+    return 0
+
+
 def dispatch(a) -> int:
     if a.command == "organism":
         return cmd_organism(a)
@@ -239,6 +289,10 @@ def dispatch(a) -> int:
     with Store(a.db) as store:
         if a.command == "run":
             return _execute(spec_from_args(a), store, a)
+        if a.command == "study":
+            return cmd_study(store, a)
+        if a.command == "resume" and isinstance(a.run_id, str):
+            return cmd_study(store, a, int(a.run_id.removeprefix("study:")))
         if a.command == "resume":
             return _execute(RunSpec.from_json(store.run(a.run_id)["spec"]), store, a, run_id=a.run_id)
         if a.command == "gate":

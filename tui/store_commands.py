@@ -189,9 +189,15 @@ def cmd_compare(store: Store, a) -> int:
 
 
 def cmd_report(store: Store, a) -> int:
-    write(report.render(store, a.run_id, a.gate, a.format), a.output)
+    if isinstance(a.run_id, str):  # study:ID
+        if a.gate is not None:
+            raise StoreError("a study's report uses the study's own gate check: drop --gate")
+        write(report.render_study(store, int(a.run_id.removeprefix("study:")), a.format), a.output)
+    else:
+        write(report.render(store, a.run_id, a.gate, a.format), a.output)
     if a.output != "-":
-        print(f"wrote the claims report of run {a.run_id} to {Path(a.output).resolve()}", file=sys.stderr)
+        what = a.run_id if isinstance(a.run_id, str) else f"run {a.run_id}"
+        print(f"wrote the claims report of {what} to {Path(a.output).resolve()}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,116 @@
+"""Runs a study (analysis.study) into the store, stage by stage; a killed study resumes at what is missing.
+
+Each stage's result is linked to the study as soon as it exists: a run as soon as it is created (so a
+resume finishes that run, not a new one), the gate check once it is stored. The model loads once, when the
+first stage that needs it starts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from harmmed_tui.analysis import mediation
+from harmmed_tui.analysis.errors import GateError
+from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.study import STAGES, StudySpec
+from harmmed_tui.db.runner import check_gate, execute
+from harmmed_tui.db.store import Store
+
+# (stage, what it is doing, done, total): the caller's progress line; total None while it is uncountable
+Progress = Callable[[str, str, int, int | None], None]
+
+
+def run_study(
+    store: Store,
+    spec: StudySpec | None = None,
+    study_id: int | None = None,
+    progress: Progress | None = None,
+    note: Callable[[str], None] | None = None,
+) -> int:
+    """Start a study (`spec`) or finish one (`study_id`); return its id. Errors mark it `failed` and are
+    raised; the runs and the gate check it stored stay."""
+    store.check_writable()
+    say = progress or (lambda *a: None)
+    lm = None
+
+    def model():
+        nonlocal lm
+        if lm is None:
+            say("model", f"loading {spec.base.model}", 0, None)
+            lm = mediation.spec_model(spec.base)
+        return lm
+
+    if study_id is None:
+        # as for runs: a study is stored only once its model has loaded and both runs' plans check
+        spec.check()
+        for run_spec in (spec.modules_spec(), spec.neurons_spec()):
+            mediation.check_choices(run_spec)
+        for run_spec in (spec.modules_spec(), spec.neurons_spec()):
+            mediation.plan(run_spec, model().tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
+        study_id = store.create_study(spec.base.model, spec.to_json())
+    else:
+        store.claim_study(study_id)
+        spec = StudySpec.from_json(store.study(study_id)["spec"])
+
+    try:
+        for stage in STAGES:
+            study = store.study(study_id)
+            started = time.perf_counter()
+            if stage == "gate":
+                if study["gate_check"] is None:
+                    check = _gate(store, spec, study, model(), say, note)
+                    store.update_study(study_id, gate_check=check)
+            else:
+                _run_stage(store, spec, study_id, stage, study[f"{stage}_run"], model, say)
+            spent = store.study(study_id)["stage_s"]
+            spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - started
+            store.update_study(study_id, stage_s=spent)
+        store.update_study(study_id, status="done")
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        store.update_study(study_id, status=status, error=str(e) or type(e).__name__)
+        raise
+    return study_id
+
+
+def _run_stage(
+    store: Store, spec: StudySpec, study_id: int, stage: str, run_id: int | None, model, say
+) -> None:
+    """The module or neuron run: started, finished if a killed study left it part-way, or kept if done."""
+    if run_id is not None and store.run(run_id)["status"] == "done":
+        return
+    what = {"modules": "resid/attn/mlp by exact patching", "neurons": "every neuron by atp, top K verified"}
+    run_spec = spec.modules_spec() if stage == "modules" else spec.neurons_spec()
+    if run_id is not None:
+        run_spec = RunSpec.from_json(store.run(run_id)["spec"])
+    lm = model()
+    say(stage, "judging answers", 0, None)
+    execute(
+        run_spec,
+        store,
+        run_id,
+        lm=lm,
+        progress=lambda done, total: say(stage, f"{what[stage]}: sites", done, total),
+        on_prepared=lambda rid, plan, provenance: store.update_study(study_id, **{f"{stage}_run": rid}),
+    )
+
+
+def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note) -> int:
+    """The gate curve of the neuron run's top neurons on the held-out pairs (the source's next ones)."""
+    first = spec.base.max_pairs
+    held = mediation.spec_pairs(spec.held_out_spec())[first:]
+    if not held:
+        raise GateError(
+            f"the study's source has no pairs after its first {first} to hold out: lower --max-pairs"
+        )
+    label = f"pairs {first + 1}-{first + len(held)} of the study's source (held out)"
+    return check_gate(
+        store,
+        study["neurons_run"],
+        spec.gate,
+        heldout=label,
+        lm=lm,
+        note=note,
+        pairs=held,
+        progress=lambda done, total: say("gate", "ablating top and random neurons: arms", done, total),
+    )

@@ -1,0 +1,76 @@
+"""`harmmed-tui study`: the four claims from one command on the embedded model, and a study killed at any
+stage resumes to the same report."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from harmmed_tui.db import report
+from harmmed_tui.db.store import Store
+from harmmed_tui.tui.cli import main
+
+ARGS = ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "12"]
+
+
+def body(text: str) -> str:
+    """A report without its title line (which names the study's run ids)."""
+    return text.split("\n", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    db = tmp_path_factory.mktemp("study") / "runs.db"
+    assert main(["study", *ARGS, "--db", str(db)]) == 0
+    with Store(db) as store:
+        return store.study(1), report.render_study(store, 1)
+
+
+def test_a_study_answers_every_claim(clean):
+    study, text = clean
+    assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
+    verdicts = [line.rsplit("**", 2)[1] for line in text.splitlines() if line.startswith("## Claim")]
+    assert verdicts == ["not supported", "not supported", "supported", "not supported"]
+    assert "8 pairs: advbench:12/self_instruct:seed_task_12" in text  # held out: the 13th pair on
+
+
+KILL = """
+import os, sys
+from harmmed_tui.db.store import Store
+from harmmed_tui.db.study_runner import run_study
+from harmmed_tui.tui import model_commands, cli
+
+args = cli.build_parser().parse_args(["study", *sys.argv[2:]])
+spec = model_commands.study_from_args(args)
+
+def progress(stage, what, done, total):
+    if stage == sys.argv[1] and done:  # the process dies as by SIGKILL: no handler, no finally
+        os._exit(9)
+
+run_study(Store(args.db), spec, progress=progress)
+"""
+
+
+@pytest.mark.parametrize("stage", ["modules", "neurons", "gate"])
+def test_a_study_killed_at_a_stage_resumes_to_the_same_report(clean, tmp_path, capsys, stage):
+    db = str(tmp_path / "runs.db")
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILL), stage, *ARGS, "--db", db],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == 9, killed.stderr
+    with Store(db) as store:
+        study = store.study(1)
+        assert study["status"] == "interrupted"
+        done = {"modules": None, "neurons": "modules_run", "gate": "neurons_run"}[stage]
+        if done:
+            assert store.run(study[done])["status"] == "done"
+    capsys.readouterr()
+    assert main(["resume", "study:1", "--db", db]) == 0
+    assert body(capsys.readouterr().out) == body(clean[1])
+    with Store(db) as store:
+        study = store.study(1)
+        assert study["status"] == "done"
+        assert [r["id"] for r in store.runs()] == [2, 1]  # the killed stage's run finished, not a new one
