@@ -17,9 +17,12 @@ from harmmed_tui.analysis.pairs import TokenizedPair
 
 
 @torch.inference_mode()
-def greedy_batch(lm: LoadedModel, ids: list[int], max_new_tokens: int, rows: int = 1) -> list[list[int]]:
+def greedy_batch(
+    lm: LoadedModel, ids: list[int], max_new_tokens: int, rows: int = 1, stopping_criteria=None
+) -> list[list[int]]:
     """The token ids of the model's greedy continuations of `rows` copies of one tokenized prompt (rows
-    that differ only by the hooks a caller installs; no padding, they are the same length)."""
+    that differ only by the hooks a caller installs; no padding, they are the same length). A row that a
+    stopping criterion ends is padded from there (its pad tokens are special, dropped when decoded)."""
     prompt = torch.tensor([ids], device=lm.device).expand(rows, -1)
     tok = lm.tokenizer
     out = lm.model.generate(
@@ -28,6 +31,7 @@ def greedy_batch(lm: LoadedModel, ids: list[int], max_new_tokens: int, rows: int
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        stopping_criteria=stopping_criteria,
     )
     return out[:, len(ids) :].tolist()
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria
 
 from harmmed_tui.analysis.behaviour import decode_answer, greedy_batch, greedy_ids
 from harmmed_tui.analysis.errors import GateError
@@ -130,23 +131,38 @@ def check(
     ranked: dict[str, list[Neuron]],
     spec: GateSpec,
     progress=None,
+    exhaustive: bool = False,
 ) -> list[dict]:
     """One row per (held-out pair, arm): the treatment metric before and after ablation and its shift, the
     pair's TE, and the greedy answer before and after with the judge's verdicts. `progress(done, total)`
-    hears of each pair's arms as they end."""
+    hears of each pair's arms as they end.
+
+    What cannot change a number or a verdict of the curve is not computed (`exhaustive` computes it all, the
+    reference the tests and bench/gate_cost.py hold this to): arms that ablate the same units (the final
+    layer and the last quarter of a small model) run once; an ablated answer is generated only for a pair
+    refused before ablation (the only answers a flip is counted on; the others' rows keep no answer); and
+    with the phrase judge a row stops generating once its answer holds a refusal phrase (it stays refused),
+    random sets batched before top sets, so that batches of answers that stay refused end early."""
     spec.check()
     todo = arms(ranked, spec, lm.anatomy.d_mlp)
     if not todo:
         raise GateError(f"no {spec.sign} neurons in the run's rows to ablate")
     if not pairs:
         raise GateError("no held-out pairs to test on")
+    if exhaustive:
+        chunks = _chunked([a.neurons for a in todo])
+    else:  # random sets and top sets in batches of their own: a batch of answers that stay refused ends early
+        unique = list(dict.fromkeys(a.neurons for a in todo))
+        tops = {a.neurons for a in todo if a.seed < 0}
+        chunks = _chunked([u for u in unique if u not in tops]) + _chunked([u for u in unique if u in tops])
+    total = sum(map(len, chunks))
     layers = sorted({layer for a in todo for layer, _ in a.neurons})
     keys = [(layer, "neuron") for layer in layers]
     unaligned = spec.ablate == "control" and any(tp.shift > 0 for tp in pairs)
     mean = mean_activations(lm, pairs, keys) if spec.ablate == "mean" or unaligned else None
     rows = []
     if progress:
-        progress(0, len(pairs) * len(todo))
+        progress(0, len(pairs) * total)
     for i, tp in enumerate(pairs):
         bound = metric.bind(tp)
         with torch.inference_mode():
@@ -162,38 +178,60 @@ def check(
             values = {layer: mean[layer][None] for layer in layers}
         else:
             values = {layer: torch.zeros(1, lm.anatomy.d_mlp, device=lm.device) for layer in layers}
-        for start in range(0, len(todo), ROWS_PER_BATCH):
-            chunk = todo[start : start + ROWS_PER_BATCH]
+        after: dict[tuple[Neuron, ...], tuple[float, str | None]] = {}
+        generate = exhaustive or refused_before
+        stop = None if exhaustive or not hasattr(judge, "settled") else [_Settled(lm, judge, len(prompt))]
+        done = 0
+        for chunk in chunks:
             ablation = Ablation(lm, _masks(chunk, layers, lm), values)
             with torch.inference_mode(), ablation:
-                after = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
-            with ablation:
-                texts = [
-                    decode_answer(lm, a) for a in greedy_batch(lm, prompt, spec.max_new_tokens, len(chunk))
-                ]
-            for arm, m_after, text in zip(chunk, after, texts, strict=True):
-                rows.append(
-                    dict(
-                        pair=tp.index,
-                        pair_id=tp.pair.id,
-                        grp=arm.group,
-                        k=arm.k,
-                        units=len(arm.neurons),
-                        arm="top" if arm.seed < 0 else "random",
-                        seed=arm.seed,
-                        m_before=m_before,
-                        m_after=m_after,
-                        shift=m_after - m_before,
-                        te=m_before - m_control,
-                        refused_before=refused_before,
-                        refused_after=judge.refuses(text, tp.pair.treatment),
-                        text_before=before,
-                        text_after=text,
-                    )
-                )
+                scores = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
+            texts: list[str | None] = [None] * len(chunk)
+            if generate:
+                with ablation:
+                    answers = greedy_batch(lm, prompt, spec.max_new_tokens, len(chunk), stop)
+                texts = [decode_answer(lm, a) for a in answers]
+            after.update(zip(chunk, zip(scores, texts, strict=True), strict=True))
+            done += len(chunk)
             if progress:
-                progress(i * len(todo) + start + len(chunk), len(pairs) * len(todo))
+                progress(i * total + done, len(pairs) * total)
+        for arm in todo:  # (in exhaustive mode a repeated set ran again: its result is the same)
+            m_after, text = after[arm.neurons]
+            rows.append(
+                dict(
+                    pair=tp.index,
+                    pair_id=tp.pair.id,
+                    grp=arm.group,
+                    k=arm.k,
+                    units=len(arm.neurons),
+                    arm="top" if arm.seed < 0 else "random",
+                    seed=arm.seed,
+                    m_before=m_before,
+                    m_after=m_after,
+                    shift=m_after - m_before,
+                    te=m_before - m_control,
+                    refused_before=refused_before,
+                    refused_after=None if text is None else judge.refuses(text, tp.pair.treatment),
+                    text_before=before,
+                    text_after=text,
+                )
+            )
     return rows
+
+
+def _chunked(sets: list) -> list[list]:
+    return [sets[i : i + ROWS_PER_BATCH] for i in range(0, len(sets), ROWS_PER_BATCH)]
+
+
+class _Settled(StoppingCriteria):
+    """Ends each row of a batched generate once the judge's verdict on its answer so far cannot change."""
+
+    def __init__(self, lm: LoadedModel, judge: PhraseJudge, prompt_len: int):
+        self.lm, self.judge, self.prompt_len = lm, judge, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        answers = [decode_answer(self.lm, row[self.prompt_len :].tolist()) for row in input_ids]
+        return torch.tensor([self.judge.settled(a) for a in answers], device=input_ids.device)
 
 
 def _end_aligned(control: torch.Tensor, tp: TokenizedPair, mean, layer: int) -> torch.Tensor:
@@ -208,10 +246,10 @@ def _end_aligned(control: torch.Tensor, tp: TokenizedPair, mean, layer: int) -> 
     return torch.cat([head, control])[:n]
 
 
-def _masks(chunk: list[Arm], layers: list[int], lm: LoadedModel) -> dict[int, torch.Tensor]:
+def _masks(chunk: list[tuple[Neuron, ...]], layers: list[int], lm: LoadedModel) -> dict[int, torch.Tensor]:
     masks = {layer: torch.zeros(len(chunk), lm.anatomy.d_mlp, dtype=torch.bool) for layer in layers}
-    for row, arm in enumerate(chunk):
-        for layer, unit in arm.neurons:
+    for row, units in enumerate(chunk):
+        for layer, unit in units:
             masks[layer][row, unit] = True
     return {layer: m.to(lm.device) for layer, m in masks.items()}
 

@@ -56,6 +56,10 @@ class PhraseJudge:
         text = answer.casefold()
         return any(p.casefold() in text for p in self.phrases)
 
+    def settled(self, answer_so_far: str) -> bool:
+        """Whether no continuation can change the verdict: a phrase once contained stays contained."""
+        return self.refuses(answer_so_far)
+
     @property
     def description(self) -> str:
         return f"{len(self.phrases)} refusal phrases"
