@@ -32,6 +32,11 @@ class SiteError(HarmmedError):
     """A site, layer, position, method or count choice is invalid."""
 
 
+class NoRefusalsError(SiteError):
+    """The model's answers give nothing to explain as asked: no treatment refused (so no refusal openings
+    to learn), or no pair that flips."""
+
+
 class GateError(HarmmedError):
     """A gate check cannot run as asked."""
 

@@ -12,7 +12,7 @@ import torch
 
 from harmmed_tui.analysis.attribution import Attribution
 from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_refusal_tokens, pair_behaviour
-from harmmed_tui.analysis.errors import MetricError, PairsError
+from harmmed_tui.analysis.errors import NoRefusalsError, PairsError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
@@ -319,7 +319,7 @@ def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour], stored: Store
                 "--refusal-tokens auto learns from each pair's answers: keep --answer-tokens above 0"
             )
         elif not (learned := learned_refusal_tokens(behaviour)):
-            raise MetricError(
+            raise NoRefusalsError(
                 "--refusal-tokens auto: no first token of a refused treatment answer is absent from the "
                 "answered controls' (does the model refuse any treatment? see harmmed-tui probe)"
             )
@@ -331,7 +331,7 @@ def with_behaviour(checked: Plan, behaviour: dict[int, Behaviour], stored: Store
         raise SiteError("--require-flip judges each pair's answers: keep --answer-tokens above 0")
     keep = [tp for tp in checked.pairs if behaviour[tp.index].flips]
     if not keep:
-        raise SiteError("no pair flips (treatment refused, control answered): nothing to explain")
+        raise NoRefusalsError("no pair flips (treatment refused, control answered): nothing to explain")
     dropped = [
         f"pair {tp.pair.id!r}: {behaviour[tp.index].label} (--require-flip)"
         for tp in checked.pairs

@@ -69,12 +69,35 @@ def run_effects(store: Store, run_id: int) -> claims.RunEffects:
     return claims.RunEffects(provenance["n_layers"], provenance["d_mlp"], pairs)
 
 
+def study_of(store: Store, run_id: int) -> dict | None:
+    """The study a run belongs to, if any."""
+    sql = "SELECT id FROM studies WHERE modules_run = ? OR neurons_run = ? ORDER BY id DESC"
+    row = store.db.execute(sql, [run_id, run_id]).fetchone()
+    return store.study(row[0]) if row else None
+
+
+def claims_source(store: Store, run_id: int, check_id: int | None = None) -> tuple[int, int, int | None]:
+    """(the run whose effects claims 0-2 read, the run whose gate checks claim 3 reads, the check or None for
+    the newest): a run of a study reports as its study; any other run, on its own and its own checks."""
+    if check_id is None and (study := study_of(store, run_id)) and study["modules_run"] is not None:
+        return study["modules_run"], study["neurons_run"] or study["modules_run"], study["gate_check"]
+    return run_id, run_id, check_id
+
+
+def gate_check(store: Store, run_id: int, check_id: int | None = None) -> dict | None:
+    """The gate check claim 3 of a run's report reads (claims_source), or None."""
+    _, gate_run, check_id = claims_source(store, run_id, check_id)
+    checks = [c for c in store.gate_checks(gate_run) if check_id in (None, c["id"])]
+    return checks[0] if checks else None
+
+
 def run_claims(
     store: Store, run_id: int, check_id: int | None = None, gate_run: int | None = None
 ) -> list[claims.Claim]:
     """The four claims of a run, claim 3 from the given gate check or the newest, of `gate_run` (a study's
-    neuron run; by default the run itself)."""
-    gate_run = run_id if gate_run is None else gate_run
+    neuron run); by default as claims_source finds them."""
+    if gate_run is None:
+        run_id, gate_run, check_id = claims_source(store, run_id, check_id)
     checks = store.gate_checks(gate_run)
     if check_id is not None:
         checks = [c for c in checks if c["id"] == check_id]
@@ -122,9 +145,11 @@ def render(
 ) -> str:
     if fmt not in FORMATS:
         raise StoreError(f"unknown report format '{fmt}' (use {' or '.join(FORMATS)})")
+    if gate_run is None and not study and (found_in := study_of(store, run_id)) and check_id is None:
+        return render_study(store, found_in["id"], fmt)
     run = store.run(run_id)
     spec = RunSpec.from_json(run["spec"])
-    found = run_claims(store, run_id, check_id, gate_run)
+    found = run_claims(store, run_id, check_id, gate_run if gate_run is not None else run_id)
     te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
     mean_te = f"{sum(te) / len(te):.3f}" if te else "n/a"
     about = (

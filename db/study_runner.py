@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from harmmed_tui.analysis import mediation
-from harmmed_tui.analysis.errors import GateError
+from harmmed_tui.analysis.errors import GateError, NoRefusalsError
+from harmmed_tui.analysis.metrics import AUTO
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.study import STAGES, StudySpec
 from harmmed_tui.db.runner import check_gate, execute
@@ -61,7 +63,8 @@ def run_study(
                     check = _gate(store, spec, study, model(), say, note)
                     store.update_study(study_id, gate_check=check)
             else:
-                _run_stage(store, spec, study_id, stage, study[f"{stage}_run"], model, say)
+                _run_stage(store, spec, study_id, stage, study[f"{stage}_run"], model, say, note)
+                spec = StudySpec.from_json(store.study(study_id)["spec"])  # (a stage may have widened it)
             spent = store.study(study_id)["stage_s"]
             spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - started
             store.update_study(study_id, stage_s=spent)
@@ -74,7 +77,7 @@ def run_study(
 
 
 def _run_stage(
-    store: Store, spec: StudySpec, study_id: int, stage: str, run_id: int | None, model, say
+    store: Store, spec: StudySpec, study_id: int, stage: str, run_id: int | None, model, say, note
 ) -> None:
     """The module or neuron run: started, finished if a killed study left it part-way, or kept if done."""
     if run_id is not None and store.run(run_id)["status"] == "done":
@@ -85,14 +88,25 @@ def _run_stage(
         run_spec = RunSpec.from_json(store.run(run_id)["spec"])
     lm = model()
     say(stage, "judging answers", 0, None)
-    execute(
-        run_spec,
-        store,
-        run_id,
-        lm=lm,
-        progress=lambda done, total: say(stage, f"{what[stage]}: sites", done, total),
-        on_prepared=lambda rid, plan, provenance: store.update_study(study_id, **{f"{stage}_run": rid}),
-    )
+    try:
+        execute(
+            run_spec,
+            store,
+            run_id,
+            lm=lm,
+            progress=lambda done, total: say(stage, f"{what[stage]}: sites", done, total),
+            on_prepared=lambda rid, plan, provenance: store.update_study(study_id, **{f"{stage}_run": rid}),
+        )
+    except NoRefusalsError as e:
+        if run_id is not None or not (spec.base.require_flip or spec.base.refusal_tokens == AUTO):
+            raise
+        # a model that refuses none of the treatments (or no pair flips) still gets its claims 0-2 measured,
+        # on every pair and the default refusal openings; claim 3 will say refusals are too rare to gate
+        wider = replace(spec, base=spec.base.replace(require_flip=False, refusal_tokens=None))
+        store.update_study(study_id, spec=wider.to_json())
+        if note:
+            note(f"{e}: the study keeps every pair and measures the default refusal openings")
+        _run_stage(store, wider, study_id, stage, None, model, say, note)
 
 
 def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note) -> int:

@@ -62,10 +62,11 @@ class ReportScreen(Screen):
         """Share of TE removed against K (log x): the top set and the random sets, per layer group."""
         plot = self.query_one(PlotextPlot)
         plt = plot.plt
-        checks = self.app.store.gate_checks(self.run_id)
-        if not checks:
+        check = report.gate_check(self.app.store, self.run_id)
+        if check is None:
             plt.title("no gate check yet: press a in the explorer")
             return
+        checks = [check]
         ks = sorted({p.k for p in checks[0]["curve"]})
         x = {k: math.log10(k) for k in ks}  # a log axis drawn by hand: plotext's own fails on some data
         curve = checks[0]["curve"]

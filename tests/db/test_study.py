@@ -9,7 +9,9 @@ import pytest
 
 from harmmed_tui.db import report
 from harmmed_tui.db.store import Store
+from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.cli import main
+from harmmed_tui.tui.report_screen import ReportScreen
 
 ARGS = ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "12"]
 
@@ -24,15 +26,30 @@ def clean(tmp_path_factory):
     db = tmp_path_factory.mktemp("study") / "runs.db"
     assert main(["study", *ARGS, "--db", str(db)]) == 0
     with Store(db) as store:
-        return store.study(1), report.render_study(store, 1)
+        return store.study(1), report.render_study(store, 1), str(db)
 
 
 def test_a_study_answers_every_claim(clean):
-    study, text = clean
+    study, text, _ = clean
     assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
     verdicts = [line.rsplit("**", 2)[1] for line in text.splitlines() if line.startswith("## Claim")]
     assert verdicts == ["not supported", "not supported", "supported", "not supported"]
     assert "8 pairs: advbench:12/self_instruct:seed_task_12" in text  # held out: the 13th pair on
+
+
+async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
+    """`report RUN` on either run of a study, and R in the explorer, read the study's claims and curve."""
+    _, text, db = clean
+    for run_id in ("1", "2"):
+        assert main(["report", run_id, "--db", db]) == 0
+        assert capsys.readouterr().out == text
+    app = HarmmedApp(db)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("enter", "R")  # run 2, the neuron run: it opens on its top neurons
+        assert isinstance(app.screen, ReportScreen)
+        table = app.screen.query_one("#claims")
+        verdicts = [str(table.get_row_at(i)[1]) for i in range(4)]
+    assert verdicts == ["not supported", "not supported", "supported", "not supported"]
 
 
 KILL = """
