@@ -110,3 +110,22 @@ def test_gguf_report_says_refusals_are_rare(tmp_path, capsys):
     claim_3 = out[out.index("## Claim 3") :]
     assert "**inconclusive**" in claim_3.splitlines()[0]
     assert "refusals are too rare here for a gate to flip" in claim_3
+
+
+def test_gguf_study_completes_and_says_refusals_are_rare(tmp_path, capsys):
+    """The study on SmolLM2 with AdvBench x Self-Instruct (kept small for CI: the README's command is the
+    same with --max-pairs 12 and every position). The model refuses none of these treatments: the study
+    says so, keeps every pair with the default refusal openings, and its report judges every claim."""
+    db = str(tmp_path / "runs.db")
+    args = ["study", "--model", str(smollm2_gguf()), "--device", "cpu", "--db", db, "--answer-tokens", "12"]
+    args += ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "3"]
+    args += ["--held-out", "2", "--positions", "last:2,suffix", "--top", "5,20", "--seeds", "1"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "the study keeps every pair" in " ".join(err.split())
+    verdicts = [line.rsplit("**", 2)[1] for line in out.splitlines() if line.startswith("## Claim")]
+    assert len(verdicts) == 4 and verdicts[3] == "inconclusive"
+    with Store(db) as store:
+        study = store.study(1)
+        assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
+        assert len(store.pairs(study["modules_run"])) == 3
