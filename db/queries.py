@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.db.store import Store
+from harmmed_tui.db.store import Store, StoreError
 
 RUN_COLUMNS = (
     "id", "status", "model", "started", "mean TE", "pairs", "rows", "modules", "method", "metric", "compute"
@@ -139,11 +139,12 @@ def top_neurons(
     offset: int = 0,
     category: str | None = None,
 ) -> list[tuple]:
-    """(layer, neuron, position, IE, exact IE or None, n pairs) by |IE|, of one layer or (layer None) of
-    every layer, one page at a time. Averaged over pairs, positions count from the end as in
-    `module_grid`; a finished run's average over all its pairs is read from its neuron summary (a run
-    stopped by a full disk may have none: it is aggregated live)."""
-    if pair is None and category is None and store.run(run_id)["summarised"]:
+    """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
+    of every layer, one page at a time. Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions
+    count from the end as in `module_grid`; a finished run's average over all its pairs is read from its
+    neuron summary (one without, a run stopped by a full disk or summarised by an older release, is
+    aggregated live)."""
+    if pair is None and category is None and _summarised(store, run_id):
         return _summary_neurons(store, run_id, layer, method, limit, offset)
     where, args = _pair_filter(pair, category)
     if layer is not None:
@@ -151,19 +152,33 @@ def top_neurons(
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
     sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,
-                     AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END)
-              FROM effects e JOIN lengths p ON p.pair = e.pair
+                     AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END),
+                     SUM(CASE WHEN e.method = ? THEN e.ie END) / NULLIF(SUM(CASE WHEN e.method = ? THEN pp.te END), 0)
+              FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(IE_SHARE)}
               WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron'
               {where} GROUP BY e.layer, pos, e.neuron HAVING mean_ie IS NOT NULL
               ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
-    args = [run_id, pair is None, method, method, run_id, method, *args, limit, offset]
+    args = [run_id, pair is None, method, method, method, method, run_id, method, *args, limit, offset]
     return store.db.execute(sql, args).fetchall()
+
+
+def _summarised(store: Store, run_id: int) -> bool:
+    """Whether the run's neuron summary can be read: written now for a stopped run that lacks one, where the
+    store can be written (a full disk, or a read-only file, leaves it to the live aggregate)."""
+    run = store.run(run_id)
+    if not run["summarised"] and run["status"] != "running" and not store.read_only:
+        try:
+            store.summarise(run_id)
+        except StoreError:
+            return False
+        return True
+    return bool(run["summarised"])
 
 
 def _summary_neurons(store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int):
     where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
     sql = f"""SELECT s.layer, s.neuron, s.pos, s.mean_ie, COALESCE(x.mean_ie, CASE WHEN s.method = 'exact'
-                     THEN s.mean_ie END), s.n
+                     THEN s.mean_ie END), s.n, s.mean_ie * s.n / NULLIF(s.te_sum, 0)
               FROM neuron_summary s LEFT JOIN neuron_summary x ON s.method != 'exact' AND x.method = 'exact'
                    AND x.run_id = s.run_id AND x.layer = s.layer AND x.pos IS s.pos AND x.neuron = s.neuron
               WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS(s.mean_ie) DESC LIMIT ? OFFSET ?"""

@@ -204,6 +204,10 @@ MIGRATIONS = [
         gate_check INTEGER REFERENCES gate_checks(id) ON DELETE SET NULL,
         stage_s TEXT NOT NULL DEFAULT '{}'  -- JSON {stage: wall seconds}, summed over resumes
     );
+    -- a neuron's IE/TE over pairs is sum IE / sum TE: the summary keeps the TE summed over its rows' pairs
+    -- (summaries written before have none: those runs are summarised again when next read)
+    ALTER TABLE neuron_summary ADD COLUMN te_sum REAL;
+    UPDATE runs SET summarised = 0;
     """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
@@ -211,10 +215,10 @@ GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
     ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
 # a run's neuron_summary rows, computed when it stops running (and again after a resume)
 NEURON_SUMMARY = """
-    INSERT INTO neuron_summary
+    INSERT INTO neuron_summary (run_id, method, layer, pos, neuron, width, mean_ie, n, te_sum)
     SELECT e.run_id, e.method, e.layer, CASE WHEN e.position < 0 THEN NULL ELSE e.position - p.n END AS pos,
-           e.neuron, MAX(e.width), AVG(e.ie), COUNT(*)
-    FROM effects e JOIN (SELECT pair, json_array_length(control_tokens) AS n FROM pairs WHERE run_id = ?) p
+           e.neuron, MAX(e.width), AVG(e.ie), COUNT(*), SUM(p.te)
+    FROM effects e JOIN (SELECT pair, json_array_length(control_tokens) AS n, te FROM pairs WHERE run_id = ?) p
          ON p.pair = e.pair
     WHERE e.run_id = ? AND e.module = 'neuron' GROUP BY e.method, e.layer, pos, e.neuron"""
 GENERATION_KEY = ("run_id", "pair", "layer", "module", "position", "neuron")

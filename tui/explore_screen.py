@@ -399,9 +399,13 @@ class ExploreScreen(Screen):
         columns += ["n", "recur", "gate"] + (["flips"] if flips else [])
         for col in columns:
             t.add_column(col, key=col)
-        for i, (layer, neuron, pos, ie, exact, n) in enumerate(rows):
+        for i, (layer, neuron, pos, ie, exact, n, share) in enumerate(rows):
             cells = [str(first + i + 1), *([str(layer)] if with_layer else []), str(neuron)]
-            cells += ["*" if pos is None else str(pos), f"{ie:+.4f}", f"{ie / te:+.3f}" if te else ""]
+            cells += [
+                "*" if pos is None else str(pos),
+                f"{ie:+.4f}",
+                "" if share is None else f"{share:+.3f}",
+            ]
             cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
             cells += [str(n), str(recur.get((layer, neuron), 0))]
             cells.append(f"#{gated[(layer, neuron)]}" if (layer, neuron) in gated else "")
