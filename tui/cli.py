@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import traceback
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _db_arg(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--model", help="preselect a model in the explorer")
     p.add_argument("--pairs", help="preselect a pairs source in the explorer")
     p.add_argument("--no-mouse", action="store_true", help="do not capture the mouse")
@@ -491,6 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("harmmed-tui")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def crash_log_dir() -> Path:
     """Where an internal error's traceback is written, for a bug report to attach."""
     return Path(platformdirs.user_log_dir("harmmed-tui"))
@@ -526,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harmmed-tui: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `harmmed-tui runs | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 0
     except HarmmedError as e:  # (messages quote the user's text: shown on one line, controls visible)
         print(f"harmmed-tui: error: {plain(e, newlines=False)}", file=sys.stderr)
         return 2

@@ -113,7 +113,7 @@ class ExploreScreen(Screen):
             "sort",
             id="explore.sort",
             show=False,
-            tooltip="sort by the next column (largest first); after the last, as shown",
+            tooltip="sort by the next column (largest absolute value first); after the last, as shown",
         ),
         Binding(
             "y",
@@ -287,13 +287,13 @@ class ExploreScreen(Screen):
 
             def value(cell) -> tuple:
                 text = str(cell).lstrip(GLYPHS).rstrip("⚑·").lstrip("#")
-                try:
-                    return (0, -float(text))
+                try:  # (effects: the strongest either way is what people look for)
+                    return (0, -abs(float(text)))
                 except ValueError:
                     return (1, text)
 
             t.sort(column, key=value)
-            notes.append(Content(f"sorted by {t.columns[column].label} (s: next)"))
+            notes.append(Content(f"sorted by |{t.columns[column].label}| (s: next)"))
         if notes:
             self.query_one("#legend", Static).update(Content(" · ").join([*notes, Content("/ filter")]))
 

@@ -268,3 +268,16 @@ def test_refusal_tokens_learned_from_the_models_own_answers(capsys, db_path):
     )
     assert code == 0, err
     assert json.loads(out)["curve"][0]["pairs"] > 0
+
+
+def test_a_closed_pipe_and_the_version_are_quiet(stored_db):
+    """`harmmed-tui runs | head -1`: the reader leaving early is no error; --version says which release."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "harmmed_tui.tui.cli", "runs", "--db", stored_db]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before it writes: its first write finds no reader
+    assert proc.wait() == 0 and proc.stderr.read() == ""
+    done = subprocess.run([*cmd[:3], "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("harmmed-tui 0.")
