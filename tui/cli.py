@@ -277,6 +277,20 @@ def _raw_cells_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _curve_args(p: argparse.ArgumentParser, seeds: int) -> None:
+    """The gate curve's points: its neuron counts and random sets per point."""
+    p.add_argument(
+        "--top",
+        type=_counts,
+        default=(1, 5, 20, 100, 1000),
+        metavar="K,K,...",
+        help="neuron counts of the curve (default 1,5,20,100,1000)",
+    )
+    p.add_argument(
+        "--seeds", type=_count(1), default=seeds, help=f"random neuron sets per point (default {seeds})"
+    )
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="database path (default: $HARMMED_DB or the user data directory)")
 
@@ -319,16 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="pairs after --max-pairs held out for the gate curve (default 8)",
     )
-    study.add_argument(
-        "--top",
-        type=_counts,
-        default=(1, 5, 20, 100, 1000),
-        metavar="K,K,...",
-        help="the gate curve's neuron counts",
-    )
-    study.add_argument(
-        "--seeds", type=_count(1), default=3, help="random neuron sets per gate point (default 3)"
-    )
+    _curve_args(study, seeds=3)
     study.add_argument(
         "--all-pairs",
         action="store_true",
@@ -381,13 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablate a run's top neurons on held-out pairs, against random neurons of the same layers",
     )
     g.add_argument("run_id", type=int)
-    g.add_argument(
-        "--top",
-        type=_counts,
-        default=(1, 5, 20, 100, 1000),
-        metavar="K,K,...",
-        help="neuron counts of the curve (default 1,5,20,100,1000)",
-    )
+    _curve_args(g, seeds=5)
     g.add_argument(
         "--sign",
         default="positive",
@@ -410,7 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--pairs", help="held-out pairs (default: the built-in pairs the run did not use)", metavar="HELDOUT"
     )
-    g.add_argument("--seeds", type=_count(1), default=5, help="random neuron sets per point (default 5)")
     g.add_argument("--max-new-tokens", type=_count(1), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
