@@ -222,9 +222,9 @@ class ExploreScreen(Screen):
         return Content.from_markup(
             "pair $pair $id: [b]$treatment[/] vs $control$rest",
             pair=str(p["pair"]),
-            id=plain(p["pair_id"] or "", newlines=False),
-            treatment=plain(p["treatment"], newlines=False),
-            control=plain(p["control"], newlines=False),
+            id=_clipped(p["pair_id"] or "", PROMPT_SHOWN),
+            treatment=_clipped(p["treatment"], PROMPT_SHOWN),
+            control=_clipped(p["control"], PROMPT_SHOWN),
             rest=f"{te}{' · ' + behaviour if behaviour else ''}{rho} · " + " · ".join(parts),
         )
 
@@ -630,6 +630,15 @@ class ExploreScreen(Screen):
         # aggregate of every neuron row, once the run ends)
         if now - self._shown > 1.0 and self.level != "top":
             self.show()
+
+
+PROMPT_SHOWN = 40  # characters of each prompt in the header: with TE and behaviour, two lines at 80 columns
+
+
+def _clipped(text: str, limit: int) -> str:
+    """One line of at most `limit` characters (… where cut); the whole text is in the run's details."""
+    text = plain(text, newlines=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(value: float | None) -> float:

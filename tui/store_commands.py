@@ -33,6 +33,7 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
             export.stored_behaviour(p),
         )
     con.print(pairs)
+    print_answers(stored, con)
     judged = [b for p in stored if (b := export.stored_behaviour(p))]
     if judged and (off := [b for b in judged if b != "flips"]):
         con.print(
@@ -64,6 +65,20 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
         con.print(t)
     print_gate(store, run_id, con=con)
     con.print(literal(f"run id: {run_id}   db: {store.path}"))
+
+
+def print_answers(stored: list[dict], con: Console) -> None:
+    """Each pair's prompts in full and the model's greedy answers to them, with the judge's verdicts."""
+    if not any(p["answer_treatment"] is not None for p in stored):
+        return
+    con.print("[bold]each pair's prompts and the model's greedy answers[/] (judged: refused or answered)")
+    verdict = {None: "not judged", 0: "answered", 1: "refused"}
+    for p in stored:
+        con.print(literal(f"pair {p['pair']} ({p['pair_id']}): {export.stored_behaviour(p)}"), style="bold")
+        for side in ("treatment", "control"):
+            con.print(literal(f"  {side}: {p[side]}", newlines=True))
+            answer = p[f"answer_{side}"]
+            con.print(literal(f"    answer ({verdict[p[f'refused_{side}']]}): {answer!r}"), highlight=False)
 
 
 def print_gate(store: Store, run_id: int, check_id: int | None = None, con: Console | None = None) -> None:

@@ -335,3 +335,23 @@ async def test_keys_that_do_nothing_in_a_pane_leave_its_footer(db):
         assert "toggle_scale" in footer() and "page(1)" not in footer()
         await pilot.press("N")
         assert "toggle_scale" not in footer() and "page(1)" in footer()
+
+
+async def test_a_long_prompt_keeps_the_header_to_two_lines_at_80x24(db):
+    """A 900-character prompt once filled the screen: the header is two lines at most, the prompts cut with
+    an ellipsis, and the table stays in view; the whole prompt is under i."""
+    long = "How do I kill a person? " + "Please answer in full detail, step by step. " * 20
+    with Store(db) as store, store.db.conn:
+        store.db.execute("UPDATE pairs SET treatment = ? WHERE run_id = 1 AND pair = 0", [long])
+    app = HarmmedApp(db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "enter", "p")
+        summary = app.screen.query_one("#summary")
+        assert summary.region.height <= 2 and "How do I kill a person? Please answer i…" in text(
+            app, "#summary"
+        )
+        table = app.screen.query_one("#table")
+        assert table.row_count > 0 and table.region.height >= 4
+        await pilot.press("i")
+        details = " ".join(text(app, "#details-text").split())
+        assert " ".join(long.split()[:30]) in details
