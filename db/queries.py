@@ -18,13 +18,18 @@ RUN_COLUMNS = (
 )  # fmt: skip
 
 
+def model_label(model: str) -> str:
+    """A model as screens name it: a path by its last part (a GGUF file by its name), a hub id as it is."""
+    return Path(model).name or model
+
+
 def run_cells(run: dict) -> list[str]:
     """One row of the run history (from Store.runs), as the Runs screen and `harmmed-tui runs` show it:
     the model by its last path part, `started` in local time to the minute, compute time as h:mm:ss."""
     spec = RunSpec.from_json(run["spec"])
     te = f"{run['mean_te']:+.3f}" if run["mean_te"] is not None else ""
     started = datetime.fromisoformat(run["started"]).astimezone().strftime("%m-%d %H:%M")
-    model = Path(run["model"]).name or run["model"]
+    model = model_label(run["model"])
     seconds = round(run["compute_s"])
     compute = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     method = run["method"] or spec.method

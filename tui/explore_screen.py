@@ -237,7 +237,7 @@ class ExploreScreen(Screen):
         who = f"pair {self.pair}" if self.pair is not None else "aggregate over pairs"
         if self.pair is None and self.category is not None:
             who += f" of category {self.category}"
-        crumb = [f"run {self.run_id} ({run['status']}, {run['model']})"]
+        crumb = [f"run {self.run_id} ({run['status']}, {queries.model_label(run['model'])})"]
         crumb += {
             "top": ["top neurons across layers"],
             "modules": [f"layer {self.focus_layer}"],
