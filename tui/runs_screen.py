@@ -15,6 +15,8 @@ from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.widgets import Table
 
+MARK = "◆"  # beside the id of the run marked to compare
+
 
 class RunsScreen(Screen):
     BINDINGS = [
@@ -67,16 +69,17 @@ class RunsScreen(Screen):
         hint.display = not runs
         hint.update(f"No runs yet. x runs {self.app.describe_spec()}; n sets up another run first.")
         self.sub_title = f"x: {self.app.describe_spec()}"
-        if runs == self._shown:
+        if [runs, self.marked] == self._shown:
             return
-        self._shown = runs
+        self._shown = [runs, self.marked]
         t = self.query_one(Table)
         row = t.cursor_row
         t.clear(columns=True)
         for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
-        for cells in runs:
-            t.add_row(*cells, key=cells[0])
+        for cells in runs:  # the run marked to compare shows its mark beside its id
+            label = f"{cells[0]} {MARK}" if cells[0] == str(self.marked) else cells[0]
+            t.add_row(label, *cells[1:], key=cells[0])
         if t.row_count:
             t.move_cursor(row=min(row, t.row_count - 1))
 
@@ -93,6 +96,8 @@ class RunsScreen(Screen):
             return
         if self.marked is not None and self.marked != run_id:
             self.app.push_screen(CompareScreen(self.marked, run_id))
+            self.marked = None  # one comparison per mark: the next enter opens a run again
+            self.refresh_runs()
         else:
             self.app.push_screen(ExploreScreen(run_id))
 
@@ -104,6 +109,7 @@ class RunsScreen(Screen):
             if self.marked is not None
             else "unmarked"
         )
+        self.refresh_runs()
 
     def action_delete(self) -> None:
         if (run_id := self.selected()) is None:

@@ -318,13 +318,20 @@ async def test_m_marks_a_run_and_enter_on_another_compares_them(db, tmp_path, mo
         execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp"), positions="*"), store)  # run 3
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("m", "j", "j", "enter")  # run 3 marked, then run 1
+        await pilot.press("m")  # run 3 marked: the row says so
+        runs = app.screen.query_one("#runs")
+        assert cells(runs, 0)[0] == "3 ◆" and cells(runs, 2)[0] == "1"
+        await pilot.press("j", "j", "enter")  # then run 1
         screen = app.screen
         assert isinstance(screen, CompareScreen) and (screen.run_a, screen.run_b) == (3, 1)
         table = screen.query_one("#table")
         assert table.row_count == 4 * 3 and "Pearson r" in text(app, "#crumb")
         await pilot.press("e")
         assert len((tmp_path / "compare-3-1.csv").read_text().splitlines()) == 1 + 12
+        await pilot.press("escape")  # the mark went with the comparison: enter opens a run again
+        assert cells(runs, 0)[0] == "3"
+        await pilot.press("enter")
+        assert isinstance(app.screen, ExploreScreen)
 
 
 async def test_keys_that_do_nothing_in_a_pane_leave_its_footer(db):
