@@ -85,14 +85,17 @@ def layer_effects(
     method: str,
     category: str | None = None,
     value: str = MEAN_IE,
+    last: bool = False,
 ) -> dict[int, dict[str, float]]:
     """IE (or with value=IE_SHARE, IE/TE) of each module patched at every position at once ('*', or
-    'suffix'), per layer."""
+    'suffix'), per layer; with `last`, patched at each pair's last position instead (a run without '*')."""
     where, args = _pair_filter(pair, category)
-    sql = f"""SELECT e.layer, e.module, {value} FROM effects e {_joins(value)} WHERE e.run_id = ? AND e.method = ?
-              AND e.module IN ('resid', 'attn', 'mlp') AND e.position < 0 {where} GROUP BY e.layer, e.module"""
+    at = "e.position = p.n - 1" if last else "e.position < 0"
+    sql = f"""{LENGTHS} SELECT e.layer, e.module, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
+              {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp')
+              AND {at} {where} GROUP BY e.layer, e.module"""
     out: dict[int, dict[str, float]] = {}
-    for layer, module, ie in store.db.execute(sql, [run_id, method, *args]).fetchall():
+    for layer, module, ie in store.db.execute(sql, [run_id, run_id, method, *args]).fetchall():
         out.setdefault(layer, {})[module] = ie
     return out
 

@@ -297,15 +297,25 @@ class ExploreScreen(Screen):
         if notes:
             self.query_one("#legend", Static).update(Content(" · ").join([*notes, Content("/ filter")]))
 
-    def _scale_legend(self, te: float | None) -> None:
+    def _scale_legend(self, te: float | None, where: str = "") -> None:
+        at = f"at {where} · " if where and not where.startswith("every") else ""
         if self.by_te and te:
-            self._legend(f"colour: IE/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · t: IE")
+            self._legend(
+                f"{at}colour: IE/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · t: IE"
+            )
         else:
-            self._legend("colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE")
+            self._legend(
+                f"{at}colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE"
+            )
 
     def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
         args = (self.app.store, self.run_id, self.pair, self.method, self.category)
         data, share = queries.layer_effects(*args), queries.layer_effects(*args, value=queries.IE_SHARE)
+        where = "every position at once"
+        if not data:  # a run without '*' or 'suffix' sites (--positions last:3): its last position, said so
+            data = queries.layer_effects(*args, last=True)
+            share = queries.layer_effects(*args, value=queries.IE_SHARE, last=True)
+            where = "the last position (no * sites)"
         by_te = self.by_te and bool(te)
         # the coloured quantity first, so that it is in view at 80 columns
         groups = ("IE/TE", "IE") if by_te else ("IE", "IE/TE")
@@ -320,7 +330,7 @@ class ExploreScreen(Screen):
             ratios = [_number(share.get(layer, {}).get(m)) for m in MODULES]
             shares = [t.heat(v, 1.0) if by_te else f"{v:+.3f}" if v == v else "" for v in ratios]
             t.add_row(str(layer), *(shares + ies if by_te else ies + shares), key=str(layer))
-        self._scale_legend(te)
+        self._scale_legend(te, where)
         layers = sorted(data)
         shown = share if by_te else data
         plt.multiple_bar(
@@ -328,7 +338,7 @@ class ExploreScreen(Screen):
             [[shown.get(i, {}).get(m) or 0.0 for i in layers] for m in ("attn", "mlp")],
             labels=["attn", "mlp"],
         )
-        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer, every position at once")
+        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer, {where}")
         plt.xlabel("layer")
 
     def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
@@ -470,8 +480,6 @@ class ExploreScreen(Screen):
             return self.level in ("layers", "modules")
         if action == "page":
             return self.level in ("neurons", "top")
-        if action in ("top_neurons", "gate"):
-            return self._has_neurons
         return True
 
     def action_report(self) -> None:
@@ -494,7 +502,19 @@ class ExploreScreen(Screen):
 
     def action_gate(self) -> None:
         """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
+        if self._no_neurons("a gate check ablates a run's top neurons"):
+            return
         self.app.start_gate(self.run_id)
+
+    def _no_neurons(self, why: str) -> bool:
+        """Say why a neuron key does nothing on a run without neuron rows, and what gives it some."""
+        if not self._has_neurons:
+            self.notify(
+                f"run {self.run_id} has no neuron rows ({why}): run it with modules including neuron, "
+                "or run a study",
+                severity="warning",
+            )
+        return not self._has_neurons
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -533,6 +553,8 @@ class ExploreScreen(Screen):
         self.show()
 
     def action_top_neurons(self) -> None:
+        if self._no_neurons("N ranks them across layers"):
+            return
         if self.level != "top":
             self._leave()
             self.level, self.page = "top", 0

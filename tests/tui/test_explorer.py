@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import export
 from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
@@ -362,3 +363,25 @@ async def test_a_long_prompt_keeps_the_header_to_two_lines_at_80x24(db):
         await pilot.press("i")
         details = " ".join(text(app, "#details-text").split())
         assert " ".join(long.split()[:30]) in details
+
+
+async def test_a_run_without_module_level_sites_opens_on_its_last_position(tmp_path):
+    """--positions last:3 (the README's GGUF example shape) once opened on an empty table and plot."""
+    db = str(tmp_path / "runs.db")
+    with Store(db) as store:
+        execute(RunSpec(max_pairs=2, positions="last:3", answer_tokens=0), store)
+        rows = [r for r in export.effect_rows(store, 1, "layer") if r["module"] == "mlp" and r["layer"] == 2]
+        n = {p["pair"]: len(p["control_tokens"]) for p in store.pairs(1)}
+        last = [r["ie"] for r in rows if r["position"] == n[r["pair"]] - 1]
+    app = HarmmedApp(db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter")
+        table = app.screen.query_one("#table")
+        assert table.row_count == 4 and text(app, "#legend").startswith("at the last position (no * sites)")
+        labels = [str(c.label) for c in table.columns.values()]
+        assert float(cells(table, 2)[labels.index("mlp IE")].lstrip(" ░▒▓█")) == pytest.approx(
+            sum(last) / len(last), abs=5e-4
+        )
+        await pilot.press("N", "a")  # no neuron rows: each key says why, instead of nothing
+        messages = [str(n.message) for n in app._notifications]
+        assert sum("run 1 has no neuron rows" in m for m in messages) == 2
