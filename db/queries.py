@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.db.store import Store, StoreError, writer_alive
 
 RUN_COLUMNS = (
     "id", "status", "model", "started", "mean TE", "pairs", "rows", "modules", "method", "metric", "compute"
@@ -171,10 +171,12 @@ def top_neurons(
 
 
 def _summarised(store: Store, run_id: int) -> bool:
-    """Whether the run's neuron summary can be read: written now for a stopped run that lacks one, where the
-    store can be written (a full disk, or a read-only file, leaves it to the live aggregate)."""
+    """Whether the run's neuron summary can be read: written now for a stopped run that lacks one and whose
+    writer is gone (a summary from an older release), where the store can be written; else (a run its writer
+    is about to summarise, a full disk, a read-only file) the live aggregate serves."""
     run = store.run(run_id)
-    if not run["summarised"] and run["status"] != "running" and not store.read_only:
+    idle = run["status"] != "running" and not writer_alive(run)
+    if not run["summarised"] and idle and not store.read_only:
         try:
             store.summarise(run_id)
         except StoreError:

@@ -507,10 +507,16 @@ class Store:
     def summarise(self, run_id: int) -> None:
         """Store the run's neuron sites averaged over its pairs (what the aggregate neuron panes and the gate
         ranking read)."""
-        with self.db.conn:
-            self.db.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
-            self.db.execute(NEURON_SUMMARY, [run_id, run_id])
-            self.db.execute("UPDATE runs SET summarised = 1 WHERE id = ?", [run_id])
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")  # (two summaries at once, from two processes, must not both insert)
+        try:
+            conn.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
+            conn.execute(NEURON_SUMMARY, [run_id, run_id])
+            conn.execute("UPDATE runs SET summarised = 1 WHERE id = ?", [run_id])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     @_writes
     def set_pair_totals(
