@@ -389,7 +389,7 @@ class ExploreScreen(Screen):
         t.cursor_type = "cell"
         t.move_cursor(column=len(positions))
 
-    def _neuron_rows(self, t: Table, rows, te: float | None, checks, with_layer: bool) -> None:
+    def _neuron_rows(self, t: Table, rows, checks, with_layer: bool) -> None:
         store = self.app.store
         verified = self.method == "atp"
         ranked = checks[0]["neurons"][checks[0]["spec"]["groups"][-1]] if checks else []
@@ -437,7 +437,7 @@ class ExploreScreen(Screen):
             first,
             self.category,
         )
-        self._neuron_rows(t, rows, te, checks, with_layer=False)
+        self._neuron_rows(t, rows, checks, with_layer=False)
         if rows:
             plt.hist([r[3] for r in rows], bins=30)
             plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
@@ -450,7 +450,7 @@ class ExploreScreen(Screen):
         rows = queries.top_neurons(
             self.app.store, self.run_id, None, self.pair, self.method, self.PAGE, first, self.category
         )
-        self._neuron_rows(t, rows, te, checks, with_layer=True)
+        self._neuron_rows(t, rows, checks, with_layer=True)
         if rows:
             layers = sorted({r[0] for r in rows})
             plt.bar([str(layer) for layer in layers], [sum(r[0] == layer for r in rows) for layer in layers])
