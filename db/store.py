@@ -383,20 +383,29 @@ class Store:
         # Foreign keys are off meanwhile, so that rebuilding a table does not cascade into its children.
         conn = self.db.conn
         conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._immediate():
+                version = self._check_version()
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                for statement in _statements("".join(MIGRATIONS[version:])):
+                    conn.execute(statement)
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
+
+    @contextmanager
+    def _immediate(self):
+        """One write transaction, its lock taken before its first read: what it reads, no other writer can
+        change before it commits (a migration, a claim, a summary)."""
+        conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = self._check_version()
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            for statement in _statements("".join(MIGRATIONS[version:])):
-                conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            yield conn
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
-        finally:
-            conn.execute("PRAGMA foreign_keys = ON")
 
     def _mark_interrupted(self) -> None:
         if self.read_only:
@@ -421,9 +430,7 @@ class Store:
         """Make this process the writer of a stored run (to resume it) and return its status before. One
         writer per run: a run whose writer is alive is refused; a dead writer's run is taken over. Reading
         and taking happen in one write transaction, so of two resumes at once, one is refused."""
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate() as conn:
             run = self.run(run_id)
             if run["status"] == "done":
                 raise StoreError(f"run {run_id} is already done")
@@ -437,10 +444,6 @@ class Store:
                 "finished = NULL WHERE id = ?",
                 [os.getpid(), HOST, time.time(), run_id],
             )
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
         return run["status"]
 
     @_writes
@@ -507,16 +510,10 @@ class Store:
     def summarise(self, run_id: int) -> None:
         """Store the run's neuron sites averaged over its pairs (what the aggregate neuron panes and the gate
         ranking read)."""
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")  # (two summaries at once, from two processes, must not both insert)
-        try:
+        with self._immediate() as conn:  # (two summaries at once, from two processes, must not both insert)
             conn.execute("DELETE FROM neuron_summary WHERE run_id = ?", [run_id])
             conn.execute(NEURON_SUMMARY, [run_id, run_id])
             conn.execute("UPDATE runs SET summarised = 1 WHERE id = ?", [run_id])
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
 
     @_writes
     def set_pair_totals(
