@@ -6,6 +6,7 @@ files it still needs (the model, the judge's template and phrases) must be the o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -72,8 +73,16 @@ def resolved(spec: RunSpec) -> RunSpec:
 
 
 def file_sha256(path: Path) -> str:
+    """A file's sha256, read once per version of the file in a process: a run's inputs, its model's revision
+    and a resume's check all hash the same (possibly multi-GB) model file."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -113,9 +122,9 @@ def check_unchanged(run_id: int, recorded: dict[str, dict]) -> None:
             raise InputChangedError(
                 f"run {run_id} cannot resume: its {flag} {path} is gone (a resume needs the same file)"
             )
-        if fingerprint(path) != recorded[field]["sha256"]:
+        if (now := fingerprint(path)) != recorded[field]["sha256"]:
             raise InputChangedError(
                 f"run {run_id} cannot resume: its {flag} {path} changed since the run started (sha256 "
-                f"{recorded[field]['sha256'][:12]}, now {fingerprint(path)[:12]}); rows of two different "
+                f"{recorded[field]['sha256'][:12]}, now {now[:12]}); rows of two different "
                 "inputs would mix: start a new run"
             )
