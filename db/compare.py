@@ -39,14 +39,16 @@ def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | N
             f"runs {run_a} and {run_b} share no layer and module to compare (run {run_a}: {_cells(a)}; "
             f"run {run_b}: {_cells(b)})"
         )
-    note = None
-    if a.keys() != b.keys():
-        only = [
-            f"only run {rid} has {_cells(t.keys() - b.keys() if rid == run_a else t.keys() - a.keys())}"
-            for rid, t in ((run_a, a), (run_b, b))
-            if t.keys() - (b.keys() if rid == run_a else a.keys())
-        ]
-        note = f"runs {run_a} and {run_b} share {len(keys)} layer x module cells; " + "; ".join(only)
+    only = [
+        f"only run {rid} has {_cells(mine.keys() - theirs.keys())}"
+        for rid, mine, theirs in ((run_a, a, b), (run_b, b, a))
+        if mine.keys() - theirs.keys()
+    ]
+    note = (
+        f"runs {run_a} and {run_b} share {len(keys)} layer x module cells; " + "; ".join(only)
+        if only
+        else None
+    )
     rows = [
         {
             "layer": layer,
@@ -65,11 +67,13 @@ def _cells(keys) -> str:
     """Cells as `layers 0-3 (resid, mlp)`, compactly."""
     layers = sorted({layer for layer, _ in keys})
     modules = [m for m in MODULES if any(k[1] == m for k in keys)]
-    spans, start = [], layers[0]
-    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
-        if cur != prev + 1 if cur is not None else True:
-            spans.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = cur
+    streaks: list[list[int]] = []  # consecutive layers, each as [first, last]
+    for layer in layers:
+        if streaks and layer == streaks[-1][1] + 1:
+            streaks[-1][1] = layer
+        else:
+            streaks.append([layer, layer])
+    spans = [f"{first}" if first == last else f"{first}-{last}" for first, last in streaks]
     return f"layers {','.join(spans)} ({', '.join(modules)})"
 
 
