@@ -76,17 +76,20 @@ def study_of(store: Store, run_id: int) -> dict | None:
     return store.study(row[0]) if row else None
 
 
-def claims_source(store: Store, run_id: int, check_id: int | None = None) -> tuple[int, int, int | None]:
-    """(the run whose effects claims 0-2 read, the run whose gate checks claim 3 reads, the check or None for
-    the newest): a run of a study reports as its study; any other run, on its own and its own checks."""
+def claims_source(
+    store: Store, run_id: int, check_id: int | None = None
+) -> tuple[dict | None, int, int, int | None]:
+    """(the study reported, the run whose effects claims 0-2 read, the run whose gate checks claim 3 reads,
+    the check or None for the newest): a run of a study reports as its study (unless a check is named);
+    any other run, on its own and its own checks."""
     if check_id is None and (study := study_of(store, run_id)) and study["modules_run"] is not None:
-        return study["modules_run"], study["neurons_run"] or study["modules_run"], study["gate_check"]
-    return run_id, run_id, check_id
+        return study, study["modules_run"], study["neurons_run"] or study["modules_run"], study["gate_check"]
+    return None, run_id, run_id, check_id
 
 
 def gate_check(store: Store, run_id: int, check_id: int | None = None) -> dict | None:
     """The gate check claim 3 of a run's report reads (claims_source), or None."""
-    _, gate_run, check_id = claims_source(store, run_id, check_id)
+    _, _, gate_run, check_id = claims_source(store, run_id, check_id)
     checks = [c for c in store.gate_checks(gate_run) if check_id in (None, c["id"])]
     return checks[0] if checks else None
 
@@ -97,7 +100,7 @@ def run_claims(
     """The four claims of a run, claim 3 from the given gate check or the newest, of `gate_run` (a study's
     neuron run); by default as claims_source finds them."""
     if gate_run is None:
-        run_id, gate_run, check_id = claims_source(store, run_id, check_id)
+        _, run_id, gate_run, check_id = claims_source(store, run_id, check_id)
     checks = store.gate_checks(gate_run)
     if check_id is not None:
         checks = [c for c in checks if c["id"] == check_id]
@@ -131,30 +134,27 @@ def render_study(store: Store, study_id: int, fmt: str = "markdown") -> str:
         raise StoreError(
             f"study {study_id} has no module run yet: resume it (harmmed-tui resume study:{study_id})"
         )
-    about = f"study {study_id} ({study['status']}, neurons: run {study['neurons_run']}, gate check {study['gate_check']})"
-    return render(store, study["modules_run"], study["gate_check"], fmt, study["neurons_run"], about)
+    return render(store, study["modules_run"], fmt=fmt)
 
 
-def render(
-    store: Store,
-    run_id: int,
-    check_id: int | None = None,
-    fmt: str = "markdown",
-    gate_run: int | None = None,
-    study: str = "",
-) -> str:
+def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "markdown") -> str:
+    """A run's claims report (a study's, for a run of a study: claims_source)."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown report format '{fmt}' (use {' or '.join(FORMATS)})")
-    if gate_run is None and not study and (found_in := study_of(store, run_id)) and check_id is None:
-        return render_study(store, found_in["id"], fmt)
+    study, run_id, gate_run, check_id = claims_source(store, run_id, check_id)
     run = store.run(run_id)
     spec = RunSpec.from_json(run["spec"])
-    found = run_claims(store, run_id, check_id, gate_run if gate_run is not None else run_id)
+    found = run_claims(store, run_id, check_id, gate_run)
     te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
     mean_te = f"{sum(te) / len(te):.3f}" if te else "n/a"
+    of_study = (
+        f"study {study['id']} ({study['status']}, neurons: run {study['neurons_run']}, gate check "
+        f"{study['gate_check']}), "
+        if study
+        else ""
+    )
     about = (
-        (f"{study}, " if study else "")
-        + f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
+        of_study + f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
         f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
     )
     form = FORMS[fmt]
