@@ -636,13 +636,20 @@ class Store:
 
     @_writes
     def claim_study(self, study_id: int) -> None:
-        """This process takes a study to finish it: refused while another live process runs it."""
-        study = self.study(study_id)
-        if study["status"] == "done":
-            raise StoreError(f"study {study_id} is already done")
-        if study["status"] == "running" and study["pid"] != os.getpid():
-            raise StoreError(f"study {study_id} is being run by {describe_writer(study)}: wait for it to end")
-        self.update_study(study_id, status="running", error=None, pid=os.getpid(), host=HOST)
+        """This process takes a study to finish it: refused while another live process runs it (read and taken
+        in one write transaction, as a run's claim)."""
+        with self._immediate() as conn:
+            study = self.study(study_id)
+            if study["status"] == "done":
+                raise StoreError(f"study {study_id} is already done")
+            if study["status"] == "running" and study["pid"] != os.getpid():
+                raise StoreError(
+                    f"study {study_id} is being run by {describe_writer(study)}: wait for it to end"
+                )
+            conn.execute(
+                "UPDATE studies SET status = 'running', error = NULL, pid = ?, host = ? WHERE id = ?",
+                [os.getpid(), HOST, study_id],
+            )
 
     @_writes
     def delete_run(self, run_id: int) -> None:
