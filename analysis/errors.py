@@ -47,3 +47,7 @@ class StoreError(HarmmedError):
 
 class ClusterError(HarmmedError):
     """A Ray cluster cannot be joined, or its workers cannot compute the run."""
+
+
+class JobCancelled(HarmmedError):
+    """A job was cancelled (c in the explorer, from any process) before it stored anything to resume."""

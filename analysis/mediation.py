@@ -37,6 +37,20 @@ from harmmed_tui.analysis.stats import spearman
 
 Progress = Callable[[int, int], None]  # (sites done, sites total)
 Cancelled = Callable[[], bool]
+
+
+class Stages:
+    """Hears what a run is doing: each stage as it starts (`total` where its work is countable) and its
+    progress. This one hears nothing; db.jobs.Job tells every process that opens the database."""
+
+    def stage(self, text: str, total: int | None = None) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+
+QUIET = Stages()
 SiteKey = tuple[int, int, str, int, int, str]  # pair, layer, module, position, neuron, method
 GENERATION = "generation"  # the method of a SiteKey whose patched answer was generated and judged
 
@@ -283,21 +297,26 @@ def spec_model(spec: RunSpec) -> LoadedModel:
     )
 
 
-def prepare(spec: RunSpec, lm: LoadedModel | None = None, stored: Stored | None = None) -> Prepared:
+def prepare(
+    spec: RunSpec, lm: LoadedModel | None = None, stored: Stored | None = None, stages: Stages = QUIET
+) -> Prepared:
     """Load the model (unless given), check every choice, and judge each pair's behaviour before any
     patching starts (a resumed run keeps the answers and verdicts it stored)."""
     check_choices(spec)
-    lm = lm or spec_model(spec)
+    if lm is None:
+        stages.stage("loading the model")
+        lm = spec_model(spec)
     checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp, stored)
     behaviour, judge, judged = {}, None, stored.behaviour if stored else {}
     if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
         # a classifier judge loads only when answers are judged
         if spec.verify_generation or any(tp.index not in judged for tp in checked.pairs):
+            stages.stage("loading the judge")
             judge = spec_judge(spec, lm)
-        behaviour = {
-            tp.index: judged.get(tp.index) or pair_behaviour(lm, tp, judge, spec.answer_tokens)
-            for tp in checked.pairs
-        }
+        stages.stage("judging answers", len(checked.pairs))
+        for i, tp in enumerate(checked.pairs):
+            behaviour[tp.index] = judged.get(tp.index) or pair_behaviour(lm, tp, judge, spec.answer_tokens)
+            stages.progress(i + 1, len(checked.pairs))
     return Prepared(**vars(with_behaviour(checked, behaviour, stored)), lm=lm, judge=judge)
 
 
@@ -356,8 +375,8 @@ class InProcess:
     def __init__(self, lm: LoadedModel | None = None):
         self.lm = lm
 
-    def prepare(self, spec: RunSpec, stored: Stored | None = None) -> tuple[Plan, dict]:
-        self.prep = prepare(spec, self.lm, stored)
+    def prepare(self, spec: RunSpec, stored: Stored | None = None, stages: Stages = QUIET) -> tuple[Plan, dict]:
+        self.prep = prepare(spec, self.lm, stored, stages)
         return self.prep, model_provenance(self.prep.lm, spec)
 
     def run(self, plan: Plan, progress=None, cancelled=None, done=frozenset()) -> Iterator[PairResult]:

@@ -66,9 +66,12 @@ class RayExecutor:
     workers: int = 0
     gpus_per_worker: float = 1.0
 
-    def prepare(self, spec: RunSpec, stored: mediation.Stored | None = None) -> tuple[mediation.Plan, dict]:
+    def prepare(
+        self, spec: RunSpec, stored: mediation.Stored | None = None, stages: mediation.Stages = mediation.QUIET
+    ) -> tuple[mediation.Plan, dict]:
         ray = _ray()
         mediation.check_choices(spec)  # a typo fails here, before any replica loads
+        stages.stage("joining the Ray cluster")
         self._connect(ray)
         gpus = ray.cluster_resources().get("GPU", 0)
         per_worker = self.gpus_per_worker if gpus else 0
@@ -78,6 +81,7 @@ class RayExecutor:
                 f"the cluster has {gpus:g} GPUs: too few for {self.gpus_per_worker:g} per worker"
             )
         actor = ray.remote(num_cpus=1, num_gpus=per_worker, max_restarts=ACTOR_RESTARTS)(PairWorker)
+        stages.stage(f"loading the model on {n} Ray workers, judging answers")
         self.actors = [actor.remote(spec, stored) for _ in range(n)]
         described = self._get(ray, [a.describe.remote() for a in self.actors])
         self.pids = [pid for _, pid, _ in described]

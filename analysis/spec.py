@@ -67,3 +67,17 @@ class RunSpec:
 
     def replace(self, **changes) -> RunSpec:
         return dataclasses.replace(self, **changes)
+
+
+# The defaults that follow the pairs' source, the same in the CLI and Setup: prompt sets pair prompts of any
+# lengths, aligned from the end unless asked otherwise; end-aligned pairs have no `*` (every position at
+# once needs equal lengths): `suffix` instead.
+END_POSITIONS = "all,suffix"
+
+
+def default_align(uses_sets: bool) -> str:
+    return "end" if uses_sets else RunSpec.align
+
+
+def default_positions(align: str) -> str:
+    return END_POSITIONS if align == "end" else RunSpec.positions

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.db import jobs
 from harmmed_tui.db.store import Store, StoreError, writer_alive
 
 RUN_COLUMNS = (
@@ -35,6 +36,27 @@ def run_cells(run: dict) -> list[str]:
     method = run["method"] or spec.method
     cells = (run["id"], run["status"], model, started, te, run["n_pairs"], run["n_rows"])
     return [*map(str, cells), ",".join(spec.modules), method, spec.metric, compute]
+
+
+def history(store: Store) -> list[tuple[str, list[str]]]:
+    """The run history as Runs and `harmmed-tui runs` show it, as (key, cells): first the jobs whose run does
+    not exist yet (a model loading in any process: key `job:ID`), then every run (key: its id), a run that a
+    job works on showing the job's stage in its status."""
+    live = jobs.live(store)
+    working = {j["run_id"]: j for j in live if j["run_id"] is not None}
+    rows = []
+    for j in live:
+        if j["run_id"] is None:
+            started = datetime.fromtimestamp(j["stage_started"]).strftime("%m-%d %H:%M")
+            status = j["text"] if j["kind"] in ("run", "resume") else f"{j['kind']}: {j['text']}"
+            cells = ["…", status, model_label(j["model"]), started]
+            rows.append((f"job:{j['id']}", cells + [""] * (len(RUN_COLUMNS) - len(cells))))
+    for r in store.runs():
+        cells = run_cells(r)
+        if job := working.get(r["id"]):
+            cells[1] = job["text"] if r["status"] == "running" else f"{r['status']}; {job['text']}"
+        rows.append((str(r["id"]), cells))
+    return rows
 
 
 def recent_models(store: Store, limit: int = 10) -> list[str]:

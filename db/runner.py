@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, inputs, mediation
 from harmmed_tui.analysis.behaviour import Behaviour
+from harmmed_tui.analysis.errors import JobCancelled
 from harmmed_tui.analysis.gate_curve import group_layers
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import Pair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
+from harmmed_tui.db.jobs import Job
 from harmmed_tui.db.store import Store, StoreError
 
 # Whatever runs models runs through here: keep transformers' warnings and download bars off the terminal
@@ -68,49 +71,81 @@ def execute(
     lm: LoadedModel | None = None,
     on_prepared=None,
     executor=None,
+    job: Job | None = None,
 ) -> RunOutcome:
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
     The executor computes the pairs (in this process by default, or on Ray actors); whatever it is, this
     process is the store's one writer, and the run's only one: a resume first claims the run (refused while
     another live process writes it), then computes from the pairs the run stored, with the model and judge
-    files it started with. `on_prepared(run_id, plan, provenance)` is called once the run exists.
+    files it started with. `on_prepared(run_id, plan, provenance)` is called once the run exists. The run is
+    a job (db.jobs: its stage seen by every process, `job` where the caller holds one) that `cancelled` or
+    any process can stop between batches: before the run exists, nothing is stored (JobCancelled).
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
     store.check_writable()
     executor = executor or mediation.InProcess(lm)
-    try:
-        if run_id is None:
-            # a run is stored only once its model has loaded and its plan checked: bad input leaves no row
-            spec = inputs.resolved(spec)
-            kept = {"inputs": inputs.record(spec)}
-            plan, provenance = executor.prepare(spec)
-            run_id = store.create_run(spec.model, spec.to_json())
-        else:
-            plan, provenance, kept = _resume(spec, store, run_id, executor)
-        with store.keep_alive(run_id):
-            return _stream(
-                spec, store, run_id, executor, plan, {**provenance, **kept}, progress, cancelled, on_prepared
-            )
-    finally:
-        executor.close()
+    with _held(store, job, "run" if run_id is None else "resume", spec.model, run_id) as job:
+
+        def stop() -> bool:
+            return job.cancelled() or bool(cancelled and cancelled())
+
+        def counted(done: int, total: int) -> None:
+            job.progress(done, total)
+            if progress:
+                progress(done, total)
+
+        try:
+            if run_id is None:
+                # a run is stored only once its model has loaded and its plan checked: bad input leaves no row
+                spec = inputs.resolved(spec)
+                kept = {"inputs": inputs.record(spec)}
+                plan, provenance = executor.prepare(spec, stages=job)
+                if stop():
+                    raise JobCancelled("cancelled before the run started computing: nothing was stored")
+                run_id = store.create_run(spec.model, spec.to_json())
+                job.attach(run_id)
+            else:
+                plan, provenance, kept = _resume(spec, store, run_id, executor, job, stop)
+            job.stage("patching sites", plan.n_sites)
+            with store.keep_alive(run_id):
+                return _stream(
+                    spec, store, run_id, executor, plan, {**provenance, **kept}, counted, stop, on_prepared
+                )
+        finally:
+            executor.close()
 
 
-def _resume(spec: RunSpec, store: Store, run_id: int, executor) -> tuple[mediation.Plan, dict, dict]:
-    """Claim a stored run and prepare it from what it stored; a resume that cannot start leaves the run as
-    it was. Returns the plan, the model's provenance, and what the run's provenance keeps from its start."""
+@contextmanager
+def _held(store: Store, job: Job | None, kind: str, model: str, run_id: int | None):
+    """The caller's job, or one of this call's own."""
+    if job is not None:
+        if run_id is not None:
+            job.attach(run_id)
+        yield job
+        return
+    with Job.open(store, kind, model, run_id) as job:
+        yield job
+
+
+def _resume(spec: RunSpec, store: Store, run_id: int, executor, job: Job, stop) -> tuple[mediation.Plan, dict, dict]:
+    """Claim a stored run and prepare it from what it stored; a resume that cannot start (or is cancelled
+    before it computes) leaves the run as it was. Returns the plan, the model's provenance, and what the
+    run's provenance keeps from its start."""
     before = store.run(run_id)
     store.claim(run_id)
     try:
         with store.keep_alive(run_id):
             old = before["provenance"]
             inputs.check_unchanged(run_id, old.get("inputs", {}))
-            plan, provenance = executor.prepare(spec, stored_pairs(store, run_id, old))
+            plan, provenance = executor.prepare(spec, stored_pairs(store, run_id, old), stages=job)
             if old.get("revision") != provenance.get("revision"):
                 raise inputs.InputChangedError(
                     f"run {run_id} cannot resume: its model {spec.model} is now revision "
                     f"{provenance.get('revision')}, not {old.get('revision')} as when the run started; rows of "
                     "two models would mix: start a new run"
                 )
+            if stop():
+                raise JobCancelled(f"resume of run {run_id} cancelled before it computed: the run is as it was")
     except BaseException:
         store.release(run_id, before["status"], before["error"])
         raise
@@ -174,7 +209,9 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
                 store.set_pair_totals(
                     run_id, result.pair.index, result.m_treatment, result.m_control, result.te
                 )
-        status = "cancelled" if cancelled and cancelled() else "done"
+        # a cancel that came after the last batch leaves a complete run: done
+        stopped = cancelled and cancelled() and any(mediation.remaining(plan, store.done_keys(run_id))[0].values())
+        status = "cancelled" if stopped else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -197,14 +234,30 @@ def check_gate(
     note=None,
     pairs: list[Pair] | None = None,
     progress=None,
+    job: Job | None = None,
 ) -> int:
     """Gate-check a run's top neurons on held-out pairs (by default the built-in pairs the run did not use;
     `pairs` as given, named `heldout`) with the run's own model, metric, chat template and refusal judge;
     store the check and return its id. Pairs of any lengths are aligned from the end, as in runs;
-    `note(message)` hears of each held-out pair left out (identical prompts, unknown words)."""
+    `note(message)` hears of each held-out pair left out (identical prompts, unknown words). The check is a
+    job (db.jobs) that any process can cancel; a cancelled curve stores nothing (JobCancelled)."""
     spec.check()
     store.check_writable()  # before the curve's minutes of work, not after
     run = store.run(run_id)
+    with _held(store, job, "gate", run["model"], run_id) as job:
+
+        def counted(done: int, total: int) -> None:
+            job.progress(done, total)
+            if progress:
+                progress(done, total)
+            if job.cancelled():
+                raise JobCancelled(f"gate curve of run {run_id} cancelled: nothing was stored")
+
+        return _check_gate(store, run, spec, heldout, lm, note, pairs, counted, job)
+
+
+def _check_gate(store, run, spec, heldout, lm, note, pairs, progress, job) -> int:
+    run_id = run["id"]
     run_spec = RunSpec.from_json(run["spec"])
     method = store.run_method(run_id)
     own = run_spec.pairs == "builtin" and run_spec.treatment is None and run_spec.harmful is None
@@ -217,7 +270,9 @@ def check_gate(
     pairs = [p for p in (pairs if pairs is not None else load_pairs(source)) if p.treatment not in used]
     if not pairs:
         raise gate.GateError(f"every pair of '{source}' was used by run {run_id}: give held-out ones")
-    lm = lm or mediation.spec_model(run_spec)
+    if lm is None:
+        job.stage("loading the model")
+        lm = mediation.spec_model(run_spec)
     ranked = {
         group: queries.gate_neurons(
             store, run_id, max(spec.tops), method, spec.sign, group_layers(group, lm.anatomy.n_layers)
@@ -233,6 +288,7 @@ def check_gate(
     for message in skipped:
         if note:
             note(f"held-out pair left out: {message}")
+    job.stage("gate curve: arms")
     rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec, progress)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
     return store.add_gate_check(run_id, record, ranked, rows)

@@ -19,7 +19,7 @@ import sqlite_utils
 from harmmed_tui.analysis import gate_curve
 from harmmed_tui.analysis.errors import StoreError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
 # Forward migrations: MIGRATIONS[i] takes a database from schema version i to i + 1.
@@ -209,6 +209,25 @@ MIGRATIONS = [
     ALTER TABLE neuron_summary ADD COLUMN te_sum REAL;
     UPDATE runs SET summarised = 0;
     """,
+    # jobs in progress (db.jobs), as every process that opens the database sees them: a run from before its
+    # row exists (loading the model), its stage and countable progress, and a cancel any process may ask for
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,              -- run | resume | gate | study
+        model TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,  -- once the run exists
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        heartbeat REAL NOT NULL,         -- unix time, renewed every LEASE_RENEW_S
+        stage TEXT NOT NULL,             -- what it does now: loading the model, judging answers, patching ...
+        done INTEGER,                    -- the stage's countable progress: done of total (NULL: uncountable)
+        total INTEGER,
+        first_done INTEGER,              -- done at the stage's first report (a resume starts part-way)
+        stage_started REAL NOT NULL,     -- unix time: the elapsed time and the ETA
+        cancel INTEGER NOT NULL DEFAULT 0  -- asked by any process (c in the explorer), polled between batches
+    );
+    """,
 ]
 # a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
 GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
@@ -268,7 +287,11 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited process its parent has not reaped (a zombie) still answers signals
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal said it exists
+        return True
 
 
 def writer_alive(run: dict) -> bool:
@@ -413,6 +436,10 @@ class Store:
         rows = self.db.query("SELECT id, pid, host, heartbeat FROM runs WHERE status = 'running'")
         for run_id in [r["id"] for r in rows if not writer_alive(r)]:
             self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
+        dead = [r["id"] for r in self.db.query("SELECT id, pid, host, heartbeat FROM jobs") if not writer_alive(r)]
+        if dead:
+            with self.db.conn:
+                self.db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(dead))})", dead)
 
     # --- runs and their writers -----------------------------------------------------------------
     @_writes
@@ -457,8 +484,15 @@ class Store:
 
     @contextmanager
     def keep_alive(self, run_id: int):
-        """Renew this process's heartbeat on a run while the block runs (from a thread of its own, with its
-        own connection), so that a writer busy loading a model is never taken for dead."""
+        """Renew this process's heartbeat on a run while the block runs, so that a writer busy loading a model
+        is never taken for dead."""
+        with self.renewing("UPDATE runs SET heartbeat = ? WHERE id = ? AND pid = ? AND host = ?", run_id):
+            yield
+
+    @contextmanager
+    def renewing(self, sql: str, row_id: int):
+        """Run `sql` (heartbeat, id, pid, host) every LEASE_RENEW_S while the block runs, from a thread of its
+        own with its own connection (this one belongs to the caller's thread)."""
         stop = threading.Event()
 
         def beat() -> None:
@@ -466,16 +500,13 @@ class Store:
             try:
                 while not stop.wait(LEASE_RENEW_S):
                     with conn:
-                        conn.execute(
-                            "UPDATE runs SET heartbeat = ? WHERE id = ? AND pid = ? AND host = ?",
-                            [time.time(), run_id, os.getpid(), HOST],
-                        )
+                        conn.execute(sql, [time.time(), row_id, os.getpid(), HOST])
             except sqlite3.Error:
-                pass  # the run's own writes report a database gone bad
+                pass  # the job's own writes report a database gone bad
             finally:
                 conn.close()
 
-        thread = threading.Thread(target=beat, name=f"harmmed-lease-{run_id}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"harmmed-lease-{row_id}", daemon=True)
         thread.start()
         try:
             yield

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from harmmed_tui.analysis import mediation
-from harmmed_tui.analysis.errors import GateError, NoRefusalsError
+from harmmed_tui.analysis.errors import GateError, JobCancelled, NoRefusalsError
 from harmmed_tui.analysis.metrics import AUTO
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.study import STAGES, StudySpec
+from harmmed_tui.db.jobs import Job
 from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 
@@ -33,12 +34,19 @@ def run_study(
     raised; the runs and the gate check it stored stay."""
     store.check_writable()
     say = progress or (lambda *a: None)
+    model_name = spec.base.model if spec else store.study(study_id)["model"]
+    with Job.open(store, "study", model_name) as job:
+        return _study(store, spec, study_id, say, note, job)
+
+
+def _study(store: Store, spec: StudySpec | None, study_id: int | None, say, note, job: Job) -> int:
     lm = None
 
     def model():
         nonlocal lm
         if lm is None:
             say("model", f"loading {spec.base.model}", 0, None)
+            job.stage("loading the model")
             lm = mediation.spec_model(spec.base)
         return lm
 
@@ -60,24 +68,24 @@ def run_study(
             started = time.perf_counter()
             if stage == "gate":
                 if study["gate_check"] is None:
-                    check = _gate(store, spec, study, model(), say, note)
+                    check = _gate(store, spec, study, model(), say, note, job)
                     store.update_study(study_id, gate_check=check)
             else:
-                _run_stage(store, spec, study_id, stage, study[f"{stage}_run"], model, say, note)
+                _run_stage(store, spec, study_id, stage, study[f"{stage}_run"], model, say, note, job)
                 spec = StudySpec.from_json(store.study(study_id)["spec"])  # (a stage may have widened it)
             spent = store.study(study_id)["stage_s"]
             spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - started
             store.update_study(study_id, stage_s=spent)
         store.update_study(study_id, status="done")
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(e, KeyboardInterrupt | JobCancelled) else "failed"
         store.update_study(study_id, status=status, error=str(e) or type(e).__name__)
         raise
     return study_id
 
 
 def _run_stage(
-    store: Store, spec: StudySpec, study_id: int, stage: str, run_id: int | None, model, say, note
+    store: Store, spec: StudySpec, study_id: int, stage: str, run_id: int | None, model, say, note, job: Job
 ) -> None:
     """The module or neuron run: started, finished if a killed study left it part-way, or kept if done."""
     if run_id is not None and store.run(run_id)["status"] == "done":
@@ -89,14 +97,17 @@ def _run_stage(
     lm = model()
     say(stage, "judging answers", 0, None)
     try:
-        execute(
+        outcome = execute(
             run_spec,
             store,
             run_id,
             lm=lm,
             progress=lambda done, total: say(stage, f"{what[stage]}: sites", done, total),
             on_prepared=lambda rid, plan, provenance: store.update_study(study_id, **{f"{stage}_run": rid}),
+            job=job,
         )
+        if outcome.status == "cancelled":
+            raise JobCancelled(f"study cancelled in its {stage} run {outcome.run_id}: resume it to finish")
     except NoRefusalsError as e:
         if run_id is not None or not (spec.base.require_flip or spec.base.refusal_tokens == AUTO):
             raise
@@ -106,10 +117,10 @@ def _run_stage(
         store.update_study(study_id, spec=wider.to_json())
         if note:
             note(f"{e}: the study keeps every pair and measures the default refusal openings")
-        _run_stage(store, wider, study_id, stage, None, model, say, note)
+        _run_stage(store, wider, study_id, stage, None, model, say, note, job)
 
 
-def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note) -> int:
+def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note, job: Job) -> int:
     """The gate curve of the neuron run's top neurons on the held-out pairs (the source's next ones)."""
     first = spec.base.max_pairs
     held = mediation.spec_pairs(spec.held_out_spec())[first:]
@@ -127,4 +138,5 @@ def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note) -> int:
         note=note,
         pairs=held,
         progress=lambda done, total: say("gate", "ablating top and random neurons: arms", done, total),
+        job=job,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import os
 from pathlib import Path
 
 import platformdirs
@@ -10,18 +11,21 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
+from harmmed_tui.analysis.errors import JobCancelled
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.db import export
-from harmmed_tui.db.store import Store
+from harmmed_tui.db import export, jobs
+from harmmed_tui.db.store import HOST, Store
 from harmmed_tui.themes import THEMES
 from harmmed_tui.tui import config
 from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
-from harmmed_tui.tui.messages import RunEnded, RunProgress
+from harmmed_tui.tui.messages import RunEnded
+from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.runs_screen import RunsScreen
 from harmmed_tui.tui.safe_text import plain
 from harmmed_tui.tui.setup_screen import SetupScreen
+from harmmed_tui.tui.widgets import job_label
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
 # What the app preselects: the embedded organism, four built-in pairs, every module including neurons.
@@ -47,7 +51,14 @@ class HarmmedApp(App):
         Binding(
             "e", "export", "export", id="app.export", tooltip="export the open or highlighted run's table"
         ),
-        Binding("c", "cancel", "cancel run", id="app.cancel", show=False, tooltip="cancel the running job"),
+        Binding(
+            "c",
+            "cancel",
+            "cancel job",
+            id="app.cancel",
+            show=False,
+            tooltip="cancel the job of the run in front (any process's), else this one's",
+        ),
         Binding("question_mark,f1", "help", "help", id="app.help", tooltip="this help"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a job runs)"),
     ]
@@ -56,8 +67,9 @@ class HarmmedApp(App):
         super().__init__()
         self.store = Store(db)
         self.spec = spec or DEFAULT_SPEC
-        self._cancel = threading.Event()
         self._quitting = False  # the user chose to cancel the running job and quit
+        self.quit_while_loading = False  # ... before its run existed: launch() need not wait for the load
+        self.setup_draft: dict[str, str] | None = None  # a Setup form left with esc, shown again by n
 
     def on_mount(self) -> None:
         for theme in THEMES:
@@ -129,7 +141,7 @@ class HarmmedApp(App):
         return f"{model} on {source}{limit}: {','.join(s.modules)} at {s.positions}"
 
     def action_new_run(self) -> None:
-        self.push_screen(SetupScreen(self.spec))
+        self.push_screen(SetupScreen(self.spec, self.setup_draft))
 
     def action_run_now(self) -> None:
         """One key from start-up to a run: the preselected model and pairs, as Setup would start them."""
@@ -142,10 +154,19 @@ class HarmmedApp(App):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    def own_jobs(self) -> list[dict]:
+        return [j for j in jobs.live(self.store) if j["pid"] == os.getpid() and j["host"] == HOST]
+
     def action_cancel(self) -> None:
-        if self.workers:
-            self._cancel.set()
-            self.notify("cancelling after the current batch")
+        """Cancel the job of the run in front (Explore's run, the row highlighted in Runs), whichever process
+        runs it on this machine or another writing the same database; with none in front, this app's own."""
+        in_front = getattr(self.screen, "job_in_front", lambda: None)()
+        job = in_front or next(iter(self.own_jobs()), None)
+        if job is None:
+            self.notify("nothing to cancel: no job runs here or on the run in front")
+            return
+        jobs.request_cancel(self.store, job["id"])
+        self.notify(f"cancelling {job_label(job)} after its current batch; what it stored stays")
 
     def action_export(self) -> None:
         """Export the open run's table (level: the pane in front) or the run highlighted in Runs."""
@@ -196,6 +217,8 @@ class HarmmedApp(App):
             with Store(self.store.path) as store:
                 check_gate(store, run_id, spec)
             self.post_message(RunEnded(run_id, "gate-checked"))
+        except JobCancelled:
+            self.post_message(RunEnded(run_id, "cancelled"))
         except Exception as e:  # shown in a dialog, never as a traceback
             self.post_message(RunEnded(run_id, "failed", str(e)))
 
@@ -214,7 +237,7 @@ class HarmmedApp(App):
         """Run (or resume) a spec here, or on the Ray cluster at `ray`."""
         if self._busy():
             return
-        self._cancel.clear()
+        self.notify(f"{'resuming run ' + str(run_id) if run_id else 'starting a run'}: loading {spec.model}")
         self.run_mediation(spec, run_id, ray)
 
     def start_gate(self, run_id: int) -> None:
@@ -228,10 +251,17 @@ class HarmmedApp(App):
             return
 
         def chosen(cancel: bool | None) -> None:
-            if cancel:
-                self._quitting = True
-                self._cancel.set()
-                self.notify("cancelling after the current batch, then quitting")
+            if not cancel:
+                return
+            own = self.own_jobs()
+            for job in own:
+                jobs.request_cancel(self.store, job["id"])
+            if all(j["run_id"] is None for j in own):  # still loading: nothing stored to wait for
+                self.quit_while_loading = True
+                self.exit()
+                return
+            self._quitting = True
+            self.notify("cancelling after the current batch, then quitting")
 
         question = (
             "A job is running. Cancel it and quit? (A cancelled run keeps its rows and can be resumed.)"
@@ -254,15 +284,11 @@ class HarmmedApp(App):
         try:
             with Store(self.store.path) as store:
                 outcome = execute(
-                    spec,
-                    store,
-                    run_id,
-                    progress=lambda d, t: self.post_message(RunProgress(d, t)),
-                    cancelled=self._cancel.is_set,
-                    on_prepared=on_prepared,
-                    executor=RayExecutor(ray) if ray else None,
+                    spec, store, run_id, on_prepared=on_prepared, executor=RayExecutor(ray) if ray else None
                 )
             self.post_message(RunEnded(outcome.run_id, outcome.status))
+        except JobCancelled as e:
+            self.post_message(RunEnded(run_id, "cancelled", note=str(e)))
         except Exception as e:
             self.post_message(RunEnded(started[0] if started else None, "failed", str(e)))
 
@@ -271,10 +297,6 @@ class HarmmedApp(App):
             self.pop_screen()
         self.push_screen(ExploreScreen(run_id))
 
-    def on_run_progress(self, message: RunProgress) -> None:
-        if isinstance(self.screen, ExploreScreen):
-            self.screen.on_run_progress(message)
-
     def on_run_ended(self, message: RunEnded) -> None:
         if self._quitting:
             self.exit()
@@ -282,18 +304,31 @@ class HarmmedApp(App):
         if message.error:
             self.push_screen(ErrorDialog(message.error))
             return
+        if message.note:
+            self.notify(message.note)
+            return
         self.notify(f"run {message.run_id} {message.status}")
-        if isinstance(self.screen, ExploreScreen):
-            self.screen.query_one("#running").display = False
-            self.screen.show()
+        if isinstance(self.screen, ExploreScreen):  # at once, not at its next refresh
+            self.screen.follow()
+        if message.status == "gate-checked":  # the curve, where the claims are judged (claim 3)
+            n_layers = self.store.run(message.run_id)["provenance"]["n_layers"]
+            self.push_screen(ReportScreen(message.run_id, n_layers, claim=3))
 
 
 def launch(
     db: str | None = None, model: str | None = None, pairs: str | None = None, mouse: bool = True
 ) -> int:
     spec = DEFAULT_SPEC.replace(**{k: v for k, v in (("model", model), ("pairs", pairs)) if v})
+    app = HarmmedApp(db, spec)
+    # our own loop: app.run returns once the terminal is restored, where asyncio.run would first wait for
+    # every worker thread (one may be inside a model's load for many seconds)
+    loop = asyncio.new_event_loop()
     try:
-        HarmmedApp(db, spec).run(mouse=mouse)
+        app.run(mouse=mouse, loop=loop)
     except KeyboardInterrupt:  # ctrl+c from a terminal that sends SIGINT: no traceback
         pass
+    if app.quit_while_loading:  # the job's thread is still inside the model's load, with nothing to store
+        os._exit(0)
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
     return 0

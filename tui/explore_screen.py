@@ -4,25 +4,22 @@ plots; the gate verdict."""
 
 from __future__ import annotations
 
-import time
-
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
+from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
-from harmmed_tui.db import export, queries
-from harmmed_tui.tui.messages import RunProgress
+from harmmed_tui.db import export, jobs, queries
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
 from harmmed_tui.tui.safe_text import literal, plain
-from harmmed_tui.tui.widgets import GLYPHS, Table, readable
+from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table, readable
 
 MODULES = ("resid", "attn", "mlp")
 UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
@@ -149,6 +146,7 @@ class ExploreScreen(Screen):
         ),
     ]
     PAGE = 200  # neurons fetched per page
+    REFRESH_S = 1.0  # a running run's rows are redrawn as they arrive, whichever process writes them
 
     def __init__(self, run_id: int):
         super().__init__()
@@ -168,9 +166,7 @@ class ExploreScreen(Screen):
         yield Static("", id="crumb")
         yield Static("", id="summary")
         yield Static("", id="gate")
-        with Horizontal(id="running"):
-            yield ProgressBar(id="progress", show_eta=True)
-            yield Static("", id="rate")
+        yield JobsLine(id="jobs")
         yield Static("", id="legend")
         yield Input(placeholder="filter rows (enter applies; empty enter clears)", id="filter")
         with Horizontal():
@@ -182,9 +178,9 @@ class ExploreScreen(Screen):
         store = self.app.store
         self.method = store.run_method(self.run_id)
         self.spec = RunSpec.from_json(store.run(self.run_id)["spec"])
-        self.query_one("#running").display = False
         self.query_one("#filter").display = False
-        self._started: tuple[float, int] | None = None  # (time, sites done) at this run's first report
+        self._progress = self._run_progress()  # when the table was last drawn
+        self.set_interval(self.REFRESH_S, self.follow)
         # a neuron-only run (the gate recipe) has no layer table: it opens on its top neurons
         self._has_neurons = queries.has_neurons(store, self.run_id)
         if not queries.has_modules(store, self.run_id) and self._has_neurons:
@@ -229,7 +225,6 @@ class ExploreScreen(Screen):
         )
 
     def show(self) -> None:
-        self._shown = time.monotonic()
         store = self.app.store
         run = store.run(self.run_id)
         if run["status"] == "running" or run["status"] != self._status:  # its pairs' TE arrive as it runs
@@ -639,18 +634,21 @@ class ExploreScreen(Screen):
         self.category, self.pair = order[(order.index(self.category) + 1) % len(order)], None
         self.show()
 
-    def on_run_progress(self, message: RunProgress) -> None:
-        self.query_one("#running").display = True
-        self.query_one(ProgressBar).update(total=message.total, progress=message.done)
-        now = time.monotonic()
-        self._started = self._started or (now, message.done)
-        rate = (message.done - self._started[1]) / max(now - self._started[0], 1e-9)
-        self.query_one("#rate", Static).update(
-            f"{message.done:,} / {message.total:,} sites" + (f"  {rate:,.0f}/s" if rate else "")
-        )
-        # rows stream in: refresh the pane, at most once a second (the top neurons across layers, an
-        # aggregate of every neuron row, once the run ends)
-        if now - self._shown > 1.0 and self.level != "top":
+    def job_in_front(self) -> dict | None:
+        """The job writing this run (or gate-checking it), for `c`."""
+        return jobs.of_run(self.app.store, self.run_id)
+
+    def _run_progress(self) -> tuple[str, int | None]:
+        """The run's status and its job's sites done."""
+        job = self.job_in_front()
+        return self.app.store.run(self.run_id)["status"], job and job["done"]
+
+    def follow(self) -> None:
+        """Redraw while the run is written (its sites done, or its status, changed), by this process or any
+        other; the top neurons across layers, an aggregate of every neuron row, once it ends."""
+        progress = self._run_progress()
+        if progress != self._progress and (progress[0] != "running" or self.level != "top"):
+            self._progress = progress
             self.show()
 
 

@@ -8,16 +8,8 @@ from textual.message import Message
 
 
 @dataclass
-class RunProgress(Message):
-    done: int
-    total: int
-
-    def can_replace(self, message: Message) -> bool:  # only the newest progress matters
-        return isinstance(message, RunProgress)
-
-
-@dataclass
 class RunEnded(Message):
     run_id: int | None
     status: str
-    error: str | None = None
+    error: str | None = None  # shown in a dialog
+    note: str | None = None  # said in a notification instead of the status (a job cancelled early)

@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from harmmed_tui.analysis.gate import GateSpec
-from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
 from harmmed_tui.analysis.study import StudySpec
 from harmmed_tui.db import report
 from harmmed_tui.db.runner import check_gate, execute
@@ -28,12 +28,8 @@ from harmmed_tui.db.study_runner import run_study
 from harmmed_tui.tui import store_commands
 from harmmed_tui.tui.safe_text import literal, markup
 
-END_POSITIONS = "all,suffix"  # end-aligned pairs have no `*` (every position needs equal lengths)
-
-
 def spec_from_args(a) -> RunSpec:
-    # prompt sets pair prompts of any lengths: aligned from the end unless asked otherwise
-    align = a.align or ("end" if a.harmful or a.harmless or a.jailbreak else "strict")
+    align = a.align or default_align(bool(a.harmful or a.harmless or a.jailbreak))
     return RunSpec(
         model=a.model,
         pairs=a.pairs,
@@ -59,7 +55,7 @@ def spec_from_args(a) -> RunSpec:
         judge_template=a.judge_template,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
         layers=a.layers,
-        positions=a.positions or (END_POSITIONS if align == "end" else RunSpec.positions),
+        positions=a.positions or default_positions(align),
         # neurons are many: they take the last position unless positions are asked for
         neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
         method=a.method,

@@ -35,9 +35,9 @@ class ReportScreen(Screen):
         Binding("escape", "app.pop_screen", "back", id="report.back", tooltip="back to Explore"),
     ]
 
-    def __init__(self, run_id: int, n_layers: int):
+    def __init__(self, run_id: int, n_layers: int, claim: int = 0):
         super().__init__()
-        self.run_id, self.n_layers = run_id, n_layers
+        self.run_id, self.n_layers, self.claim = run_id, n_layers, claim  # the claim under the cursor
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -56,6 +56,7 @@ class ReportScreen(Screen):
         for c in self.claims:
             t.add_row(str(c.number), Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "bold red")), c.title)
         self._plot_curve()
+        t.move_cursor(row=self.claim)
         t.focus()
 
     def _plot_curve(self) -> None:

@@ -9,11 +9,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.db import queries
+from harmmed_tui.db import jobs, queries
 from harmmed_tui.tui.compare_screen import CompareScreen
 from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
-from harmmed_tui.tui.widgets import Table
+from harmmed_tui.tui.widgets import JobsLine, Table
 
 MARK = "◆"  # beside the id of the run marked to compare
 
@@ -45,11 +45,12 @@ class RunsScreen(Screen):
         ),
         Binding("d", "delete", "delete", id="runs.delete", tooltip="delete the run (asks first)"),
     ]
-    REFRESH_S = 2.0  # runs started elsewhere (a CLI in another shell) appear within this
+    REFRESH_S = 1.0  # runs started elsewhere (a CLI in another shell, loading its model) appear within this
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="hint")
+        yield JobsLine(id="jobs")
         yield Table(id="runs", cursor_type="row")
         yield Footer(show_command_palette=False)
 
@@ -63,29 +64,43 @@ class RunsScreen(Screen):
 
     def refresh_runs(self) -> None:
         """Redraw the history when it changed, keeping the cursor on the same row index (a neighbour after
-        a delete)."""
-        runs = [queries.run_cells(r) for r in self.app.store.runs()]
+        a delete). Jobs still loading their model (any process's) come first, as `…` rows."""
+        rows = queries.history(self.app.store)
         hint = self.query_one("#hint", Static)
-        hint.display = not runs
+        hint.display = not rows
         hint.update(f"No runs yet. x runs {self.app.describe_spec()}; n sets up another run first.")
         self.sub_title = f"x: {self.app.describe_spec()}"
-        if [runs, self.marked] == self._shown:
+        if [rows, self.marked] == self._shown:
             return
-        self._shown = [runs, self.marked]
+        self._shown = [rows, self.marked]
         t = self.query_one(Table)
         row = t.cursor_row
         t.clear(columns=True)
         for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
-        for cells in runs:  # the run marked to compare shows its mark beside its id
-            label = f"{cells[0]} {MARK}" if cells[0] == str(self.marked) else cells[0]
-            t.add_row(label, *cells[1:], key=cells[0])
+        for key, cells in rows:  # the run marked to compare shows its mark beside its id
+            label = f"{cells[0]} {MARK}" if key == str(self.marked) else cells[0]
+            t.add_row(label, *cells[1:], key=key)
         if t.row_count:
             t.move_cursor(row=min(row, t.row_count - 1))
 
-    def selected(self) -> int | None:
+    def _selected_key(self) -> str | None:
         t = self.query_one(Table)
-        return int(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value) if t.row_count else None
+        return t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value if t.row_count else None
+
+    def selected(self) -> int | None:
+        """The highlighted run's id (None on a job still loading its model)."""
+        key = self._selected_key()
+        return int(key) if key and key.isdigit() else None
+
+    def job_in_front(self) -> dict | None:
+        """The job of the highlighted row, for `c`: a job loading its model, or the one writing the run."""
+        key = self._selected_key()
+        if key is None:
+            return None
+        if key.startswith("job:"):
+            return next((j for j in jobs.live(self.app.store) if f"job:{j['id']}" == key), None)
+        return jobs.of_run(self.app.store, int(key))
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:
@@ -93,6 +108,8 @@ class RunsScreen(Screen):
 
     def action_open(self) -> None:
         if (run_id := self.selected()) is None:
+            if self._selected_key():
+                self.notify("this run is still loading its model: it opens once its first rows are stored")
             return
         if self.marked is not None and self.marked != run_id:
             self.app.push_screen(CompareScreen(self.marked, run_id))
@@ -102,7 +119,8 @@ class RunsScreen(Screen):
             self.app.push_screen(ExploreScreen(run_id))
 
     def action_mark(self) -> None:
-        run_id = self.selected()
+        if (run_id := self.selected()) is None:
+            return
         self.marked = None if run_id == self.marked else run_id
         self.notify(
             f"run {run_id} marked: enter on another run compares the two (m again unmarks)"
@@ -115,8 +133,8 @@ class RunsScreen(Screen):
         if (run_id := self.selected()) is None:
             return
         run = self.app.store.run(run_id)
-        if run["status"] == "running":
-            self.notify(f"run {run_id} is running: cancel it (c) before deleting it", severity="warning")
+        if run["status"] == "running" or self.job_in_front():
+            self.notify(f"run {run_id} is being written: cancel it (c) before deleting it", severity="warning")
             return
 
         def chosen(yes: bool | None) -> None:

@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 
 from harmmed_tui.analysis.hub_cache import cached_hub_models
 from harmmed_tui.analysis.sites import SiteError
-from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
 from harmmed_tui.db import queries
 from harmmed_tui.tui.dialogs import ModelPicker
 from harmmed_tui.tui.safe_text import literal
@@ -98,9 +98,11 @@ class SetupScreen(Screen):
         ("pair", "pairs"),
     )
 
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, draft: dict[str, str] | None = None):
+        """`draft`: the fields as a form left with esc held them (kept by the app, shown again)."""
         super().__init__()
         self.spec = spec
+        self.draft = draft or {}
         self.labels = dict(self.FIELDS)
 
     def compose(self) -> ComposeResult:
@@ -110,13 +112,14 @@ class SetupScreen(Screen):
             for name, label in self.FIELDS:
                 value = getattr(self.spec, name)
                 value = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
+                value = self.draft.get(name, value)
                 with Horizontal(classes="field"):
                     yield Label(label, classes="label")
                     yield self._field(name, value)
                 yield Static("", id=f"error-{name}", classes="field-error")
             with Horizontal(classes="field"):  # where to compute, not part of the run's spec
                 yield Label("Ray cluster (optional)", classes="label")
-                yield Input("", id="ray", placeholder=self.PLACEHOLDERS["ray"])
+                yield Input(self.draft.get("ray", ""), id="ray", placeholder=self.PLACEHOLDERS["ray"])
             yield Static("", id="preview")
             yield Static("", id="problem")
             yield Button("Run (ctrl+r)", id="start", variant="primary")
@@ -147,6 +150,9 @@ class SetupScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#model", Input).focus()
+        # the values the form would choose itself: they follow the pairs' source until the user changes them
+        sets = bool(self._value("harmful") or self._value("harmless"))
+        self._chosen = {"align": default_align(sets), "positions": default_positions(self._value("align"))}
         self.check()
 
     def action_pick_model(self) -> None:
@@ -158,8 +164,21 @@ class SetupScreen(Screen):
 
     @on(Input.Changed)
     @on(Select.Changed)
-    def _edited(self) -> None:
+    def _edited(self, event: Input.Changed | Select.Changed) -> None:
+        if event.control.id in ("harmful", "harmless", "align"):
+            self._follow_source()
+        # what was typed, kept for the next Setup if this one is left with esc (a started run clears it)
+        self.app.setup_draft = {name: self._value(name) for name in [*self.labels, "ray"]}
         self.check()
+
+    def _follow_source(self) -> None:
+        """The CLI's defaults for the pairs' source (analysis.spec): prompt sets are aligned from the end, and
+        end-aligned runs take `suffix` for `*`; a value the user chose is kept."""
+        sets = bool(self._value("harmful") or self._value("harmless"))
+        for name in ("align", "positions"):
+            value = default_align(sets) if name == "align" else default_positions(self._value("align"))
+            if self._value(name) == self._chosen[name]:  # still the form's own choice
+                self.query_one(f"#{name}").value = self._chosen[name] = value
 
     def _value(self, name: str) -> str:
         return str(self.query_one(f"#{name}").value).strip()
@@ -206,10 +225,11 @@ class SetupScreen(Screen):
             return
         tp = plan.pairs[0]
         tokenizer = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)[0]
+        n_t, n_c = len(tp.treatment_ids), len(tp.control_ids)
+        lengths = f"{n_t} tokens = control {n_c}" if n_t == n_c else f"{n_t} tokens, control {n_c}, aligned from the end"
         lines = [
             f"ok: {len(plan.pairs)} pairs, {plan.n_sites:,} sites, method {plan.method}",
-            f"pair {tp.pair.id or 0}: treatment {len(tp.treatment_ids)} tokens = control "
-            f"{len(tp.control_ids)} tokens",
+            f"pair {tp.pair.id or 0}: treatment {lengths}",
             f"as the model reads it: {tokenizer.decode(tp.treatment_ids)!r}",
             *(f"skipped: {m}" for m in plan.skipped),
         ]
@@ -248,4 +268,5 @@ class SetupScreen(Screen):
         except SiteError as e:
             self.query_one("#problem", Static).update(literal(str(e), newlines=True))
             return
+        self.app.setup_draft = None  # the next Setup starts from x's preselection
         self.app.start_run(spec, ray=self.query_one("#ray", Input).value.strip() or None)

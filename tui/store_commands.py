@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harmmed_tui.analysis import stats
-from harmmed_tui.db import compare, export, queries, report
+from harmmed_tui.db import compare, export, jobs, queries, report
 from harmmed_tui.db.store import Store, StoreError
 from harmmed_tui.tui.safe_text import literal, markup, plain
 
@@ -133,22 +133,22 @@ def write(data: str | bytes, output: str) -> None:
 
 
 def cmd_runs(store: Store, as_json: bool) -> int:
-    runs = store.runs()
-    if as_json or not sys.stdout.isatty():
-        print(
-            json.dumps(runs)
-            if as_json
-            else "\n".join(
-                f"{r['id']}\t{r['status']}\t{plain(r['model'], newlines=False)}\t{r['n_pairs']}\t{r['n_sites']}\t{r['started']}"
-                for r in runs
-            )
-        )
+    """The history as the Runs screen shows it (a job still loading its model first, a job's stage as the
+    status of the run it writes); JSON: every stored field of each run, and `job`, the stage of the live job
+    writing it (null if none)."""
+    if as_json:
+        working = {j["run_id"]: j["text"] for j in jobs.live(store)}
+        print(json.dumps([{**r, "job": working.get(r["id"])} for r in store.runs()]))
+        return 0
+    rows = queries.history(store)
+    if not sys.stdout.isatty():
+        print("\n".join("\t".join(plain(c, newlines=False) for c in cells) for _, cells in rows))
         return 0
     t = Table(title=f"runs in {store.path}")
     for col in queries.RUN_COLUMNS:
         t.add_column(col)
-    for r in runs:
-        t.add_row(*map(literal, queries.run_cells(r)))
+    for _, cells in rows:
+        t.add_row(*map(literal, cells))
     Console().print(t)
     return 0
 

@@ -7,8 +7,10 @@ import re
 from rich.text import Text
 from textual.binding import Binding
 from textual.color import Color
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
+from harmmed_tui.db import jobs
+from harmmed_tui.db.queries import model_label
 from harmmed_tui.tui.safe_text import literal
 
 VIM_KEYS = [
@@ -74,3 +76,38 @@ class Table(DataTable):
         base = Color.parse(self.app.current_theme.background).rgb
         glyphs = self.app.console.color_system in ("standard", "windows", None)
         return heat(value, scale, base, glyphs, mark)
+
+
+class JobsLine(Static):
+    """The status line: what every job in progress is doing (this process's and any other's that writes the
+    same database), with its ETA where the work is countable; hidden while nothing runs."""
+
+    SHOWN = 2  # jobs shown; more are counted
+    REFRESH_S = 1.0
+
+    def on_mount(self) -> None:
+        self.jobs: list[dict] = []
+        self.refresh_jobs()
+        self.set_interval(self.REFRESH_S, self.refresh_jobs)
+
+    def refresh_jobs(self) -> None:
+        self.jobs = jobs.live(self.app.store)
+        lines = [
+            f"▶ {job_label(j)}: {j['text']}" + ("  (c cancels)" if i == 0 else "")
+            for i, j in enumerate(self.jobs[: self.SHOWN])
+        ]
+        if len(self.jobs) > self.SHOWN:
+            lines[-1] += f"  (+{len(self.jobs) - self.SHOWN} more)"
+        self.display = bool(lines)
+        self.update(literal("\n".join(lines), newlines=True))
+
+
+def job_label(job: dict) -> str:
+    """A job as the status line and the cancel notice name it: `run 12 (model)`, `new run (model)`, ..."""
+    model, run = model_label(job["model"]), job["run_id"]
+    if job["kind"] == "study":
+        return f"study ({model})" + ("" if run is None else f", run {run}")
+    if run is None:
+        return f"new run ({model})"
+    what = {"run": "run", "resume": "resume of run", "gate": "gate curve of run"}[job["kind"]]
+    return f"{what} {run} ({model})"

@@ -36,7 +36,8 @@ def write_set(path, prompts):
 
 
 def cancel_after(batches: int):
-    """A `cancelled` callback that says yes after `batches` checks: the run stops part-way, resumable."""
+    """A `cancelled` callback that says yes after `batches` checks (the first is once the model loaded): the
+    run stops part-way, resumable."""
     calls = iter(range(10**9))
     return lambda: next(calls) >= batches
 
@@ -58,7 +59,7 @@ def test_an_edited_prompt_file_cannot_change_a_resumed_run(tmp_path, monkeypatch
     monkeypatch.chdir(work)
     spec = RunSpec(harmful="h.csv", harmless="c.csv", align="end", **SETS_SPEC)
     with Store(tmp_path / "runs.db") as store:
-        assert execute(spec, store, cancelled=cancel_after(2)).status == "cancelled"
+        assert execute(spec, store, cancelled=cancel_after(3)).status == "cancelled"
     with Store(tmp_path / "runs.db") as store:
         run = store.run(1)
         assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]
@@ -106,7 +107,7 @@ def test_a_changed_model_or_phrase_file_refuses_the_resume_and_leaves_the_run(tm
     spec = RunSpec(model=str(llama_copy), refusal_phrases=str(phrases), **MODEL_SPEC)
     db = str(tmp_path / "runs.db")
     with Store(db) as store:
-        assert execute(spec, store, cancelled=cancel_after(1)).status == "cancelled"
+        assert execute(spec, store, cancelled=cancel_after(2)).status == "cancelled"
 
     phrases.write_text("I cannot\n")
     assert main(["resume", "1", "--db", db]) == 2

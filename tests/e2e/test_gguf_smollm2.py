@@ -129,3 +129,37 @@ def test_gguf_study_completes_and_says_refusals_are_rare(tmp_path, capsys):
         study = store.study(1)
         assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
         assert len(store.pairs(study["modules_run"])) == 3
+
+
+def test_quit_while_the_gguf_loads_exits_at_once_and_stores_nothing(tmp_path):
+    """SmolLM2 takes seconds to load: `x`, then q and yes while it loads, quits within a couple of seconds
+    (it used to wait for the load, then store a complete run as `cancelled`); nothing is stored."""
+    import shutil
+    import subprocess
+    import time
+
+    from harmmed_tui.db import jobs
+    from tests.e2e.test_tmux import SCRIPT, ended, screen, tmux, wait_for
+
+    if shutil.which("tmux") is None:
+        pytest.skip("needs tmux")
+    name = f"harmmed-gguf-{time.monotonic_ns() % 10**8}"
+    env = f"HARMMED_DB={tmp_path / 'runs.db'} XDG_CONFIG_HOME={tmp_path} HF_HUB_OFFLINE=1 TERM=xterm"
+    command = f"{env} {SCRIPT} --no-mouse --model {smollm2_gguf()}"
+    tmux("new-session", "-d", "-s", name, "-x", "80", "-y", "24", "-c", str(tmp_path), command)
+    try:
+        wait_for(name, "No runs yet")
+        time.sleep(1)
+        tmux("send-keys", "-t", name, "x")
+        wait_for(name, "loading the model")
+        tmux("send-keys", "-t", name, "q")
+        wait_for(name, "Cancel it and quit?")
+        asked = time.monotonic()
+        tmux("send-keys", "-t", name, "y")
+        assert ended(name, 20), f"the app did not quit; the screen shows:\n{screen(name)}"
+        quit_s = time.monotonic() - asked
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    assert quit_s < 3, quit_s
+    with Store(tmp_path / "runs.db") as store:
+        assert store.runs() == [] and jobs.live(store) == []

@@ -147,3 +147,39 @@ def test_delete_asks_first_and_no_keeps_the_run(tmp_path):
             assert [r["id"] for r in store.runs()] == [1]
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def test_a_cli_run_shows_while_it_loads_is_followed_and_c_cancels_it(tmp_path):
+    """Items 2-4 of the explorer on real work, at 80x24 in a 16-colour terminal: a run started by a CLI in
+    another shell is a `…` row with its stage before its run row exists, then its run with `patching sites
+    N/M, m:ss left`; Explore on it follows it (the status line), `c` there cancels the CLI's run, and the
+    header says so at once, the table keeping what was stored."""
+    from tests.db.test_jobs import LONG, cli_run
+
+    name = start(tmp_path, 80, 24, "xterm")
+    process = None
+    try:
+        wait_for(name, "No runs yet")
+        process = cli_run(tmp_path / "runs.db", *LONG)
+        deadline = time.monotonic() + 60
+        while not any(s in (shown := screen(name)) for s in ("loading the model", "judging answers")):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert "…" in shown and "▶ new run (default):" in shown
+        wait_for(name, "patching sites")
+        shown = wait_for(name, " left")
+        tmux("send-keys", "-t", name, "Enter")
+        shown = wait_for(name, "run 1 (running, default)")
+        assert "▶ run 1 (default): patching sites" in shown
+        tmux("send-keys", "-t", name, "c")
+        wait_for(name, "cancelling run 1 (default)")
+        assert process.wait(timeout=60) == 0
+        shown = wait_for(name, "run 1 (cancelled, default)", timeout=10)
+        assert "layer" in shown and "▶" not in shown
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        if process:
+            process.kill()
+    with Store(tmp_path / "runs.db") as store:
+        (run,) = store.runs()
+        assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]

@@ -41,6 +41,11 @@ async def test_run_drill_down_and_export(tmp_path):
         await pilot.press("a")  # gate check on the built-in pairs the run did not use
         await app.workers.wait_for_complete()
         await pilot.pause()
+        # the finished curve opens: the claims, at claim 3 (the gate), its curve beside it
+        assert isinstance(app.screen, ReportScreen) and app.screen.query_one("#claims").cursor_row == 3
+        assert "TE removed by top K" in str(app.screen.query_one("#curve").plt.build())
+        await pilot.press("escape")
+        assert app.screen is screen
         gate = str(screen.query_one("#gate").render())
         assert "gate check 1 (positive neurons" in gate and "46 held-out pairs" in gate
         assert {p.k for p in app.store.gate_checks(screen.run_id)[0]["curve"]} == {1, 5, 20, 100, 1000}
@@ -113,6 +118,44 @@ async def test_setup_explains_problems_as_they_are_typed(tmp_path):
         await pilot.press("ctrl+o")  # the picker lists the embedded default first
         await pilot.press("enter")
         assert screen.query_one("#model").value == "default"
+
+
+async def test_setup_with_prompt_sets_takes_the_clis_defaults_and_keeps_a_draft_over_esc(tmp_path):
+    """Prompt sets in Setup run on its defaults, as on the command line: aligned from the end, `suffix` for
+    `*`; the summary says the lengths differ; a half-filled form comes back after esc."""
+    app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        screen = app.screen
+        text = lambda i: str(screen.query_one(i).render())  # noqa: E731
+        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+        screen.query_one("#harmful").value = "builtin:advbench"
+        screen.query_one("#harmless").value = "builtin:self_instruct"
+        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview") and "aligned from the end" in text("#preview"))
+        assert (screen.query_one("#align").value, screen.query_one("#positions").value) == ("end", "all,suffix")
+        assert not text("#problem") and " = control" not in text("#preview")
+        screen.query_one("#harmless").value = ""
+        screen.query_one("#harmful").value = ""  # back to the built-in pairs: back to their defaults
+        await pilot.pause()
+        assert (screen.query_one("#align").value, screen.query_one("#positions").value) == ("strict", "all,*")
+        screen.query_one("#harmful").value = "builtin:advbench"
+        screen.query_one("#positions").value = "last:3"  # the user's own choice is kept from here on
+        screen.query_one("#harmless").value = "builtin:xstest"
+        screen.query_one("#max_pairs").value = "7"
+        await pilot.pause()
+        assert screen.query_one("#positions").value == "last:3"
+        await pilot.press("escape")
+        await pilot.press("n")  # the half-filled form, as it was left
+        again = app.screen
+        assert again is not screen and isinstance(again, SetupScreen)
+        values = {f: again.query_one(f"#{f}").value for f in ("harmful", "harmless", "max_pairs", "positions")}
+        assert values == {
+            "harmful": "builtin:advbench",
+            "harmless": "builtin:xstest",
+            "max_pairs": "7",
+            "positions": "last:3",
+        }
+        assert again.query_one("#align").value == "end"
 
 
 async def test_aggregate_over_one_category(tmp_path):
