@@ -297,7 +297,11 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
     heldout = heldout or []
     if not curve:
         return Claim(
-            3, TITLE_3, INCONCLUSIVE, "the run has no gate check: run `harmmed-tui gate RUN`.", RULE_3
+            3,
+            TITLE_3,
+            INCONCLUSIVE,
+            "the run has no gate check: press a in the explorer, or run `harmmed-tui gate RUN`.",
+            RULE_3,
         )
     final = [p for p in curve if p.group == "final"]
     table = [p.as_dict() for p in curve]

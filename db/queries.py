@@ -192,6 +192,23 @@ def top_neurons(
     return store.db.execute(sql, args).fetchall()
 
 
+def neuron_count(
+    store: Store, run_id: int, layer: int | None, pair: int | None, method: str, category: str | None = None
+) -> int:
+    """How many rows `top_neurons` pages through (its pages: "page N of M")."""
+    if pair is None and category is None and _summarised(store, run_id):
+        where, args = ("AND layer = ?", [layer]) if layer is not None else ("", [])
+        sql = f"SELECT COUNT(*) FROM neuron_summary WHERE run_id = ? AND method = ? {where}"
+        return store.db.execute(sql, [run_id, method, *args]).fetchone()[0]
+    where, args = _pair_filter(pair, category)
+    if layer is not None:
+        where, args = f"AND e.layer = ? {where}", [layer, *args]
+    sql = f"""{LENGTHS} SELECT COUNT(*) FROM (SELECT 1 FROM effects e JOIN lengths p ON p.pair = e.pair
+              WHERE e.run_id = ? AND e.method = ? AND e.module = 'neuron' {where}
+              GROUP BY e.layer, {POSITION}, e.neuron)"""
+    return store.db.execute(sql, [run_id, run_id, method, *args, pair is None]).fetchone()[0]
+
+
 def _summarised(store: Store, run_id: int) -> bool:
     """Whether the run's neuron summary can be read: written now for a stopped run that lacks one and whose
     writer is gone (a summary from an older release), where the store can be written; else (a run its writer

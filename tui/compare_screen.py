@@ -11,6 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from harmmed_tui.db import compare, export
+from harmmed_tui.db.queries import model_label
 from harmmed_tui.db.store import StoreError
 from harmmed_tui.tui.dialogs import unique_path
 from harmmed_tui.tui.safe_text import literal
@@ -43,10 +44,11 @@ class CompareScreen(Screen):
         if note:
             self.notify(note, severity="warning", timeout=10)
         corr = "n/a" if r is None else f"{r:.3f}"
+        # the number first: at 80 columns the models' names are what is cut
         self.query_one("#crumb", Static).update(
             literal(
-                f"run {self.run_a} ({a['model']}) vs run {self.run_b} ({b['model']}): IE/TE at every position"
-                f" · Pearson r {corr}"
+                f"Pearson r {corr} over {len(self.rows)} cells of IE/TE · run {self.run_a} "
+                f"({model_label(a['model'])}) vs run {self.run_b} ({model_label(b['model'])})"
             )
         )
         t = self.query_one(Table)

@@ -15,6 +15,7 @@ from textual.widgets.option_list import Option
 from harmmed_tui.db import export
 from harmmed_tui.tui import keys
 from harmmed_tui.tui.safe_text import literal
+from harmmed_tui.tui.widgets import LineScroll
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -61,10 +62,10 @@ class ErrorDialog(ModalScreen[None]):
         self.dismiss()
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(LineScroll, ModalScreen[None]):
     """Every key, generated from the screens' bindings (remapped keys as remapped), and the terms."""
 
-    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "close")]
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "close"), *LineScroll.SCROLL_KEYS]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog", classes="wide"):

@@ -18,8 +18,8 @@ from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db import export, jobs, queries
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.safe_text import literal, plain
-from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table, readable
+from harmmed_tui.tui.safe_text import literal, plain, readable
+from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table
 
 MODULES = ("resid", "attn", "mlp")
 UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
@@ -306,7 +306,9 @@ class ExploreScreen(Screen):
     def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
         args = (self.app.store, self.run_id, self.pair, self.method, self.category)
         data, share = queries.layer_effects(*args), queries.layer_effects(*args, value=queries.IE_SHARE)
-        where = "every position at once"
+        star = queries.module_level_name(self.app.store, self.run_id)
+        # (`suffix`, of end-aligned pairs: every aligned position of the shared chat-template suffix)
+        where = "every position at once" if star == "*" else "the shared suffix at once"
         if not data:  # a run without '*' or 'suffix' sites (--positions last:3): its last position, said so
             data = queries.layer_effects(*args, last=True)
             share = queries.layer_effects(*args, value=queries.IE_SHARE, last=True)
@@ -418,7 +420,12 @@ class ExploreScreen(Screen):
                 f = flips.get((layer, pos, neuron))
                 cells.append(f"{f[0]}/{f[1]}" if f else "")
             t.add_row(*cells, key=f"{layer}:{neuron}")
-        self._legend("recur: in how many pairs' 20 strongest · gate: rank in the newest gate check")
+        layer = None if with_layer else self.focus_layer
+        total = queries.neuron_count(store, self.run_id, layer, self.pair, self.method, self.category)
+        pages = max(1, -(-total // self.PAGE))
+        self._legend(
+            f"page {self.page + 1} of {pages} ([ ]) · recur: in how many pairs' top 20 · gate: gate-check rank"
+        )
 
     def _show_neurons(self, t: Table, plt, te: float | None, checks) -> None:
         first = self.page * self.PAGE

@@ -86,6 +86,7 @@ class ReportScreen(Screen):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         c = self.claims[event.cursor_row]
+        self.query_one("#curve").display = c.number == 3  # the gate curve is claim 3's; the others' are text
         self.query_one("#finding", Static).update(
             literal(
                 f"{c.finding}\nrule: {c.rule}.\n{len(c.pairs)} pairs behind it; enter opens its table",

@@ -14,13 +14,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from harmmed_tui.tui import store_commands
+from harmmed_tui.tui.widgets import LineScroll
 
 
-class RunDetailsScreen(Screen):
+class RunDetailsScreen(LineScroll, Screen):
     BINDINGS = [
         Binding("escape,i", "app.pop_screen", "back", id="details.back", tooltip="back"),
-        Binding("j", "scroll(1)", "down", show=False),
-        Binding("k", "scroll(-1)", "up", show=False),
+        *LineScroll.SCROLL_KEYS,
     ]
 
     def __init__(self, run_id: int):
@@ -39,6 +39,3 @@ class RunDetailsScreen(Screen):
             store_commands.show_run(self.app.store, self.run_id, con)
         self.query_one("#details-text", Static).update(Text.from_ansi(captured.get()))
         self.query_one(VerticalScroll).focus()
-
-    def action_scroll(self, lines: int) -> None:
-        self.query_one(VerticalScroll).scroll_relative(y=lines, animate=False)

@@ -15,7 +15,7 @@ from rich.table import Table
 from harmmed_tui.analysis import stats
 from harmmed_tui.db import compare, export, jobs, queries, report
 from harmmed_tui.db.store import Store, StoreError
-from harmmed_tui.tui.safe_text import literal, markup, plain
+from harmmed_tui.tui.safe_text import literal, markup, plain, readable
 
 
 def print_summary(store: Store, run_id: int, con: Console) -> None:
@@ -60,8 +60,9 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
         columns = ("layer", "module", "position", "token", "ie_mean", "ci_low", "ci_high", "ie_share", "n")
         for col in columns:
             t.add_column(col, justify="right")
-        for r in top:
-            t.add_row(*(literal(export.format_value(r[c])) for c in columns))
+        for r in top:  # tokens as the explorer's grid shows them (· space, ⏎ newline)
+            cells = [export.format_value(r[c]) for c in columns]
+            t.add_row(*(literal(readable(v) if c == "token" else v) for c, v in zip(columns, cells, strict=True)))
         con.print(t)
     print_gate(store, run_id, con=con)
     con.print(literal(f"run id: {run_id}   db: {store.path}"))

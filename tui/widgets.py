@@ -7,6 +7,7 @@ import re
 from rich.text import Text
 from textual.binding import Binding
 from textual.color import Color
+from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from harmmed_tui.db import jobs
@@ -25,18 +26,8 @@ VIM_KEYS = [
     Binding("ctrl+u", "page_up", "page up", show=False),
 ]
 
-# byte-level BPE (GPT-2: Ġ space, Ċ newline, ĉ tab) and SentencePiece (▁ space) markers, and byte tokens
-_MARKERS = str.maketrans({"Ġ": "·", "▁": "·", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥", " ": "·"})
-_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def readable(token: str) -> str:
-    """A token as a person reads it: spaces ·, newlines ⏎, tabs ⇥, byte tokens \\x.."""
-    return _BYTE.sub(lambda m: f"\\x{m.group(1).lower()}", token).translate(_MARKERS)
-
-
 POSITIVE, NEGATIVE = (210, 50, 50), (50, 90, 230)
-GLYPHS = " ░▒▓█"  # the 16-colour fallback: shading by strength, sign by the number itself
+GLYPHS = " ░▒▓█"  # the 16-colour fallback: shading by strength, the sign in the terminal's own red and blue
 
 
 def heat(
@@ -48,11 +39,12 @@ def heat(
 ) -> Text:
     """A grid cell: red for +, blue for -, as strong as |value| / scale, blended from the theme's background
     `base` (so that zero is the background, in light themes too); with `glyphs`, for terminals of 16
-    colours, a shading glyph instead."""
+    colours, a shading glyph, and the number in the terminal's red or blue."""
     share = min(abs(value) / scale, 1.0) if scale and value == value else 0.0
     text = f"{value:+.3f}{mark}" if value == value else "   n/a"
     if glyphs:
-        return Text(GLYPHS[round(share * (len(GLYPHS) - 1))] + text)
+        sign = ("bold " if share > 0.4 else "") + ("red" if value > 0 else "blue")
+        return Text(GLYPHS[round(share * (len(GLYPHS) - 1))] + text, style=sign if share > 0.02 else "")
     target = POSITIVE if value > 0 else NEGATIVE
     r, g, b = (round(c0 + (c1 - c0) * share) for c0, c1 in zip(base, target, strict=True))
     bold = "bold white " if share > 0.4 else ""
@@ -111,3 +103,21 @@ def job_label(job: dict) -> str:
         return f"new run ({model})"
     what = {"run": "run", "resume": "resume of run", "gate": "gate curve of run"}[job["kind"]]
     return f"{what} {run} ({model})"
+
+
+class LineScroll:
+    """j/k scroll a screen's text by a line, g/G to its ends, as in the tables (help, run details)."""
+
+    SCROLL_KEYS = [
+        Binding("j", "scroll(1)", "down", show=False),
+        Binding("k", "scroll(-1)", "up", show=False),
+        Binding("g", "scroll_end(0)", "top", show=False),
+        Binding("G", "scroll_end(1)", "bottom", show=False),
+    ]
+
+    def action_scroll(self, lines: int) -> None:
+        self.query_one(VerticalScroll).scroll_relative(y=lines, animate=False)
+
+    def action_scroll_end(self, bottom: int) -> None:
+        box = self.query_one(VerticalScroll)
+        (box.scroll_end if bottom else box.scroll_home)(animate=False)

@@ -12,7 +12,8 @@ from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.dialogs import ExportScreen, export_path
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.widgets import heat, readable
+from harmmed_tui.tui.safe_text import readable
+from harmmed_tui.tui.widgets import heat
 
 SIZE = (100, 30)
 
@@ -100,6 +101,9 @@ def test_heat_cells_start_from_the_background_and_fall_back_to_glyphs():
     assert heat(0.0, 1.0, light).style == ""  # zero is the background itself, in a light theme too
     assert "on rgb(210,50,50)" in str(heat(1.0, 1.0, light).style)
     assert str(heat(0.5, 1.0, glyphs=True)).startswith("▒") and str(heat(-1.0, 1.0, glyphs=True)) == "█-1.000"
+    # in 16 colours the sign is the terminal's own red or blue, as the legend says (the glyph is strength)
+    assert heat(0.253, 1.0, glyphs=True).style == "red" and heat(-0.253, 1.0, glyphs=True).style == "blue"
+    assert heat(-0.9, 1.0, glyphs=True).style == "bold blue" and heat(0.0, 1.0, glyphs=True).style == ""
 
 
 async def test_p_and_shift_p_cycle_pairs_both_ways_and_0_jumps_to_the_aggregate(db):
