@@ -175,7 +175,7 @@ class HarmmedApp(App):
             self.notify("nothing to cancel: no job runs here or on the run in front")
             return
         jobs.request_cancel(self.store, job["id"])
-        self.notify(f"cancelling {job_label(job)} after its current batch; what it stored stays")
+        self.notify(f"cancelling {job_label(job)} ({job['stage']}) after its current batch; what it stored stays")
 
     def action_export(self) -> None:
         """Export the open run's table (level: the pane in front) or the run highlighted in Runs."""

@@ -260,6 +260,9 @@ class ExploreScreen(Screen):
         if cursor is not None and cursor.row < t.row_count:
             t.move_cursor(row=cursor.row, column=cursor.column)
         t.focus()
+        # DataTable widens its columns when idle, repainting only some rows: the first ones kept the widths
+        # of the pane before (seen at 80x24 on the neuron pane); paint them all once the widths are set
+        self.set_timer(0.1, t.refresh)
 
     def _legend(self, text: str) -> None:
         self.query_one("#legend", Static).update(text)
@@ -335,7 +338,7 @@ class ExploreScreen(Screen):
             [[shown.get(i, {}).get(m) or 0.0 for i in layers] for m in ("attn", "mlp")],
             labels=["attn", "mlp"],
         )
-        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer, {where}")
+        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer")  # (plotext drops a title wider than the plot)
         plt.xlabel("layer")
 
     def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
@@ -380,7 +383,7 @@ class ExploreScreen(Screen):
         step = max(1, -(-len(labels) // 5))
         ticks = sorted({*range(0, len(labels), step), len(labels) - 1})
         plt.xticks(ticks, [labels[i] for i in ticks])
-        plt.title(f"layer {self.focus_layer}: {'IE/TE' if by_te else 'IE'} by position")
+        plt.title(f"L{self.focus_layer} {'IE/TE' if by_te else 'IE'} by position")
         plt.xlabel("position")
         # the decision is read at the end of the prompt: start on `*`, with the last positions in view
         t.cursor_type = "cell"
@@ -442,10 +445,10 @@ class ExploreScreen(Screen):
         self._neuron_rows(t, rows, checks, with_layer=False)
         if rows:
             plt.hist([r[3] for r in rows], bins=30)
-            plt.title(f"layer {self.focus_layer}: IE of neurons ranked {first + 1}-{first + len(rows)}")
+            plt.title(f"L{self.focus_layer} IE, #{first + 1}-{first + len(rows)}")
             plt.xlabel("IE")
         else:
-            plt.title("no neuron rows: run with modules including 'neuron'")
+            plt.title("no neuron rows")
 
     def _show_top(self, t: Table, plt, te: float | None, checks) -> None:
         first = self.page * self.PAGE
@@ -456,10 +459,10 @@ class ExploreScreen(Screen):
         if rows:
             layers = sorted({r[0] for r in rows})
             plt.bar([str(layer) for layer in layers], [sum(r[0] == layer for r in rows) for layer in layers])
-            plt.title(f"layers of the neurons ranked {first + 1}-{first + len(rows)}")
+            plt.title(f"layers of #{first + 1}-{first + len(rows)}")
             plt.xlabel("layer")
         else:
-            plt.title("no neuron rows: run with modules including 'neuron'")
+            plt.title("no neuron rows")
 
     def _show_gate(self, checks: list[dict]) -> None:
         """The newest gate check's verdict and one of its generations, above the neuron panes."""

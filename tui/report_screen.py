@@ -65,7 +65,7 @@ class ReportScreen(Screen):
         plt = plot.plt
         check = report.gate_check(self.app.store, self.run_id)
         if check is None:
-            plt.title("no gate check yet: press a in the explorer")
+            plt.title("no gate check: a")
             return
         checks = [check]
         ks = sorted({p.k for p in checks[0]["curve"]})
@@ -80,7 +80,7 @@ class ReportScreen(Screen):
             [x[p.k] for p in widest], [p.random_removed or 0 for p in widest], label="random", marker="dot"
         )
         plt.xticks(list(x.values()), [str(k) for k in ks])
-        plt.title(f"gate check {checks[0]['id']}: TE removed by top K")
+        plt.title("TE removed by top K")
         plt.xlabel("K neurons")
         plot.refresh()
 

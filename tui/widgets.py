@@ -84,10 +84,9 @@ class JobsLine(Static):
 
     def refresh_jobs(self) -> None:
         self.jobs = jobs.live(self.app.store)
-        lines = [
-            f"▶ {job_label(j)}: {j['text']}" + ("  (c cancels)" if i == 0 else "")
-            for i, j in enumerate(self.jobs[: self.SHOWN])
-        ]
+        lines = [f"▶ {job_label(j)}: {j['text']}" for j in self.jobs[: self.SHOWN]]
+        if lines and len(lines[0]) + 13 <= self.size.width - 2:  # the hint where it fits on the line
+            lines[0] += "  (c cancels)"
         if len(self.jobs) > self.SHOWN:
             lines[-1] += f"  (+{len(self.jobs) - self.SHOWN} more)"
         self.display = bool(lines)
@@ -101,7 +100,7 @@ def job_label(job: dict) -> str:
         return f"study ({model})" + ("" if run is None else f", run {run}")
     if run is None:
         return f"new run ({model})"
-    what = {"run": "run", "resume": "resume of run", "gate": "gate curve of run"}[job["kind"]]
+    what = {"run": "run", "resume": "resume of run", "gate": "run"}[job["kind"]]  # (a gate's stage says gate)
     return f"{what} {run} ({model})"
 
 
