@@ -229,9 +229,9 @@ class ExploreScreen(Screen):
         run = store.run(self.run_id)
         if run["status"] == "running" or run["status"] != self._status:  # its pairs' TE arrive as it runs
             self.pairs, self._status = store.pairs(self.run_id), run["status"]
-        who = f"pair {self.pair}" if self.pair is not None else "aggregate over pairs"
+        who = f"pair {self.pair}" if self.pair is not None else "all pairs"
         if self.pair is None and self.category is not None:
-            who += f" of category {self.category}"
+            who = f"pairs of category {self.category}"
         crumb = [f"run {self.run_id} ({run['status']}, {queries.model_label(run['model'])})"]
         crumb += {
             "top": ["top neurons across layers"],
@@ -470,13 +470,12 @@ class ExploreScreen(Screen):
         box.display = bool(checks)
         if checks:
             texts = queries.gate_answers(self.app.store, checks[0], 1)
-            box.update(
-                literal(
-                    queries.gate_verdict(checks[0])
-                    + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts),
-                    newlines=True,
-                )
+            shown = literal(
+                queries.gate_verdict(checks[0])
+                + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts),
+                newlines=True,
             )
+            box.update(shown)  # two lines, each cut with … (app.tcss): the verdict is claim 3 under R
 
     # --- actions ------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters) -> bool:

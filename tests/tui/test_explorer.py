@@ -389,3 +389,30 @@ async def test_a_run_without_module_level_sites_opens_on_its_last_position(tmp_p
         await pilot.press("N", "a")  # no neuron rows: each key says why, instead of nothing
         messages = [str(n.message) for n in app._notifications]
         assert sum("run 1 has no neuron rows" in m for m in messages) == 2
+
+
+async def test_at_80x24_titles_fit_the_gate_summary_is_two_lines_and_claims_0_2_have_no_empty_plot(db):
+    """What a user reads at 80x24: the plot's title is drawn (plotext drops one wider than the plot), a
+    gate check's summary takes two lines whatever it holds, and only claim 3 has a plot beside it."""
+    from harmmed_tui.analysis.gate import GateSpec
+    from harmmed_tui.db.runner import check_gate
+    from harmmed_tui.tui.report_screen import ReportScreen
+
+    with Store(db) as store:
+        check_gate(store, 1, GateSpec(tops=(1, 5), seeds=1, max_new_tokens=4))
+    app = HarmmedApp(db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("j", "enter")  # run 1
+        screen = app.screen
+        plot = screen.query_one("#plot")
+        assert "IE/TE by layer" in plot.plt.build() and screen.query_one("#plot").size.width >= 30
+        await pilot.press("N")
+        gate = screen.query_one("#gate")
+        assert gate.display and gate.size.height == 2 and text(app, "#gate").startswith("gate check 1")
+        assert "page 1 of " in text(app, "#legend")
+        await pilot.press("R")
+        report = app.screen
+        assert isinstance(report, ReportScreen)
+        for claim in range(4):  # the gate curve beside claim 3, the finding full width beside the others
+            assert report.query_one("#curve").display == (claim == 3)
+            await pilot.press("j")
