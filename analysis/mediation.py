@@ -375,7 +375,9 @@ class InProcess:
     def __init__(self, lm: LoadedModel | None = None):
         self.lm = lm
 
-    def prepare(self, spec: RunSpec, stored: Stored | None = None, stages: Stages = QUIET) -> tuple[Plan, dict]:
+    def prepare(
+        self, spec: RunSpec, stored: Stored | None = None, stages: Stages = QUIET
+    ) -> tuple[Plan, dict]:
         self.prep = prepare(spec, self.lm, stored, stages)
         return self.prep, model_provenance(self.prep.lm, spec)
 

@@ -67,7 +67,10 @@ class RayExecutor:
     gpus_per_worker: float = 1.0
 
     def prepare(
-        self, spec: RunSpec, stored: mediation.Stored | None = None, stages: mediation.Stages = mediation.QUIET
+        self,
+        spec: RunSpec,
+        stored: mediation.Stored | None = None,
+        stages: mediation.Stages = mediation.QUIET,
     ) -> tuple[mediation.Plan, dict]:
         ray = _ray()
         mediation.check_choices(spec)  # a typo fails here, before any replica loads

@@ -131,3 +131,13 @@ def site_grid(
                 else:
                     sites.append(Site(layer, module, pos))
     return sites
+
+
+# byte-level BPE (GPT-2: Ġ space, Ċ newline, ĉ tab) and SentencePiece (▁ space) markers, and byte tokens
+_MARKERS = str.maketrans({"Ġ": "·", "▁": "·", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥", " ": "·"})
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def readable(token: str) -> str:
+    """A token as a person reads it: spaces ·, newlines ⏎, tabs ⇥, byte tokens \\x.."""
+    return _BYTE.sub(lambda m: f"\\x{m.group(1).lower()}", token).translate(_MARKERS)

@@ -38,7 +38,9 @@ class Job:
             )
         job = cls(store, cur.lastrowid)
         try:
-            with store.renewing("UPDATE jobs SET heartbeat = ? WHERE id = ? AND pid = ? AND host = ?", job.id):
+            with store.renewing(
+                "UPDATE jobs SET heartbeat = ? WHERE id = ? AND pid = ? AND host = ?", job.id
+            ):
                 yield job
         finally:
             with store.db.conn:
@@ -117,6 +119,8 @@ def _duration(seconds: float) -> str:
     seconds = max(1, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else (
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
     )

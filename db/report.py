@@ -1,7 +1,9 @@
-"""The claims report of a stored run: its effects gathered for analysis.claims, written as markdown or LaTeX."""
+"""The claims report of a stored run: its effects gathered for analysis.claims, written as markdown, LaTeX
+or one self-contained HTML page with its figures."""
 
 from __future__ import annotations
 
+import html
 import math
 
 from harmmed_tui.analysis import claims
@@ -26,7 +28,7 @@ FORMS = {
         "behind": r"\emph{{Behind it:}} {pairs}.",
     },
 }
-FORMATS = tuple(FORMS)
+FORMATS = (*FORMS, "html")
 
 
 def differing_positions(treatment: list[str], control: list[str]) -> tuple[int, ...]:
@@ -157,6 +159,8 @@ def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "m
         of_study + f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
         f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
     )
+    if fmt == "html":
+        return _html(store, run_id, gate_run, about, found, run)
     form = FORMS[fmt]
     esc = form["escape"]
     out = [form["title"].format(about=esc(about)), ""]
@@ -167,3 +171,80 @@ def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "m
             out += [export.render(_rounded(c.table), fmt), ""]
         out += [form["behind"].format(pairs=esc(_pairs_line(c.pairs))), ""]
     return "\n".join(out)
+
+
+# The HTML report: one file that opens in any browser with no network and no script: the figures are inline
+# SVG, the style inline CSS, every text escaped (prompts, ids and answers are the user's).
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+h1 {{ font-size: 1.4rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
+.verdict {{ padding: 0 .4rem; border-radius: .2rem; }}
+.supported {{ background: #cfe8d5; }} .not-supported {{ background: #f6d3c9; }} .inconclusive {{ background: #f3e7b5; }}
+table {{ border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .15rem .4rem; text-align: right; }}
+figure {{ margin: 1rem 0; }} figure svg {{ max-width: 100%; height: auto; }}
+figcaption, .rule, .behind {{ color: #555; font-size: .9rem; }}
+dl {{ display: grid; grid-template-columns: max-content auto; gap: 0 1rem; font-size: .85rem; }}
+dt {{ font-weight: 600; }} dd {{ margin: 0; overflow-wrap: anywhere; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p>{about}</p>
+{claims}
+<h2>Figures</h2>
+{figures}
+<h2>Provenance</h2>
+<dl>{provenance}</dl>
+<p class="behind">Written by harmmed-tui; every number above is in the run's exports.</p>
+</body></html>
+"""
+
+
+def _html(store: Store, run_id: int, gate_run: int, about: str, found: list, run: dict) -> str:
+    from harmmed_tui.db import figures  # (matplotlib: for the figures only)
+
+    esc = html.escape
+    parts = []
+    for c in found:
+        kind = c.verdict.replace(" ", "-")
+        parts.append(
+            f'<h2 id="claim-{c.number}">Claim {c.number}: {esc(c.title)}: '
+            f'<span class="verdict {esc(kind)}">{esc(c.verdict)}</span></h2>\n<p>{esc(c.finding)}</p>\n'
+            f'<p class="rule"><em>Rule:</em> {esc(c.rule)}.</p>'
+        )
+        if c.table:
+            parts.append(_html_table(_rounded(c.table)))
+        parts.append(f'<p class="behind"><em>Behind it:</em> {esc(_pairs_line(c.pairs))}.</p>')
+    drawn = []
+    for kind, of in (("layers", run_id), ("grid", run_id), ("neurons", gate_run), ("gate", gate_run)):
+        try:
+            fig = figures.draw(store, of, kind)
+        except StoreError as e:
+            if "matplotlib" in str(e):
+                raise
+            continue  # a run without that level of rows: its figure is left out
+        svg = figures.svg(fig, prefix=f"{kind}-")
+        drawn.append(f'<figure id="figure-{kind}">{svg}<figcaption>{esc(fig.caption)}</figcaption></figure>')
+    provenance = {"run": run_id, "model": run["model"], "status": run["status"], "spec": run["spec"]}
+    provenance |= {k: v for k, v in run["provenance"].items() if k != "chat_template"}
+    return PAGE.format(
+        title=esc(f"Claims report (arXiv:2604.11663), run {run_id}"),
+        about=esc(about),
+        claims="\n".join(parts),
+        figures="\n".join(drawn) or "<p>No figure: the run has no rows to draw.</p>",
+        provenance="".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>" for k, v in provenance.items()),
+    )
+
+
+def _html_table(rows: list[dict]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(export.format_value(v))}</td>" for v in r.values()) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

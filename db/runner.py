@@ -127,7 +127,9 @@ def _held(store: Store, job: Job | None, kind: str, model: str, run_id: int | No
         yield job
 
 
-def _resume(spec: RunSpec, store: Store, run_id: int, executor, job: Job, stop) -> tuple[mediation.Plan, dict, dict]:
+def _resume(
+    spec: RunSpec, store: Store, run_id: int, executor, job: Job, stop
+) -> tuple[mediation.Plan, dict, dict]:
     """Claim a stored run and prepare it from what it stored; a resume that cannot start (or is cancelled
     before it computes) leaves the run as it was. Returns the plan, the model's provenance, and what the
     run's provenance keeps from its start."""
@@ -145,7 +147,9 @@ def _resume(spec: RunSpec, store: Store, run_id: int, executor, job: Job, stop) 
                     "two models would mix: start a new run"
                 )
             if stop():
-                raise JobCancelled(f"resume of run {run_id} cancelled before it computed: the run is as it was")
+                raise JobCancelled(
+                    f"resume of run {run_id} cancelled before it computed: the run is as it was"
+                )
     except BaseException:
         store.release(run_id, before["status"], before["error"])
         raise
@@ -210,7 +214,9 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
                     run_id, result.pair.index, result.m_treatment, result.m_control, result.te
                 )
         # a cancel that came after the last batch leaves a complete run: done
-        stopped = cancelled and cancelled() and any(mediation.remaining(plan, store.done_keys(run_id))[0].values())
+        stopped = (
+            cancelled and cancelled() and any(mediation.remaining(plan, store.done_keys(run_id))[0].values())
+        )
         status = "cancelled" if stopped else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:

@@ -436,7 +436,9 @@ class Store:
         rows = self.db.query("SELECT id, pid, host, heartbeat FROM runs WHERE status = 'running'")
         for run_id in [r["id"] for r in rows if not writer_alive(r)]:
             self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
-        dead = [r["id"] for r in self.db.query("SELECT id, pid, host, heartbeat FROM jobs") if not writer_alive(r)]
+        dead = [
+            r["id"] for r in self.db.query("SELECT id, pid, host, heartbeat FROM jobs") if not writer_alive(r)
+        ]
         if dead:
             with self.db.conn:
                 self.db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(dead))})", dead)

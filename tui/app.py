@@ -122,14 +122,22 @@ class HarmmedApp(App):
                 "view: claims report", "the paper's four claims judged on this run", screen.action_report
             )
             yield SystemCommand("view: filter rows", "keep the rows holding a text", screen.action_filter)
-            yield SystemCommand("view: sort", "sort by the next column (largest |value| first)", screen.action_sort)
-            yield SystemCommand("view: top neurons", "the top neurons across layers", screen.action_top_neurons)
-            yield SystemCommand("view: IE or IE/TE", "show and colour IE/TE or IE", screen.action_toggle_scale)
+            yield SystemCommand(
+                "view: sort", "sort by the next column (largest |value| first)", screen.action_sort
+            )
+            yield SystemCommand(
+                "view: top neurons", "the top neurons across layers", screen.action_top_neurons
+            )
+            yield SystemCommand(
+                "view: IE or IE/TE", "show and colour IE/TE or IE", screen.action_toggle_scale
+            )
             yield SystemCommand("view: run details", "settings, provenance, answers", screen.action_details)
             yield SystemCommand("view: back", "up one level", screen.action_up)
         if isinstance(screen, RunsScreen):
             yield SystemCommand("run: resume", "finish the selected run", screen.action_resume)
-            yield SystemCommand("view: mark to compare", "enter on another run compares them", screen.action_mark)
+            yield SystemCommand(
+                "view: mark to compare", "enter on another run compares them", screen.action_mark
+            )
             yield SystemCommand("view: delete run", "delete the selected run", screen.action_delete)
         yield SystemCommand("view: runs", "run history", self.action_runs)
         yield SystemCommand("export: open run", "export the open run's table", self.action_export)
@@ -175,7 +183,9 @@ class HarmmedApp(App):
             self.notify("nothing to cancel: no job runs here or on the run in front")
             return
         jobs.request_cancel(self.store, job["id"])
-        self.notify(f"cancelling {job_label(job)} ({job['stage']}) after its current batch; what it stored stays")
+        self.notify(
+            f"cancelling {job_label(job)} ({job['stage']}) after its current batch; what it stored stays"
+        )
 
     def action_export(self) -> None:
         """Export the open run's table (level: the pane in front) or the run highlighted in Runs."""

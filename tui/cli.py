@@ -445,9 +445,37 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--gate", type=int, metavar="CHECK", help="the gate check for claim 3 (default: the newest)"
     )
-    rep.add_argument("--format", default="markdown", choices=["markdown", "latex"])
+    rep.add_argument(
+        "--format",
+        default="markdown",
+        choices=["markdown", "latex", "html"],
+        help="html: one self-contained page with the figures inline (needs harmmed-tui[figures])",
+    )
     rep.add_argument("-o", "--output", default="-", help="file path, or - for stdout")
     _db_arg(rep)
+
+    fig = sub.add_parser(
+        "figure",
+        help="a paper's figure of a run (svg, pdf, png): layers, grid, neurons, gate, compare",
+    )
+    fig.add_argument("run_id", type=int)
+    fig.add_argument(
+        "kind",
+        choices=["layers", "grid", "neurons", "gate", "compare"],
+        help="layers: IE/TE per layer with CI bands; grid: one module's layer x position heatmap; neurons: "
+        "the top neurons; gate: the gate curve; compare: this run's cells against OTHER's",
+    )
+    fig.add_argument("other", type=int, nargs="?", metavar="OTHER", help="compare: the second run")
+    fig.add_argument("-o", "--output", help="a .svg, .pdf or .png file (default: runRUN-KIND.svg here)")
+    fig.add_argument("--pair", type=int, metavar="N", help="one pair's effects (default: the aggregate)")
+    fig.add_argument(
+        "--aggregate", action="store_true", help="the mean over pairs (the default; excludes --pair)"
+    )
+    fig.add_argument(
+        "--by", default="site", choices=["site", "category"], help="layers: a line per prompt category"
+    )
+    fig.add_argument("--module", default="resid", choices=["resid", "attn", "mlp"], help="grid: its module")
+    _db_arg(fig)
 
     cmp = sub.add_parser(
         "compare",

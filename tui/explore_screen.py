@@ -13,12 +13,13 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual_plotext import PlotextPlot
 
+from harmmed_tui.analysis.sites import readable
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db import export, jobs, queries
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.safe_text import literal, plain, readable
+from harmmed_tui.tui.safe_text import literal, plain
 from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table
 
 MODULES = ("resid", "attn", "mlp")

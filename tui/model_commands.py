@@ -28,6 +28,7 @@ from harmmed_tui.db.study_runner import run_study
 from harmmed_tui.tui import store_commands
 from harmmed_tui.tui.safe_text import literal, markup
 
+
 def spec_from_args(a) -> RunSpec:
     align = a.align or default_align(bool(a.harmful or a.harmless or a.jailbreak))
     return RunSpec(

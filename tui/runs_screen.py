@@ -134,7 +134,9 @@ class RunsScreen(Screen):
             return
         run = self.app.store.run(run_id)
         if run["status"] == "running" or self.job_in_front():
-            self.notify(f"run {run_id} is being written: cancel it (c) before deleting it", severity="warning")
+            self.notify(
+                f"run {run_id} is being written: cancel it (c) before deleting it", severity="warning"
+            )
             return
 
         def chosen(yes: bool | None) -> None:

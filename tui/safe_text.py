@@ -8,7 +8,6 @@ control and format character visible as an escape (`\\x1b`, `\\u202e`)."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 from rich.markup import escape
@@ -51,13 +50,3 @@ def markup(text: object) -> str:
 def literal(text: object, newlines: bool = False, style: str = "") -> Text:
     """Untrusted text as a Rich Text (never parsed as markup), on one line unless `newlines`."""
     return Text(plain(text, newlines), style=style)
-
-
-# byte-level BPE (GPT-2: Ġ space, Ċ newline, ĉ tab) and SentencePiece (▁ space) markers, and byte tokens
-_MARKERS = str.maketrans({"Ġ": "·", "▁": "·", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥", " ": "·"})
-_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def readable(token: str) -> str:
-    """A token as a person reads it: spaces ·, newlines ⏎, tabs ⇥, byte tokens \\x.."""
-    return _BYTE.sub(lambda m: f"\\x{m.group(1).lower()}", token).translate(_MARKERS)

@@ -226,7 +226,11 @@ class SetupScreen(Screen):
         tp = plan.pairs[0]
         tokenizer = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)[0]
         n_t, n_c = len(tp.treatment_ids), len(tp.control_ids)
-        lengths = f"{n_t} tokens = control {n_c}" if n_t == n_c else f"{n_t} tokens, control {n_c}, aligned from the end"
+        lengths = (
+            f"{n_t} tokens = control {n_c}"
+            if n_t == n_c
+            else f"{n_t} tokens, control {n_c}, aligned from the end"
+        )
         lines = [
             f"ok: {len(plan.pairs)} pairs, {plan.n_sites:,} sites, method {plan.method}",
             f"pair {tp.pair.id or 0}: treatment {lengths}",

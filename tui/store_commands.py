@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from harmmed_tui.analysis import stats
+from harmmed_tui.analysis.sites import readable
 from harmmed_tui.db import compare, export, jobs, queries, report
 from harmmed_tui.db.store import Store, StoreError
-from harmmed_tui.tui.safe_text import literal, markup, plain, readable
+from harmmed_tui.tui.safe_text import literal, markup, plain
 
 
 def print_summary(store: Store, run_id: int, con: Console) -> None:
@@ -62,7 +63,9 @@ def print_summary(store: Store, run_id: int, con: Console) -> None:
             t.add_column(col, justify="right")
         for r in top:  # tokens as the explorer's grid shows them (· space, ⏎ newline)
             cells = [export.format_value(r[c]) for c in columns]
-            t.add_row(*(literal(readable(v) if c == "token" else v) for c, v in zip(columns, cells, strict=True)))
+            t.add_row(
+                *(literal(readable(v) if c == "token" else v) for c, v in zip(columns, cells, strict=True))
+            )
         con.print(t)
     print_gate(store, run_id, con=con)
     con.print(literal(f"run id: {run_id}   db: {store.path}"))
@@ -217,6 +220,19 @@ def cmd_report(store: Store, a) -> int:
     return 0
 
 
+def cmd_figure(store: Store, a) -> int:
+    from harmmed_tui.db import figures  # (matplotlib: only for this command)
+
+    if a.pair is not None and a.aggregate:
+        raise StoreError("--pair draws one pair and --aggregate the mean over pairs: give one")
+    fig = figures.draw(store, a.run_id, a.kind, a.pair, a.by, a.module, a.other)
+    kind = a.kind if a.other is None else f"{a.kind}-{a.other}"
+    output = a.output or f"run{a.run_id}-{kind}.svg"
+    figures.save(fig, output)
+    print(f"wrote {fig.title} to {Path(output).resolve()}", file=sys.stderr)
+    return 0
+
+
 def cmd_delete(store: Store, run_id: int) -> int:
     store.delete_run(run_id)
     print(f"deleted run {run_id}", file=sys.stderr)
@@ -237,6 +253,8 @@ def dispatch(a) -> int:
             return cmd_compare(store, a)
         if a.command == "report":
             return cmd_report(store, a)
+        if a.command == "figure":
+            return cmd_figure(store, a)
         if a.command == "delete":
             return cmd_delete(store, a.run_id)
     raise AssertionError(a.command)

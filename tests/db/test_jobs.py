@@ -19,7 +19,16 @@ from harmmed_tui.db.store import Store
 
 SCRIPT = Path(sys.executable).parent / "harmmed-tui"
 # a run of the embedded model long enough (about a minute on 2 cores) to be seen and cancelled part-way
-LONG = ["--max-pairs", "40", "--modules", "resid,attn,mlp,neuron", "--layers", "all", "--neuron-positions", "all"]
+LONG = [
+    "--max-pairs",
+    "40",
+    "--modules",
+    "resid,attn,mlp,neuron",
+    "--layers",
+    "all",
+    "--neuron-positions",
+    "all",
+]
 
 
 def cli_run(db: Path, *args: str) -> subprocess.Popen:

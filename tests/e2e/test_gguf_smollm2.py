@@ -57,6 +57,21 @@ def test_gguf_mediation_run_store_export(tmp_path, capsys):
     main(["show", str(res["run_id"]), "--db", db])
     shown = capsys.readouterr().out
     assert "sha256:" in shown and "llama" in shown
+    # its figures: IE/TE by layer at the last position (no `*` here) and the resid grid, from the same rows
+    from harmmed_tui.db import figures
+
+    with Store(db) as store:
+        layers = figures.draw(store, res["run_id"], "layers", pair=0)
+        (resid,) = [ln for ln in layers.figure.axes[0].get_lines() if ln.get_label() == "resid"]
+        at_last = sorted(
+            (r for r in rows if r["pair"] == "0" and r["module"] == "resid"), key=lambda r: int(r["layer"])
+        )
+        at_last = [r for r in at_last if int(r["position"]) == max(int(x["position"]) for x in at_last)]
+        assert list(resid.get_ydata()) == pytest.approx([float(r["ie_norm"]) for r in at_last], rel=1e-6)
+    for kind in ("layers", "grid"):
+        out = tmp_path / f"{kind}.svg"
+        assert main(["figure", str(res["run_id"]), kind, "-o", str(out), "--db", db]) == 0
+        assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out.read_text()
 
 
 def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys):
@@ -89,6 +104,10 @@ def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys)
     assert point["pairs"] == 2 and point["seeds"] == 2 and point["units"] == 10
     neurons = store.gate_checks(res["run_id"])[0]["neurons"]["all"]
     assert len(neurons) == 10 and all(0 <= layer < 30 and 0 <= unit < 1536 for layer, unit in neurons)
+    for kind in ("neurons", "gate"):  # the top neurons across 30 layers, and the curve
+        out = tmp_path / f"{kind}.pdf"
+        assert main(["figure", str(res["run_id"]), kind, "-o", str(out), "--db", db]) == 0
+        assert out.read_bytes().startswith(b"%PDF")
 
 
 def test_gguf_report_says_refusals_are_rare(tmp_path, capsys):

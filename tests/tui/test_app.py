@@ -131,8 +131,13 @@ async def test_setup_with_prompt_sets_takes_the_clis_defaults_and_keeps_a_draft_
         await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
         screen.query_one("#harmful").value = "builtin:advbench"
         screen.query_one("#harmless").value = "builtin:self_instruct"
-        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview") and "aligned from the end" in text("#preview"))
-        assert (screen.query_one("#align").value, screen.query_one("#positions").value) == ("end", "all,suffix")
+        await wait_for(
+            pilot, lambda: "ok: 2 pairs" in text("#preview") and "aligned from the end" in text("#preview")
+        )
+        assert (screen.query_one("#align").value, screen.query_one("#positions").value) == (
+            "end",
+            "all,suffix",
+        )
         assert not text("#problem") and " = control" not in text("#preview")
         screen.query_one("#harmless").value = ""
         screen.query_one("#harmful").value = ""  # back to the built-in pairs: back to their defaults
@@ -148,7 +153,9 @@ async def test_setup_with_prompt_sets_takes_the_clis_defaults_and_keeps_a_draft_
         await pilot.press("n")  # the half-filled form, as it was left
         again = app.screen
         assert again is not screen and isinstance(again, SetupScreen)
-        values = {f: again.query_one(f"#{f}").value for f in ("harmful", "harmless", "max_pairs", "positions")}
+        values = {
+            f: again.query_one(f"#{f}").value for f in ("harmful", "harmless", "max_pairs", "positions")
+        }
         assert values == {
             "harmful": "builtin:advbench",
             "harmless": "builtin:xstest",

@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from harmmed_tui.analysis.sites import readable
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.runner import execute
@@ -12,7 +13,6 @@ from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.dialogs import ExportScreen, export_path
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
-from harmmed_tui.tui.safe_text import readable
 from harmmed_tui.tui.widgets import heat
 
 SIZE = (100, 30)

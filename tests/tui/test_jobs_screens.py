@@ -43,7 +43,9 @@ async def test_a_job_still_loading_its_model_is_a_row_and_a_status_line(tmp_path
             job.stage("judging answers", 8)
             job.progress(3, 8)
             await pilot.pause(1.3)
-            assert row(table, 0)[1].startswith("judging answers 3/8") and "judging answers 3/8" in text(app, "#jobs")
+            assert row(table, 0)[1].startswith("judging answers 3/8") and "judging answers 3/8" in text(
+                app, "#jobs"
+            )
             await pilot.press("c")  # cancels the job under the cursor, another process's
             assert "cancelling new run (SmolLM2-135M-Instruct.Q4_1.gguf)" in str(
                 list(app._notifications)[-1].message
