@@ -188,28 +188,40 @@ class HarmmedApp(App):
         )
 
     def action_export(self) -> None:
-        """Export the open run's table (level: the pane in front) or the run highlighted in Runs."""
+        """Export the open run's table (level: the pane in front) or its figure, or the run highlighted in
+        Runs."""
         screen = self.screen
+        figure = {}  # what the pane in front draws (db.figures.draw's arguments)
         if isinstance(screen, ExploreScreen):
             run_id, level = screen.run_id, "neuron" if screen.level in ("neurons", "top") else "layer"
+            figure = screen.figure()
         elif isinstance(screen, RunsScreen) and (run_id := screen.selected()) is not None:
             level = "layer"
         else:
             self.notify("no run to export: open or highlight one first")
             return
+        figure = {"kind": "layers", **figure}
 
         def chosen(choice) -> None:
             if choice:
-                self.export_table(run_id, *choice)
+                self.export_table(run_id, *choice, figure=figure)
 
-        self.push_screen(ExportScreen(run_id, level, bool(self.store.gate_checks(run_id))), chosen)
+        has_gate = bool(self.store.gate_checks(run_id))
+        self.push_screen(ExportScreen(run_id, level, has_gate, figure["kind"]), chosen)
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="export")
     def export_table(
-        self, run_id: int, level: str, fmt: str, aggregated: bool, top: int | None, path: str
+        self, run_id: int, level: str, fmt: str, aggregated: bool, top: int | None, path: str, figure: dict
     ) -> None:
         try:
             with Store(self.store.path) as store:  # sqlite connections belong to their thread
+                if fmt in ExportScreen.FIGURE_TYPES:
+                    from harmmed_tui.db import figures
+
+                    drawn = figures.draw(store, run_id, **figure)
+                    figures.save(drawn, path)
+                    self.call_from_thread(self.notify, f"wrote {drawn.title} to {path}")
+                    return
                 rows = export.table(store, run_id, level, aggregated, top)
             export.write(export.render(rows, fmt), path)
             self.call_from_thread(self.notify, f"wrote {len(rows)} rows to {path}")

@@ -92,13 +92,15 @@ def unique_path(folder: Path, stem: str, ext: str) -> Path:
 
 class ExportScreen(ModalScreen[tuple | None]):
     """Export a run's table: its level (the pane in front by default), format, per pair or aggregated,
-    the top N rows by |IE|, and where."""
+    the top N rows by |IE|, and where; or the pane's figure (`figure`: its kind, db.figures), as svg, pdf
+    or png, beside the table formats."""
 
     BINDINGS = [Binding("escape", "dismiss", "cancel")]
+    FIGURE_TYPES = ("svg", "pdf", "png")  # (db.figures.FILE_TYPES: matplotlib loads only to draw one)
 
-    def __init__(self, run_id: int, level: str = "layer", has_gate: bool = True):
+    def __init__(self, run_id: int, level: str = "layer", has_gate: bool = True, figure: str = "layers"):
         super().__init__()
-        self.run_id, self.level, self.has_gate = run_id, level, has_gate
+        self.run_id, self.level, self.has_gate, self.figure = run_id, level, has_gate, figure
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -117,7 +119,8 @@ class ExportScreen(ModalScreen[tuple | None]):
                 (
                     "format",
                     Select(
-                        [(x, x) for x in export.FORMATS],
+                        [(x, x) for x in export.FORMATS]
+                        + [(f"figure: {self.figure} ({x})", x) for x in self.FIGURE_TYPES],
                         value="csv",
                         id="format",
                         allow_blank=False,
@@ -152,6 +155,9 @@ class ExportScreen(ModalScreen[tuple | None]):
         v = lambda i: self.query_one(i, Select).value  # noqa: E731
         path = self.query_one("#path", Input)
         folder = Path(path.value).expanduser().parent
+        if v("#format") in self.FIGURE_TYPES:  # the pane's figure
+            path.value = str(unique_path(folder, f"run{self.run_id}-{self.figure}", v("#format")))
+            return
         path.value = str(export_path(self.run_id, v("#level"), v("#format"), v("#aggregate"), folder))
 
     @on(Button.Pressed, "#go")

@@ -644,6 +644,16 @@ class ExploreScreen(Screen):
         self.category, self.pair = order[(order.index(self.category) + 1) % len(order)], None
         self.show()
 
+    def figure(self) -> dict:
+        """The figure of the pane in front (db.figures.draw's arguments), for `e`."""
+        kind = {"layers": "layers", "modules": "grid", "neurons": "neurons", "top": "neurons"}[self.level]
+        args = {"kind": kind, "pair": self.pair}
+        if kind == "grid":  # of the module under the cursor
+            t = self.query_one(Table)
+            row = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value if t.row_count else "resid"
+            args["module"] = row if row in MODULES else "resid"
+        return args
+
     def job_in_front(self) -> dict | None:
         """The job writing this run (or gate-checking it), for `c`."""
         return jobs.of_run(self.app.store, self.run_id)

@@ -416,3 +416,28 @@ async def test_at_80x24_titles_fit_the_gate_summary_is_two_lines_and_claims_0_2_
         for claim in range(4):  # the gate curve beside claim 3, the finding full width beside the others
             assert report.query_one("#curve").display == (claim == 3)
             await pilot.press("j")
+
+
+async def test_e_offers_the_figure_of_the_pane_in_front(db, tmp_path):
+    """On the module x position grid of layer 3, with the cursor on mlp: e's format list has the pane's
+    figure beside the table formats; it writes that grid, of that module, as an svg."""
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter")  # run 1
+        await pilot.press("G", "enter", "j", "j")  # layer 3's grid, on the mlp row
+        await pilot.press("e")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ExportScreen)
+        labels = [str(label) for label, _ in dialog.query_one("#format")._options]
+        assert "figure: grid (svg)" in labels and "csv" in labels
+        dialog.query_one("#format").value = "svg"
+        await pilot.pause()
+        path = dialog.query_one("#path").value
+        assert path.endswith("run1-grid.svg")
+        dialog.query_one("#path").value = str(tmp_path / "grid.svg")
+        await pilot.click("#go")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    text = (tmp_path / "grid.svg").read_text()
+    assert "mlp IE/TE by layer and position" in text and "harmmed-tui run 1" in text
