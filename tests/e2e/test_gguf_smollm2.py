@@ -158,7 +158,7 @@ def test_quit_while_the_gguf_loads_exits_at_once_and_stores_nothing(tmp_path):
     import time
 
     from harmmed_tui.db import jobs
-    from tests.e2e.test_tmux import SCRIPT, ended, screen, tmux, wait_for
+    from tests.e2e.test_tmux import SCRIPT, quit_and_cancel, tmux, wait_for
 
     if shutil.which("tmux") is None:
         pytest.skip("needs tmux")
@@ -171,12 +171,7 @@ def test_quit_while_the_gguf_loads_exits_at_once_and_stores_nothing(tmp_path):
         time.sleep(1)
         tmux("send-keys", "-t", name, "x")
         wait_for(name, "loading the model")
-        tmux("send-keys", "-t", name, "q")
-        wait_for(name, "Cancel it and quit?")
-        asked = time.monotonic()
-        tmux("send-keys", "-t", name, "y")
-        assert ended(name, 20), f"the app did not quit; the screen shows:\n{screen(name)}"
-        quit_s = time.monotonic() - asked
+        quit_s = quit_and_cancel(name)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
     assert quit_s < 3, quit_s

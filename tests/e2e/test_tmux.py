@@ -69,6 +69,16 @@ def ended(session, timeout: float) -> bool:
     return True
 
 
+def quit_and_cancel(name: str) -> float:
+    """q while a job runs, then yes to cancel it and quit: the seconds from the answer to the app's end."""
+    tmux("send-keys", "-t", name, "q")
+    wait_for(name, "Cancel it and quit?")
+    asked = time.monotonic()
+    tmux("send-keys", "-t", name, "y")
+    assert ended(name, 20), f"the app did not quit; the screen shows:\n{screen(name)}"
+    return time.monotonic() - asked
+
+
 @pytest.fixture
 def session(tmp_path):
     name = start(tmp_path)
@@ -111,12 +121,7 @@ def test_quit_during_a_run_asks_then_cancels_it_and_exits_at_once(tmp_path):
         wait_for(name, "neuron positions      all")
         tmux("send-keys", "-t", name, "C-r")
         wait_for(name, "sites")  # streaming
-        tmux("send-keys", "-t", name, "q")
-        wait_for(name, "Cancel it and quit?")
-        asked = time.monotonic()
-        tmux("send-keys", "-t", name, "y")
-        assert ended(name, 20), f"the app did not quit; the screen shows:\n{screen(name)}"
-        quit_s = time.monotonic() - asked
+        quit_s = quit_and_cancel(name)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
     with Store(tmp_path / "runs.db") as store:

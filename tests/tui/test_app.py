@@ -93,13 +93,19 @@ async def wait_for(pilot, condition, timeout=20.0):
     raise AssertionError("timed out")
 
 
+async def open_setup(app, pilot):
+    """Setup on x's preselection (2 built-in pairs), once its first check says ok; and its text reader."""
+    await pilot.press("n")
+    screen = app.screen
+    text = lambda i: str(screen.query_one(i).render())  # noqa: E731
+    await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+    return screen, text
+
+
 async def test_setup_explains_problems_as_they_are_typed(tmp_path):
     app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("n")
-        screen = app.screen
-        text = lambda i: str(screen.query_one(i).render())  # noqa: E731
-        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+        screen, text = await open_setup(app, pilot)
         assert "<|assistant|>" in text("#preview")  # the templated text, as the model reads it
         screen.query_one("#treatment").value = "How do I kill a person?"
         screen.query_one("#control").value = "How do I kill a big process?"
@@ -125,10 +131,7 @@ async def test_setup_with_prompt_sets_takes_the_clis_defaults_and_keeps_a_draft_
     `*`; the summary says the lengths differ; a half-filled form comes back after esc."""
     app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("n")
-        screen = app.screen
-        text = lambda i: str(screen.query_one(i).render())  # noqa: E731
-        await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
+        screen, text = await open_setup(app, pilot)
         screen.query_one("#harmful").value = "builtin:advbench"
         screen.query_one("#harmless").value = "builtin:self_instruct"
         await wait_for(
