@@ -56,9 +56,9 @@ def draw(
         )
     if by != "site" and kind != "layers":
         raise StoreError("--by category draws the layers figure (one line per category)")
-    plt, style = _pyplot()
-    with plt.rc_context(style):
-        return globals()[f"_{kind}"](plt, store, run_id, pair, by, module, other)
+    mpl, style = _matplotlib()
+    with mpl.rc_context(style):
+        return globals()[f"_{kind}"](mpl, store, run_id, pair, by, module, other)
 
 
 def save(fig: Figure, path: str) -> None:
@@ -72,8 +72,8 @@ def save(fig: Figure, path: str) -> None:
         "png": {"Title": fig.title, "Description": fig.caption, "Software": "harmmed-tui"},
     }[kind]
     out = io.BytesIO()
-    plt, style = _pyplot()
-    with plt.rc_context(style):
+    mpl, style = _matplotlib()
+    with mpl.rc_context(style):
         fig.figure.savefig(out, format=kind, metadata=meta, dpi=300, bbox_inches="tight")
     export.write(out.getvalue(), path)
 
@@ -82,8 +82,8 @@ def svg(fig: Figure, prefix: str = "") -> str:
     """The figure as an SVG element to inline in HTML (no XML prolog), each id (and reference to one)
     given `prefix`: a page holding several figures must not hold one id twice."""
     out = io.StringIO()
-    plt, style = _pyplot()
-    with plt.rc_context(style):
+    mpl, style = _matplotlib()
+    with mpl.rc_context(style):
         fig.figure.savefig(
             out, format="svg", metadata={"Title": fig.title, "Date": None}, bbox_inches="tight"
         )
@@ -109,17 +109,17 @@ _STYLE = {
 }
 
 
-def _pyplot():
-    """pyplot, drawing to files only (no display over SSH), in the publication style."""
+def _matplotlib():
+    """matplotlib, and the publication style. Figures are made without pyplot: nothing keeps them once
+    drawn (an explorer draws many in a day), and nothing opens a display (over SSH)."""
     try:
         import matplotlib
+        import matplotlib.figure
     except ImportError:
         raise StoreError("figures need matplotlib: pip install 'harmmed-tui[figures]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from cycler import cycler
 
-    return plt, {**_STYLE, "axes.prop_cycle": cycler(color=OKABE_ITO)}
+    return matplotlib, {**_STYLE, "axes.prop_cycle": cycler(color=OKABE_ITO)}
 
 
 def _about(
@@ -138,8 +138,9 @@ def _about(
     return title, caption
 
 
-def _figure(plt, height: float, ncols: int = 1, nrows: int = 1):
-    return plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height), squeeze=False, constrained_layout=True)
+def _figure(mpl, height: float, ncols: int = 1, nrows: int = 1):
+    fig = mpl.figure.Figure(figsize=(WIDTH_IN, height), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _from_end(row: dict) -> dict:
@@ -170,12 +171,12 @@ def _layer_rows(store: Store, run_id: int, pair: int | None, by: str) -> tuple[l
     return site, value, name
 
 
-def _layers(plt, store, run_id, pair, by, module, other) -> Figure:
+def _layers(mpl, store, run_id, pair, by, module, other) -> Figure:
     rows, value, site = _layer_rows(store, run_id, pair, by)
     te = _mean_te(store, run_id, by)
     modules = [m for m in MODULES if any(r["module"] == m for r in rows)]
     panels = modules if by == "category" else ["all"]
-    fig, axes = _figure(plt, 1.9 * len(panels), 1, len(panels))
+    fig, axes = _figure(mpl, 1.9 * len(panels), 1, len(panels))
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         groups = sorted({r["category"] for r in rows}) if by == "category" else modules
         for group in groups:
@@ -219,7 +220,7 @@ def _mean_te(store: Store, run_id: int, by: str) -> dict[str | None, float]:
     return {k: sum(p["te"] for p in g) / len(g) for k, g in groups.items() if g}
 
 
-def _grid(plt, store, run_id, pair, by, module, other) -> Figure:
+def _grid(mpl, store, run_id, pair, by, module, other) -> Figure:
     if module not in MODULES:
         raise StoreError(f"the grid is of one module: {', '.join(MODULES)} (got '{module}')")
     if pair is None:
@@ -242,7 +243,7 @@ def _grid(plt, store, run_id, pair, by, module, other) -> Figure:
     grid = [[cell.get((layer, p), math.nan) for p in positions] for layer in layers]
     top = max((abs(v) for v in cell.values()), default=1.0) or 1.0
     tokens = {r["position"]: r["token"] for r in rows}
-    fig, axes = _figure(plt, 1.2 + 0.1 * len(layers))
+    fig, axes = _figure(mpl, 1.2 + 0.1 * len(layers))
     ax = axes[0, 0]
     # a mesh of cells, not an image: vector in svg and pdf, a cell per (layer, position)
     image = ax.pcolormesh(grid, cmap="RdBu_r", vmin=-top, vmax=top)
@@ -261,7 +262,7 @@ def _token_label(token: str | None, position: int) -> str:
     return readable(token)[:12] if token else str(position)
 
 
-def _neurons(plt, store, run_id, pair, by, module, other) -> Figure:
+def _neurons(mpl, store, run_id, pair, by, module, other) -> Figure:
     method = store.run_method(run_id)
     if pair is None:
         rows = [r for r in export.table(store, run_id, "neuron", aggregated=True) if r["method"] == method]
@@ -274,7 +275,7 @@ def _neurons(plt, store, run_id, pair, by, module, other) -> Figure:
     rows = sorted(rows, key=lambda r: -abs(r[value]))[:TOP_NEURONS]
     if not rows:
         raise StoreError(f"run {run_id} has no neuron rows (run it with --modules including neuron)")
-    fig, axes = _figure(plt, 0.8 + 0.13 * len(rows))
+    fig, axes = _figure(mpl, 0.8 + 0.13 * len(rows))
     ax = axes[0, 0]
     y = list(range(len(rows)))[::-1]  # the strongest on top
     colours = [OKABE_ITO[1] if r[value] > 0 else OKABE_ITO[0] for r in rows]
@@ -290,7 +291,7 @@ def _neurons(plt, store, run_id, pair, by, module, other) -> Figure:
     return Figure(fig, title, caption, rows)
 
 
-def _gate(plt, store, run_id, pair, by, module, other) -> Figure:
+def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:
     if pair is not None:
         raise StoreError("the gate curve is of the held-out pairs together: drop --pair")
     curve = export.table(store, run_id, "gate", aggregated=True)
@@ -299,7 +300,7 @@ def _gate(plt, store, run_id, pair, by, module, other) -> Figure:
     newest = max(r["check_id"] for r in curve)
     rows = [r for r in curve if r["check_id"] == newest]
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    fig, axes = _figure(plt, 3.0, len(groups), 2)
+    fig, axes = _figure(mpl, 3.0, len(groups), 2)
     measures = (("removed", "share of TE removed"), ("flipped", "refusals flipped"))
     for col, group in enumerate(groups):
         mine = sorted((r for r in rows if r["group"] == group), key=lambda r: r["k"])
@@ -346,9 +347,9 @@ def _gate(plt, store, run_id, pair, by, module, other) -> Figure:
     return Figure(fig, title, caption + "; random: mean over seeds with sd band", rows)
 
 
-def _compare(plt, store, run_id, pair, by, module, other) -> Figure:
+def _compare(mpl, store, run_id, pair, by, module, other) -> Figure:
     rows, r, _ = compare.compare(store, run_id, other)
-    fig, axes = _figure(plt, WIDTH_IN)
+    fig, axes = _figure(mpl, WIDTH_IN)
     ax = axes[0, 0]
     xs, ys = f"ie_share_{run_id}", f"ie_share_{other}"
     for colour, m in zip(OKABE_ITO, MODULES, strict=False):
