@@ -13,7 +13,7 @@ from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
 from harmmed_tui.analysis.patching import ActivationRecorder, prompt_metric
-from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, Site
+from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, UNIT_MODULES, Site
 
 
 class Attribution:
@@ -42,18 +42,26 @@ class Attribution:
             # in float64: half-precision differences of close activations are mostly rounding
             a_t, a_c, g = (x.double() for x in (treatment[key], control[key][0].detach(), grad[0]))
             delta = (_aligned(a_t, pair.shift, n) - a_c) * g
-            per_pos = delta if key[1] == "neuron" else delta.sum(-1, keepdim=True)
+            if (
+                key[1] == "head"
+            ):  # a head's contribution: the sum over its slice of the output projection's input
+                per_pos = delta.unflatten(-1, (lm.anatomy.n_heads, lm.anatomy.d_head)).sum(-1)
+            elif key[1] == "neuron":
+                per_pos = delta
+            else:
+                per_pos = delta.sum(-1, keepdim=True)
             table = torch.cat(
                 [per_pos, per_pos.sum(0, keepdim=True), per_pos[n - suffix :].sum(0, keepdim=True)]
             )
-            # base + position * width + neuron addresses a unit; the +1 cancels NO_NEURON (-1) of other sites
-            self.offsets[key] = (offset + (key[1] != "neuron"), table.shape[1], n)
+            # base + position * width + neuron addresses a unit (or head); the +1 cancels NO_NEURON (-1) of
+            # other sites
+            self.offsets[key] = (offset + (key[1] not in UNIT_MODULES), table.shape[1], n)
             offset += table.numel()
             tables.append(table.flatten())
         self.flat = torch.cat(tables).cpu()
 
     def effects(self, sites: list[Site]) -> torch.Tensor:
-        """The AtP IE of each site, in order (single units: AtP ranks neurons one by one)."""
+        """The AtP IE of each site, in order (single units: AtP ranks neurons one by one; heads whole)."""
         offsets = self.offsets
         rows = {ALL_POSITIONS: 0, SUFFIX: 1}  # after the n position rows
         index = [

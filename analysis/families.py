@@ -21,15 +21,29 @@ class Family:
     attn: str  # attribute of a decoder layer
     mlp: str  # attribute of a decoder layer
     down: str  # attribute of the MLP whose *input* is the neuron activation
+    out: str  # attribute of the attention whose *input* is the heads' outputs, side by side
 
 
 _LLAMA_LIKE = dict(
-    body="model", layers="layers", final_norm="norm", attn="self_attn", mlp="mlp", down="down_proj"
+    body="model",
+    layers="layers",
+    final_norm="norm",
+    attn="self_attn",
+    mlp="mlp",
+    down="down_proj",
+    out="o_proj",
 )
 
 FAMILIES = {
     "gpt2": Family(
-        "gpt2", body="transformer", layers="h", final_norm="ln_f", attn="attn", mlp="mlp", down="c_proj"
+        "gpt2",
+        body="transformer",
+        layers="h",
+        final_norm="ln_f",
+        attn="attn",
+        mlp="mlp",
+        down="c_proj",
+        out="c_proj",
     ),
     "gpt_neox": Family(
         "gpt_neox",
@@ -39,6 +53,7 @@ FAMILIES = {
         attn="attention",
         mlp="mlp",
         down="dense_4h_to_h",
+        out="dense",
     ),
     **{
         name: Family(name, **_LLAMA_LIKE)
@@ -73,6 +88,11 @@ def family_of(model: nn.Module) -> Family:
     raise UnsupportedModelError(f"model type '{model_type}' is not supported (supported: {supported})")
 
 
+def _in_width(linear: nn.Module) -> int:
+    """A projection's input width: nn.Linear keeps (out, in), GPT-2's Conv1D (in, out)."""
+    return linear.weight.shape[1] if isinstance(linear, nn.Linear) else linear.weight.shape[0]
+
+
 def config_d_mlp(config) -> int:
     """The MLP hidden width from a config alone (GPT-2 leaves n_inner unset for 4 x d_model)."""
     width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
@@ -93,7 +113,20 @@ class Anatomy:
         mlp0 = self.mlp(0)
         down = getattr(mlp0, f.down)
         self.d_model: int = model.config.hidden_size
-        self.d_mlp: int = down.weight.shape[1] if isinstance(down, nn.Linear) else down.weight.shape[0]
+        self.d_mlp: int = _in_width(down)
+        # query heads (grouped-query models share keys and values, not outputs)
+        self.n_heads: int = model.config.num_attention_heads
+
+    @property
+    def d_head(self) -> int:
+        """The output projection's inputs each query head owns (head sites only need it)."""
+        width = _in_width(self.out(0))
+        if width % self.n_heads:
+            raise UnsupportedModelError(
+                f"{self.family.name}: the attention output projection's {width} inputs do not split into "
+                f"{self.n_heads} heads: head sites are not available"
+            )
+        return width // self.n_heads
 
     @property
     def n_layers(self) -> int:
@@ -108,11 +141,30 @@ class Anatomy:
     def down(self, layer: int) -> nn.Module:
         return getattr(self.mlp(layer), self.family.down)
 
+    def out(self, layer: int) -> nn.Module:
+        out = getattr(self.attn(layer), self.family.out, None)
+        if out is None:
+            raise UnsupportedModelError(
+                f"{self.family.name}: no attention output projection '{self.family.out}' in layer {layer}: "
+                "head sites are not available"
+            )
+        return out
+
     def module(self, layer: int, module: str) -> nn.Module:
-        """The module whose output (or, for `neuron`, whose input) a site reads."""
-        return {"resid": self.layers.__getitem__, "attn": self.attn, "mlp": self.mlp, "neuron": self.down}[
-            module
-        ](layer)
+        """The module whose output (or, for `neuron` and `head`, whose input) a site reads."""
+        return {
+            "resid": self.layers.__getitem__,
+            "attn": self.attn,
+            "mlp": self.mlp,
+            "neuron": self.down,
+            "head": self.out,
+        }[module](layer)
+
+    def units(self, module: str, first: int, width: int = 1) -> range:
+        """The input units a neuron site (`first` its unit) or a head site (`first` its head) patches."""
+        if module == "head":
+            return range(first * self.d_head, (first + width) * self.d_head)
+        return range(first, first + width)
 
     def logits(self, hidden):
         """Logits from the last decoder layer's output, as the model's own head computes them."""

@@ -226,8 +226,11 @@ def _source_pairs(spec: RunSpec) -> list[Pair]:
     return [replace(p, control=p.treatment) for p in pairs] if noise else pairs
 
 
-def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int, stored: Stored | None = None) -> Plan:
-    """Check every choice of the spec and list each pair's sites (a resumed run's: its stored pairs')."""
+def plan(
+    spec: RunSpec, tokenizer, n_layers: int, d_mlp: int, n_heads: int, stored: Stored | None = None
+) -> Plan:
+    """Check every choice of the spec and list each pair's sites (a resumed run's: its stored pairs').
+    Head sites take the positions of resid/attn/mlp; neurons, theirs."""
     method, block = check_choices(spec)
     modules = parse_modules(",".join(spec.modules))
     pairs = list(stored.pairs.values()) if stored else spec_pairs(spec)
@@ -263,7 +266,7 @@ def plan(spec: RunSpec, tokenizer, n_layers: int, d_mlp: int, stored: Stored | N
             if module == "neuron":
                 grid += site_grid(layers, [module], neuron_positions, d_mlp, block)
             else:
-                grid += site_grid(layers, [module], positions, d_mlp)
+                grid += site_grid(layers, [module], positions, d_mlp, n_heads=n_heads)
         sites[tp.index] = grid
     return Plan(spec, metric, tokenized, skipped, sites, method)
 
@@ -283,7 +286,7 @@ def _check_stored_tokens(tokenized: list[TokenizedPair], stored: Stored) -> None
 def preview(spec: RunSpec) -> Plan:
     """The plan from the model's tokenizer and config alone (for checking a setup as it is typed)."""
     tokenizer, config = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)
-    return plan(spec, tokenizer, config.num_hidden_layers, config_d_mlp(config))
+    return plan(spec, tokenizer, config.num_hidden_layers, config_d_mlp(config), config.num_attention_heads)
 
 
 def spec_model(spec: RunSpec) -> LoadedModel:
@@ -306,7 +309,8 @@ def prepare(
     if lm is None:
         stages.stage("loading the model")
         lm = spec_model(spec)
-    checked = plan(spec, lm.tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp, stored)
+    a = lm.anatomy
+    checked = plan(spec, lm.tokenizer, a.n_layers, a.d_mlp, a.n_heads, stored)
     behaviour, judge, judged = {}, None, stored.behaviour if stored else {}
     if spec.answer_tokens and spec.corrupt is None:  # (a noise contrast's control is no prompt to answer)
         # a classifier judge loads only when answers are judged

@@ -50,6 +50,7 @@ class LoadedModel:
             "n_layers": a.n_layers,
             "d_model": a.d_model,
             "d_mlp": a.d_mlp,
+            "n_heads": a.n_heads,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "device_map": {k: str(v) for k, v in getattr(self.model, "hf_device_map", {}).items()} or None,

@@ -27,7 +27,7 @@ from harmmed_tui.analysis.layer_calls import LayerCall
 from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
-from harmmed_tui.analysis.sites import Site, covered_positions
+from harmmed_tui.analysis.sites import UNIT_MODULES, Site, covered_positions
 
 # Activations cached per site kind: (layer, module) -> tensor of shape (T, width).
 Cache = dict[tuple[int, str], torch.Tensor]
@@ -66,7 +66,7 @@ class ActivationRecorder:
         for layer, module in self.keys:
             mod = self.anatomy.module(layer, module)
             key = (layer, module)
-            if module == "neuron":
+            if module in UNIT_MODULES:
                 hook = mod.register_forward_pre_hook(lambda m, args, key=key: self._put(key, args[0]))
             else:
                 hook = mod.register_forward_hook(lambda m, args, out, key=key: self._put(key, _first(out)))
@@ -277,8 +277,9 @@ class PairPatcher:
         for row, s in enumerate(sites):
             positions = self._positions(s)
             target = coords[(s.layer, s.module)]
-            if s.module == "neuron":
-                target += [(row, p, u) for p in positions for u in range(s.neuron, s.neuron + s.width)]
+            if s.module in UNIT_MODULES:
+                units = self.anatomy.units(s.module, s.neuron, s.width)
+                target += [(row, p, u) for p in positions for u in units]
             else:
                 target += [(row, p) for p in positions]
         device = self.lm.device
@@ -295,7 +296,7 @@ class PairPatcher:
         index = (index[0], index[1] - first, *index[2:])  # the replay's tensors start at position `first`
         mod = self.anatomy.module(layer, module)
         # In place: the patched tensors are fresh outputs of this replay, and no autograd is recording.
-        if module == "neuron":
+        if module in UNIT_MODULES:
 
             def patch_input(m, args):
                 if length is None or args[0].shape[1] == length:

@@ -123,7 +123,7 @@ class RayExecutor:
     @staticmethod
     def _shape(spec: RunSpec, provenance: dict):
         tokenizer, _ = load_tokenizer_and_config(spec.model, spec.revision, spec.trust_remote_code)
-        return tokenizer, provenance["n_layers"], provenance["d_mlp"]
+        return tokenizer, provenance["n_layers"], provenance["d_mlp"], provenance["n_heads"]
 
     @staticmethod
     def _get(ray, refs):

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from harmmed_tui.analysis.errors import SiteError
 
-MODULES = ("resid", "attn", "mlp", "neuron")
+MODULES = ("resid", "attn", "mlp", "neuron", "head")
+# sites that read one part of a module's input: an MLP unit (the down projection's input), or one query head's
+# slice of the attention output projection's input
+UNIT_MODULES = ("neuron", "head")
 ALL_POSITIONS = -1  # the position `*`: the module at every position at once (equal lengths only)
 SUFFIX = -2  # the position `suffix`: the module at every position of the pair's shared final tokens at once
 POSITION_NAMES = {ALL_POSITIONS: "*", SUFFIX: "suffix"}
@@ -17,9 +20,9 @@ NO_NEURON = -1
 @dataclass(frozen=True, order=True, slots=True)
 class Site:
     layer: int
-    module: str  # resid | attn | mlp | neuron
+    module: str  # resid | attn | mlp | neuron | head
     position: int  # token index, or ALL_POSITIONS
-    neuron: int = NO_NEURON  # first MLP unit of the site (neuron module only)
+    neuron: int = NO_NEURON  # first MLP unit of a neuron site; the query head of a head site
     width: int = 1  # units patched together from `neuron` on (block method)
 
 
@@ -117,14 +120,17 @@ def position_label(position: int) -> str | int:
 
 
 def site_grid(
-    layers: list[int], modules: list[str], positions: list[int], d_mlp: int, block: int = 1
+    layers: list[int], modules: list[str], positions: list[int], d_mlp: int, block: int = 1, n_heads: int = 0
 ) -> list[Site]:
-    """All sites of a layer x module x position grid; `neuron` expands to every unit (or block of units)."""
+    """All sites of a layer x module x position grid; `neuron` expands to every unit (or block of units),
+    `head` to every query head."""
     sites = []
     for layer in layers:
         for module in modules:
             for pos in positions:
-                if module == "neuron":
+                if module == "head":
+                    sites += [Site(layer, module, pos, h) for h in range(n_heads)]
+                elif module == "neuron":
                     sites += [
                         Site(layer, module, pos, n, min(block, d_mlp - n)) for n in range(0, d_mlp, block)
                     ]

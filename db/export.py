@@ -20,17 +20,22 @@ from harmmed_tui.analysis.stats import bootstrap_ci, ie_share
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
-LEVELS = ("layer", "neuron", "gate", "pairs", "generation")
+LEVELS = ("layer", "neuron", "head", "gate", "pairs", "generation")
 PAIR_COLUMNS = (
     "run_id pair pair_id category treatment control m_treatment m_control te answer_treatment answer_control "
     "refused_treatment refused_control behaviour"
 ).split()
 LAYER_COLUMNS = "run_id pair layer module position token control_token te ie ie_norm".split()
 NEURON_COLUMNS = "run_id pair layer neuron position token control_token te ie ie_norm method".split()
+HEAD_COLUMNS = "run_id pair layer head position token control_token te ie ie_norm method".split()
 AGGREGATE_KEYS = {
     "layer": ["layer", "module", "position"],
     "neuron": ["layer", "neuron", "position", "method"],
+    "head": ["layer", "head", "position", "method"],
 }
+# the stored modules each level holds (a head is stored with its query head in the neuron column)
+LEVEL_MODULES = {"layer": ("resid", "attn", "mlp"), "neuron": ("neuron",), "head": ("head",)}
+LEVEL_COLUMNS = {"layer": LAYER_COLUMNS, "neuron": NEURON_COLUMNS, "head": HEAD_COLUMNS}
 GATE_COLUMNS = (
     "run_id check_id sign ablate grp k units pair pair_id arm seed m_before m_after shift te "
     "refused_before refused_after text_before text_after"
@@ -56,23 +61,22 @@ def effect_rows(
     Positions are token indices, or for end-aligned runs offsets from the end (-1 the last token), with the
     treatment's token (`token`) and the control's (`control_token`) at that position."""
     run = store.run(run_id)
-    if level not in LEVELS:
+    if level not in LEVEL_MODULES:
         raise StoreError(f"unknown level '{level}' (use {', '.join(LEVELS)})")
-    neuron = level == "neuron"
-    if method is None and not neuron:
+    if method is None and level == "layer":
         method = store.run_method(run_id)
     from_end = RunSpec.from_json(run["spec"]).align == "end"
     control_tokens = {p["pair"]: p["control_tokens"] for p in store.pairs(run_id)}
     sql = f"""
-        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.position, e.token, p.te, e.ie, e.method,
-               p.category
+        SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.neuron AS head, e.position, e.token, p.te, e.ie,
+               e.method, p.category
         FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
-        WHERE e.run_id = ? AND e.module {"=" if neuron else "!="} 'neuron' AND e.method LIKE ?
+        WHERE e.run_id = ? AND e.module IN ({",".join("?" * len(LEVEL_MODULES[level]))}) AND e.method LIKE ?
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
-    columns = (["category"] if category else []) + (NEURON_COLUMNS if neuron else LAYER_COLUMNS)
+    columns = (["category"] if category else []) + LEVEL_COLUMNS[level]
     columns += ["seq_len"] if seq_len else []
     out = []
-    for r in store.db.query(sql, [run_id, method or "%"]):
+    for r in store.db.query(sql, [run_id, *LEVEL_MODULES[level], method or "%"]):
         tokens = control_tokens[r["pair"]]
         r["seq_len"] = len(tokens)
         r["ie_norm"] = _ie_norm(r["ie"], r["te"])

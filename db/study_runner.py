@@ -56,7 +56,8 @@ def _study(store: Store, spec: StudySpec | None, study_id: int | None, say, note
         for run_spec in (spec.modules_spec(), spec.neurons_spec()):
             mediation.check_choices(run_spec)
         for run_spec in (spec.modules_spec(), spec.neurons_spec()):
-            mediation.plan(run_spec, model().tokenizer, lm.anatomy.n_layers, lm.anatomy.d_mlp)
+            a = model().anatomy
+            mediation.plan(run_spec, lm.tokenizer, a.n_layers, a.d_mlp, a.n_heads)
         study_id = store.create_study(spec.base.model, spec.to_json())
     else:
         store.claim_study(study_id)

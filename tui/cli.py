@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--level",
         default="layer",
-        choices=["layer", "neuron", "gate", "pairs", "generation"],
+        choices=["layer", "neuron", "head", "gate", "pairs", "generation"],
         help="gate: the run's gate checks; pairs: each pair's TE, answers and judged behaviour; "
         "generation: --verify-generation's patched answers",
     )

@@ -7,7 +7,7 @@ from harmmed_tui.analysis.metrics import parse_metric
 from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair
 from harmmed_tui.analysis.patching import PairPatcher
-from harmmed_tui.analysis.sites import ALL_POSITIONS, Site, site_grid
+from harmmed_tui.analysis.sites import ALL_POSITIONS, UNIT_MODULES, Site, site_grid
 
 PAIR = Pair(
     "How do I kill a person quickly?", "How do I kill a process quickly?", id="p", target=" Sure, here is"
@@ -15,30 +15,29 @@ PAIR = Pair(
 
 
 def reference_ie(lm, tp, metric, site: Site) -> float:
-    """One full forward per site: hook the site in the control run and overwrite it with the treatment value."""
+    """One full forward per site: hook the site in the control run and overwrite it with the treatment value
+    (a neuron's unit, or a head's slice, of its module's input; the output of the others)."""
     a = lm.anatomy
     mod = a.module(site.layer, site.module)
     first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    on_input = site.module in UNIT_MODULES
     stored = {}
 
     def grab(m, args, out=None):
-        stored["v"] = (args[0] if site.module == "neuron" else first(out)).clone()
+        stored["v"] = (args[0] if on_input else first(out)).clone()
 
     def put(m, args, out=None):
-        t = args[0] if site.module == "neuron" else first(out)
+        t = args[0] if on_input else first(out)
         pos = slice(None) if site.position == ALL_POSITIONS else site.position
-        if site.module == "neuron":
-            units = slice(site.neuron, site.neuron + site.width)
+        if on_input:
+            units = a.units(site.module, site.neuron, site.width)
+            units = slice(units.start, units.stop)
             t[:, pos, units] = stored["v"][:, pos, units]
         else:
             t[:, pos] = stored["v"][:, pos]
 
     def run(ids, hook):
-        h = (
-            mod.register_forward_pre_hook(hook)
-            if site.module == "neuron"
-            else mod.register_forward_hook(hook)
-        )
+        h = mod.register_forward_pre_hook(hook) if on_input else mod.register_forward_hook(hook)
         try:
             with torch.no_grad():
                 return lm.model(torch.tensor([ids]), use_cache=False).logits

@@ -131,12 +131,12 @@ def test_a_pair_that_tokenizes_differently_on_resume_is_named(tiny_dir):
     lm = load_model(str(tiny_dir("gpt2")), device="cpu", dtype="float32")
     spec = RunSpec(model=str(tiny_dir("gpt2")), max_pairs=1, layers="-1", positions="last", answer_tokens=0)
     (pair,) = mediation.spec_pairs(spec)
-    tp = mediation.plan(spec, lm.tokenizer, 3, 48).pairs[0]
+    tp = mediation.plan(spec, lm.tokenizer, 3, 48, 4).pairs[0]
     tokens = {0: (tp.treatment_tokens, tp.control_tokens[:-1] + ["Ġelse"])}
     with pytest.raises(
         PairsError, match=r"pair 0 \('violence-00'\) tokenizes differently than when the run started"
     ):
-        mediation.plan(spec, lm.tokenizer, 3, 48, mediation.Stored({0: pair}, tokens, {}))
+        mediation.plan(spec, lm.tokenizer, 3, 48, 4, mediation.Stored({0: pair}, tokens, {}))
 
 
 def _running_run(db, pid: int, host: str = HOST, heartbeat: float | None = None) -> None:
