@@ -14,7 +14,7 @@ from harmmed_tui.analysis.metrics import parse_metric  # noqa: E402
 from harmmed_tui.analysis.models import load_model  # noqa: E402
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair  # noqa: E402
 from harmmed_tui.analysis.patching import PairPatcher  # noqa: E402
-from harmmed_tui.analysis.sites import covered_positions  # noqa: E402
+from harmmed_tui.analysis.sites import UNIT_MODULES, covered_positions  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (
@@ -51,7 +51,7 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites, suffix_len: int =
     acts, hooks = {}, []
     for layer, module in keys:
         mod = lm.anatomy.module(layer, module)
-        if module == "neuron":
+        if module in UNIT_MODULES:
             hooks.append(
                 mod.register_forward_pre_hook(lambda m, a, k=(layer, module): acts.__setitem__(k, a[0]))
             )
@@ -69,10 +69,11 @@ def naive_sweep(lm, treatment_ids, control_ids, metric, sites, suffix_len: int =
         for site in sites:
             pos = list(covered_positions(site.position, n, suffix_len))
             src_pos = [p + shift for p in pos]
-            units = slice(site.neuron, site.neuron + site.width)
+            span = lm.anatomy.units(site.module, site.neuron, site.width)
+            units = slice(span.start, span.stop)
             src = acts[(site.layer, site.module)]
             mod = lm.anatomy.module(site.layer, site.module)
-            if site.module == "neuron":
+            if site.module in UNIT_MODULES:
 
                 def put(m, args, pos=pos, src_pos=src_pos, units=units, src=src):
                     args[0][:, pos, units] = src[:, src_pos, units]

@@ -20,7 +20,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import compare, export, queries
 from harmmed_tui.db.store import Store, StoreError
 
-KINDS = ("layers", "grid", "neurons", "gate", "compare")
+KINDS = ("layers", "grid", "neurons", "heads", "gate", "compare")
 FILE_TYPES = ("svg", "pdf", "png")
 WIDTH_IN = 3.5  # one column of a two-column paper
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -289,6 +289,37 @@ def _neurons(mpl, store, run_id, pair, by, module, other) -> Figure:
     ax.set_title(f"top {len(rows)} neurons by |IE|", loc="left")
     title, caption = _about(store, run_id, f"top {len(rows)} MLP neurons across layers", pair)
     return Figure(fig, title, caption, rows)
+
+
+def _heads(mpl, store, run_id, pair, by, module, other) -> Figure:
+    method = store.run_method(run_id)
+    if pair is None:
+        rows, value = export.table(store, run_id, "head", aggregated=True), "ie_share"
+    else:
+        rows = [
+            _from_end(r) for r in export.effect_rows(store, run_id, "head", seq_len=True) if r["pair"] == pair
+        ]
+        value = "ie_norm"
+    rows = [r for r in rows if r["method"] == method and r[value] is not None]
+    site = [r for r in rows if r["position"] in MODULE_LEVEL] or [r for r in rows if r["position"] == -1]
+    if not site:
+        raise StoreError(f"run {run_id} has no head rows (run it with --modules including head)")
+    where = f"'{site[0]['position']}'" if site[0]["position"] in MODULE_LEVEL else "the last position"
+    layers, heads = sorted({r["layer"] for r in site}), sorted({r["head"] for r in site})
+    cell = {(r["layer"], r["head"]): r[value] for r in site}
+    grid = [[cell.get((layer, h), math.nan) for h in heads] for layer in layers]
+    top = max(abs(v) for v in cell.values()) or 1.0
+    fig, axes = _figure(mpl, 1.2 + 0.12 * len(layers))
+    ax = axes[0, 0]
+    mesh = ax.pcolormesh(grid, cmap="RdBu_r", vmin=-top, vmax=top)
+    ax.set_xticks([i + 0.5 for i in range(len(heads))], [str(h) for h in heads])
+    ax.set_yticks([i + 0.5 for i in range(len(layers))], [str(layer) for layer in layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"IE / TE of each head, at {where}", loc="left")
+    fig.colorbar(mesh, ax=ax, label="IE / TE", shrink=0.8)
+    title, caption = _about(store, run_id, "IE/TE of every attention head", pair)
+    return Figure(fig, title, caption, site)
 
 
 def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:

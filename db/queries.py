@@ -122,6 +122,33 @@ def layer_effects(
     return out
 
 
+def head_grid(
+    store: Store,
+    run_id: int,
+    pair: int | None,
+    method: str,
+    category: str | None = None,
+    value: str = MEAN_IE,
+    last: bool = False,
+) -> dict[int, dict[int, float]]:
+    """IE (or IE/TE) of each attention head, layer -> head -> value, patched at every position at once
+    ('*' or 'suffix'), or with `last` at each pair's last position: the run's heads in one view."""
+    where, args = _pair_filter(pair, category)
+    at = "e.position = p.n - 1" if last else "e.position < 0"
+    sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
+              {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module = 'head'
+              AND {at} {where} GROUP BY e.layer, e.neuron"""
+    out: dict[int, dict[int, float]] = {}
+    for layer, head, ie in store.db.execute(sql, [run_id, run_id, method, *args]).fetchall():
+        out.setdefault(layer, {})[head] = ie
+    return out
+
+
+def has_heads(store: Store, run_id: int) -> bool:
+    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module = 'head' LIMIT 1"
+    return store.db.execute(sql, [run_id]).fetchone() is not None
+
+
 def module_grid(
     store: Store,
     run_id: int,

@@ -193,7 +193,8 @@ class HarmmedApp(App):
         screen = self.screen
         figure = {}  # what the pane in front draws (db.figures.draw's arguments)
         if isinstance(screen, ExploreScreen):
-            run_id, level = screen.run_id, "neuron" if screen.level in ("neurons", "top") else "layer"
+            run_id = screen.run_id
+            level = {"neurons": "neuron", "top": "neuron", "heads": "head"}.get(screen.level, "layer")
             figure = screen.figure()
         elif isinstance(screen, RunsScreen) and (run_id := screen.selected()) is not None:
             level = "layer"

@@ -456,14 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     fig = sub.add_parser(
         "figure",
-        help="a paper's figure of a run (svg, pdf, png): layers, grid, neurons, gate, compare",
+        help="a paper's figure of a run (svg, pdf, png): layers, grid, neurons, heads, gate, compare",
     )
     fig.add_argument("run_id", type=int)
     fig.add_argument(
         "kind",
-        choices=["layers", "grid", "neurons", "gate", "compare"],
+        choices=["layers", "grid", "neurons", "heads", "gate", "compare"],
         help="layers: IE/TE per layer with CI bands; grid: one module's layer x position heatmap; neurons: "
-        "the top neurons; gate: the gate curve; compare: this run's cells against OTHER's",
+        "the top neurons; heads: the layer x head heatmap; gate: the gate curve; compare: this run's cells "
+        "against OTHER's",
     )
     fig.add_argument("other", type=int, nargs="?", metavar="OTHER", help="compare: the second run")
     fig.add_argument("-o", "--output", help="a .svg, .pdf or .png file (default: runRUN-KIND.svg here)")

@@ -23,7 +23,7 @@ from harmmed_tui.tui.safe_text import literal, plain
 from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table
 
 MODULES = ("resid", "attn", "mlp")
-UP = {"neurons": "modules", "modules": "layers", "top": "layers", "layers": None}
+UP = {"neurons": "modules", "modules": "layers", "top": "layers", "heads": "layers", "layers": None}
 
 
 class ExploreScreen(Screen):
@@ -80,6 +80,14 @@ class ExploreScreen(Screen):
             "top neurons",
             id="explore.top",
             tooltip="the top neurons across all layers",
+            show=False,
+        ),
+        Binding(
+            "H",
+            "heads",
+            "heads",
+            id="explore.heads",
+            tooltip="every attention head: a layer x head table (enter on attn opens it at its layer)",
             show=False,
         ),
         Binding(
@@ -236,6 +244,7 @@ class ExploreScreen(Screen):
         crumb = [f"run {self.run_id} ({run['status']}, {queries.model_label(run['model'])})"]
         crumb += {
             "top": ["top neurons across layers"],
+            "heads": ["attention heads (layer x head)"],
             "modules": [f"layer {self.focus_layer}"],
             "neurons": [f"layer {self.focus_layer}", "mlp", "neurons"],
         }.get(self.level, [])
@@ -341,6 +350,37 @@ class ExploreScreen(Screen):
         )
         plt.title(f"{'IE/TE' if by_te else 'IE'} by layer")  # (plotext drops a title wider than the plot)
         plt.xlabel("layer")
+
+    def _show_heads(self, t: Table, plt, te: float | None, checks) -> None:
+        """Every head of the run in one view: a row per layer, a column per head, at '*'/'suffix' (else
+        the last position); the plot, the heads of the layer in focus."""
+        args = (self.app.store, self.run_id, self.pair, self.method, self.category)
+        data, share = queries.head_grid(*args), queries.head_grid(*args, value=queries.IE_SHARE)
+        where = "every position at once"
+        if not data:
+            data = queries.head_grid(*args, last=True)
+            share = queries.head_grid(*args, value=queries.IE_SHARE, last=True)
+            where = "the last position (no * sites)"
+        by_te = self.by_te and bool(te)
+        shown = share if by_te else data
+        heads = sorted({h for row in data.values() for h in row})
+        t.add_column("layer", key="layer")
+        for h in heads:
+            t.add_column(f"h{h}", key=f"h{h}")
+        for layer in sorted(data):
+            values = [_number(shown.get(layer, {}).get(h)) for h in heads]
+            scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
+            t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
+        self._scale_legend(te, where)
+        focus = (
+            self.focus_layer
+            if self.focus_layer in data
+            else max(data, key=lambda layer: max(abs(v) for v in data[layer].values()), default=None)
+        )
+        if focus is not None:
+            plt.bar([str(h) for h in heads], [shown.get(focus, {}).get(h) or 0.0 for h in heads])
+            plt.title(f"L{focus} heads {'IE/TE' if by_te else 'IE'}")
+            plt.xlabel("head")
 
     def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
         store = self.app.store
@@ -482,7 +522,7 @@ class ExploreScreen(Screen):
     def check_action(self, action: str, parameters) -> bool:
         """Keys that would do nothing in the pane in front are left out of the footer and do nothing."""
         if action == "toggle_scale":
-            return self.level in ("layers", "modules")
+            return self.level in ("layers", "modules", "heads")
         if action == "page":
             return self.level in ("neurons", "top")
         return True
@@ -557,6 +597,25 @@ class ExploreScreen(Screen):
         self.by_te = not self.by_te
         self.show()
 
+    def action_heads(self) -> None:
+        if not queries.has_heads(self.app.store, self.run_id):
+            self.notify(
+                f"run {self.run_id} has no head rows: run it with modules including head", severity="warning"
+            )
+            return
+        if self.level != "heads":
+            self._leave()
+            self.level = "heads"
+            self.show()
+            self._cursor_on_layer()
+
+    def _cursor_on_layer(self) -> None:
+        """In the heads table, the row of the layer in focus (the one whose attn row was opened)."""
+        t = self.query_one(Table)
+        keys = [str(k.value) for k in t.rows]
+        if self.focus_layer is not None and str(self.focus_layer) in keys:
+            t.move_cursor(row=keys.index(str(self.focus_layer)))
+
     def action_top_neurons(self) -> None:
         if self._no_neurons("N ranks them across layers"):
             return
@@ -587,6 +646,12 @@ class ExploreScreen(Screen):
         elif self.level == "modules" and key == "mlp":
             self._leave()
             self.level, self.page = "neurons", 0
+        elif self.level == "modules" and key == "attn" and queries.has_heads(self.app.store, self.run_id):
+            self._leave()
+            self.level = "heads"
+            self.show()
+            self._cursor_on_layer()
+            return
         elif self.level == "top":
             self._leave()
             self.focus_layer, self.level, self.page = int(key.split(":")[0]), "neurons", 0
@@ -606,6 +671,8 @@ class ExploreScreen(Screen):
             self.app.pop_screen()
             return
         self.level = "top" if came_from == "neurons" and "top" in self._places else UP[came_from]
+        if came_from == "heads" and "modules" in self._places and self.focus_layer is not None:
+            self.level = "modules"
         self._places.pop(came_from, None)
         if self.level == "layers":
             self.focus_layer = None
@@ -646,7 +713,13 @@ class ExploreScreen(Screen):
 
     def figure(self) -> dict:
         """The figure of the pane in front (db.figures.draw's arguments), for `e`."""
-        kind = {"layers": "layers", "modules": "grid", "neurons": "neurons", "top": "neurons"}[self.level]
+        kind = {
+            "layers": "layers",
+            "modules": "grid",
+            "neurons": "neurons",
+            "top": "neurons",
+            "heads": "heads",
+        }[self.level]
         args = {"kind": kind, "pair": self.pair}
         if kind == "grid":  # of the module under the cursor
             t = self.query_one(Table)

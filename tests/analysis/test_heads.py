@@ -87,3 +87,39 @@ def test_a_head_run_is_stored_and_exported_at_its_own_level(tmp_path):
     assert {r["module"] for r in layers} == {"attn"} and len(layers) == 2 * n_layers * 2
     assert len(aggregated) == n_layers * n_heads * 2
     assert outcome.status == "done"
+
+
+async def test_the_explorer_opens_heads_from_attn_and_h_and_draws_their_figure(tmp_path):
+    """enter on a layer's attn row opens every head of the run (a layer x head table) at that layer; H
+    opens it from anywhere; esc goes back to the grid; e offers the heads figure, drawn from the export."""
+    from harmmed_tui.db import figures
+    from harmmed_tui.tui.app import HarmmedApp
+    from harmmed_tui.tui.explore_screen import ExploreScreen
+
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "head")), store)
+        share = {
+            (r["layer"], r["head"]): r["ie_share"]
+            for r in export.table(store, 1, "head", aggregated=True)
+            if r["position"] == "*"
+        }
+        fig = figures.draw(store, 1, "heads")
+    app = HarmmedApp(str(db))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, ExploreScreen)
+        await pilot.press("j", "j", "enter", "j", "enter")  # layer 2's grid, its attn row
+        assert screen.level == "heads"
+        table = screen.query_one("#table")
+        assert [str(c.label) for c in table.columns.values()] == ["layer", "h0", "h1", "h2", "h3"]
+        assert table.cursor_row == 2  # at the layer it was opened from
+        cell = str(table.get_row_at(2)[1]).lstrip(" ░▒▓█")
+        assert float(cell) == pytest.approx(share[(2, 0)], abs=5e-4)
+        await pilot.press("escape")
+        assert screen.level == "modules" and screen.focus_layer == 2
+        await pilot.press("escape", "H")
+        assert screen.level == "heads" and screen.figure()["kind"] == "heads"
+    mesh = fig.figure.axes[0].collections[0]
+    assert mesh.get_array().reshape(4, 4)[2, 0] == pytest.approx(share[(2, 0)])
