@@ -59,8 +59,8 @@ def single_process(tmp_path, spec) -> dict:
 
 
 SPECS = {
-    "default": RunSpec(max_pairs=5, modules=("resid", "attn", "mlp", "neuron"), positions="last:3,*"),
-    "llama": RunSpec(max_pairs=3, modules=("resid", "mlp", "neuron"), method="atp", verify_top=10),
+    "default": RunSpec(max_pairs=5, modules=("resid", "attn", "mlp", "neuron", "head"), positions="last:3,*"),
+    "llama": RunSpec(max_pairs=3, modules=("resid", "mlp", "neuron", "head"), method="atp", verify_top=10),
 }
 
 
