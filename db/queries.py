@@ -111,15 +111,7 @@ def layer_effects(
 ) -> dict[int, dict[str, float]]:
     """IE (or with value=IE_SHARE, IE/TE) of each module patched at every position at once ('*', or
     'suffix'), per layer; with `last`, patched at each pair's last position instead (a run without '*')."""
-    where, args = _pair_filter(pair, category)
-    at = "e.position = p.n - 1" if last else "e.position < 0"
-    sql = f"""{LENGTHS} SELECT e.layer, e.module, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
-              {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp')
-              AND {at} {where} GROUP BY e.layer, e.module"""
-    out: dict[int, dict[str, float]] = {}
-    for layer, module, ie in store.db.execute(sql, [run_id, run_id, method, *args]).fetchall():
-        out.setdefault(layer, {})[module] = ie
-    return out
+    return _by_layer(store, run_id, pair, method, category, value, last, "module", ("resid", "attn", "mlp"))
 
 
 def head_grid(
@@ -133,20 +125,25 @@ def head_grid(
 ) -> dict[int, dict[int, float]]:
     """IE (or IE/TE) of each attention head, layer -> head -> value, patched at every position at once
     ('*' or 'suffix'), or with `last` at each pair's last position: the run's heads in one view."""
+    return _by_layer(store, run_id, pair, method, category, value, last, "neuron", ("head",))
+
+
+def _by_layer(store, run_id, pair, method, category, value, last, column: str, modules: tuple[str, ...]):
+    """layer -> e.`column` (a module, or a head's number) -> value, over the rows of `modules` at the
+    module-level site or (`last`) each pair's last position."""
     where, args = _pair_filter(pair, category)
     at = "e.position = p.n - 1" if last else "e.position < 0"
-    sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
-              {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module = 'head'
-              AND {at} {where} GROUP BY e.layer, e.neuron"""
-    out: dict[int, dict[int, float]] = {}
-    for layer, head, ie in store.db.execute(sql, [run_id, run_id, method, *args]).fetchall():
-        out.setdefault(layer, {})[head] = ie
+    sql = f"""{LENGTHS} SELECT e.layer, e.{column}, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
+              {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module IN ({",".join("?" * len(modules))})
+              AND {at} {where} GROUP BY e.layer, e.{column}"""
+    out: dict[int, dict] = {}
+    for layer, key, ie in store.db.execute(sql, [run_id, run_id, method, *modules, *args]).fetchall():
+        out.setdefault(layer, {})[key] = ie
     return out
 
 
 def has_heads(store: Store, run_id: int) -> bool:
-    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module = 'head' LIMIT 1"
-    return store.db.execute(sql, [run_id]).fetchone() is not None
+    return _has(store, run_id, ("head",))
 
 
 def module_grid(
@@ -262,13 +259,17 @@ def _summary_neurons(store: Store, run_id: int, layer: int | None, method: str, 
 
 
 def has_neurons(store: Store, run_id: int) -> bool:
-    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module = 'neuron' LIMIT 1"
-    return store.db.execute(sql, [run_id]).fetchone() is not None
+    return _has(store, run_id, ("neuron",))
 
 
 def has_modules(store: Store, run_id: int) -> bool:
-    sql = "SELECT 1 FROM effects WHERE run_id = ? AND module IN ('resid', 'attn', 'mlp') LIMIT 1"
-    return store.db.execute(sql, [run_id]).fetchone() is not None
+    return _has(store, run_id, ("resid", "attn", "mlp"))
+
+
+def _has(store: Store, run_id: int, modules: tuple[str, ...]) -> bool:
+    """Whether the run has rows of any of `modules`."""
+    sql = f"SELECT 1 FROM effects WHERE run_id = ? AND module IN ({','.join('?' * len(modules))}) LIMIT 1"
+    return store.db.execute(sql, [run_id, *modules]).fetchone() is not None
 
 
 # how each sign of `gate --sign` ranks neurons by their mean IE over pairs
