@@ -116,11 +116,10 @@ def request_cancel(store: Store, job_id: int) -> None:
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(1, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60}:{seconds % 60:02d}")
-    )
+    """`12 s`, `1:05`, `1:02:03`."""
+    s = max(1, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
