@@ -270,9 +270,6 @@ class ExploreScreen(Screen):
         if cursor is not None and cursor.row < t.row_count:
             t.move_cursor(row=cursor.row, column=cursor.column)
         t.focus()
-        # DataTable widens its columns when idle, repainting only some rows: the first ones kept the widths
-        # of the pane before (seen at 80x24 on the neuron pane); paint them all once the widths are set
-        self.set_timer(0.1, t.refresh)
 
     def _legend(self, text: str) -> None:
         self.query_one("#legend", Static).update(text)

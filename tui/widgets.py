@@ -56,6 +56,13 @@ class Table(DataTable):
         # the cursor's background wins over a heat cell's, so the cursor stays visible on a hot cell
         super().__init__(*args, cursor_background_priority="css", **kwargs)
 
+    def clear(self, columns: bool = False):
+        """Emptied to be filled again: DataTable widens its columns when idle and then repaints only some
+        rows (the first ones kept the widths of the table before: seen at 80x24 going from a module grid to
+        its neurons), so paint every row once the widths are set."""
+        self.set_timer(0.1, self.refresh)
+        return super().clear(columns)
+
     def add_row(self, *cells, **kwargs):
         """Text cells are the user's or the model's (prompts, ids, tokens): shown literally, never as markup."""
         return super().add_row(*(literal(c) if isinstance(c, str) else c for c in cells), **kwargs)
