@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from harmmed_tui.analysis.models import load_model
-from harmmed_tui.db.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from harmmed_tui.db.schema import MIGRATIONS, SCHEMA_VERSION
+from harmmed_tui.db.store import Store, StoreError
 from harmmed_tui.tui.cli import main
 from tests.conftest import SMOLLM_TOKENIZER
 

@@ -6,7 +6,8 @@ import sqlite3
 import pytest
 
 from harmmed_tui.db import queries
-from harmmed_tui.db.store import MIGRATIONS, Store
+from harmmed_tui.db.schema import MIGRATIONS
+from harmmed_tui.db.store import Store
 
 
 def test_signs_rank_by_mean_ie(stored_db):
