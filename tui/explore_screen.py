@@ -13,16 +13,23 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual_plotext import PlotextPlot
 
-from harmmed_tui.analysis.sites import readable
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db import export, jobs, queries
+from harmmed_tui.tui.panes import MODULES, grid, heads, layers, neurons
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
 from harmmed_tui.tui.safe_text import literal, plain
 from harmmed_tui.tui.widgets import GLYPHS, JobsLine, Table
 
-MODULES = ("resid", "attn", "mlp")
+# what each level draws (tui.panes)
+PANES = {
+    "layers": layers.draw,
+    "modules": grid.draw,
+    "neurons": neurons.draw,
+    "top": neurons.draw_top,
+    "heads": heads.draw,
+}
 UP = {"neurons": "modules", "modules": "layers", "top": "layers", "heads": "layers", "layers": None}
 
 
@@ -261,7 +268,7 @@ class ExploreScreen(Screen):
         plot.plt.clear_figure()
         checks = store.gate_checks(self.run_id) if self.level in ("neurons", "top") else []
         te = self._te()
-        getattr(self, f"_show_{self.level}")(t, plot.plt, te, checks)
+        PANES[self.level](self, t, plot.plt, te, checks)
         self._filter_and_sort(t)
         plot.refresh()
         self._show_gate(checks)
@@ -271,7 +278,7 @@ class ExploreScreen(Screen):
             t.move_cursor(row=cursor.row, column=cursor.column)
         t.focus()
 
-    def _legend(self, text: str) -> None:
+    def legend(self, text: str) -> None:
         self.query_one("#legend", Static).update(text)
 
     def _filter_and_sort(self, t: Table) -> None:
@@ -302,205 +309,16 @@ class ExploreScreen(Screen):
         if notes:
             self.query_one("#legend", Static).update(Content(" · ").join([*notes, Content("/ filter")]))
 
-    def _scale_legend(self, te: float | None, where: str = "") -> None:
+    def scale_legend(self, te: float | None, where: str = "") -> None:
         at = f"at {where} · " if where and not where.startswith("every") else ""
         if self.by_te and te:
-            self._legend(
+            self.legend(
                 f"{at}colour: IE/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · t: IE"
             )
         else:
-            self._legend(
+            self.legend(
                 f"{at}colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE"
             )
-
-    def _show_layers(self, t: Table, plt, te: float | None, checks) -> None:
-        args = (self.app.store, self.run_id, self.pair, self.method, self.category)
-        data, share = queries.layer_effects(*args), queries.layer_effects(*args, value=queries.IE_SHARE)
-        star = queries.module_level_name(self.app.store, self.run_id)
-        # (`suffix`, of end-aligned pairs: every aligned position of the shared chat-template suffix)
-        where = "every position at once" if star == "*" else "the shared suffix at once"
-        if not data:  # a run without '*' or 'suffix' sites (--positions last:3): its last position, said so
-            data = queries.layer_effects(*args, last=True)
-            share = queries.layer_effects(*args, value=queries.IE_SHARE, last=True)
-            where = "the last position (no * sites)"
-        by_te = self.by_te and bool(te)
-        # the coloured quantity first, so that it is in view at 80 columns
-        groups = ("IE/TE", "IE") if by_te else ("IE", "IE/TE")
-        t.add_column("layer", key="layer")
-        for group in groups:
-            for m in MODULES:
-                t.add_column(f"{m} {group}", key=f"{m} {group}")
-        for layer in sorted(data):
-            row = [data[layer].get(m, float("nan")) for m in MODULES]
-            scale = max((abs(v) for v in row if v == v), default=0.0)
-            ies = [t.heat(v, scale) if not by_te else f"{v:+.3f}" for v in row]
-            ratios = [_number(share.get(layer, {}).get(m)) for m in MODULES]
-            shares = [t.heat(v, 1.0) if by_te else f"{v:+.3f}" if v == v else "" for v in ratios]
-            t.add_row(str(layer), *(shares + ies if by_te else ies + shares), key=str(layer))
-        self._scale_legend(te, where)
-        layers = sorted(data)
-        shown = share if by_te else data
-        plt.multiple_bar(
-            [str(i) for i in layers],
-            [[shown.get(i, {}).get(m) or 0.0 for i in layers] for m in ("attn", "mlp")],
-            labels=["attn", "mlp"],
-        )
-        plt.title(f"{'IE/TE' if by_te else 'IE'} by layer")  # (plotext drops a title wider than the plot)
-        plt.xlabel("layer")
-
-    def _show_heads(self, t: Table, plt, te: float | None, checks) -> None:
-        """Every head of the run in one view: a row per layer, a column per head, at '*'/'suffix' (else
-        the last position); the plot, the heads of the layer in focus."""
-        args = (self.app.store, self.run_id, self.pair, self.method, self.category)
-        data, share = queries.head_grid(*args), queries.head_grid(*args, value=queries.IE_SHARE)
-        where = "every position at once"
-        if not data:
-            data = queries.head_grid(*args, last=True)
-            share = queries.head_grid(*args, value=queries.IE_SHARE, last=True)
-            where = "the last position (no * sites)"
-        by_te = self.by_te and bool(te)
-        shown = share if by_te else data
-        heads = sorted({h for row in data.values() for h in row})
-        t.add_column("layer", key="layer")
-        for h in heads:
-            t.add_column(f"h{h}", key=f"h{h}")
-        for layer in sorted(data):
-            values = [_number(shown.get(layer, {}).get(h)) for h in heads]
-            scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
-            t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
-        self._scale_legend(te, where)
-        focus = (
-            self.focus_layer
-            if self.focus_layer in data
-            else max(data, key=lambda layer: max(abs(v) for v in data[layer].values()), default=None)
-        )
-        if focus is not None:
-            plt.bar([str(h) for h in heads], [shown.get(focus, {}).get(h) or 0.0 for h in heads])
-            plt.title(f"L{focus} heads {'IE/TE' if by_te else 'IE'}")
-            plt.xlabel("head")
-
-    def _show_modules(self, t: Table, plt, te: float | None, checks) -> None:
-        store = self.app.store
-        args = (store, self.run_id, self.focus_layer, self.pair, self.method, self.category)
-        grid, share = queries.module_grid(*args), queries.module_grid(*args, value=queries.IE_SHARE)
-        flips = queries.generation_flips(store, self.run_id, self.focus_layer, self.pair, self.category)
-        positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
-        shown = self.pairs[self.pair or 0] if self.pairs else {"treatment_tokens": [], "control_tokens": []}
-        tokens = shown["treatment_tokens"]
-        # the treatment's token p + shift pairs with the control's p (end alignment; 0 for equal lengths)
-        shift = len(tokens) - len(shown["control_tokens"])
-        star = queries.module_level_name(store, self.run_id)
-        by_te = self.by_te and bool(te)
-        t.add_column("module", key="module")
-        for p in positions:  # labelled with the tokens of the pair shown (pair 0 for the aggregate)
-            i = p + shift if p is not None and p >= 0 else p
-            label = star if p is None else tokens[i] if -len(tokens) <= i < len(tokens) else ""
-            t.add_column(f"{star if p is None else p}:{readable(label)}"[:16], key=str(p))
-        for m in MODULES:
-            if m not in grid:
-                continue
-            values = [grid[m].get(p, float("nan")) for p in positions]
-            scale = max((abs(v) for v in values if v == v), default=0.0)
-            cells = []
-            for p, v in zip(positions, values, strict=True):
-                f = flips.get((m, p, -1))
-                mark = "" if f is None else "⚑" if f[0] else "·"
-                ratio = _number(share.get(m, {}).get(p))
-                cells.append(t.heat(ratio, 1.0, mark) if by_te else t.heat(v, scale, mark))
-            t.add_row(m, *cells, key=m)
-        self._scale_legend(te)
-        ps = [p for p in positions if p is not None]
-        labels = [str(p) for p in ps] + ([star] if None in positions else [])
-        shown = share if by_te else grid
-        plt.multiple_bar(
-            list(range(len(labels))),
-            [[shown.get(m, {}).get(p) or 0.0 for p in [*ps, None][: len(labels)]] for m in ("attn", "mlp")],
-            labels=["attn", "mlp"],
-        )
-        # few enough ticks to fit: plotext's own thinning of crowded ticks varies from run to run
-        step = max(1, -(-len(labels) // 5))
-        ticks = sorted({*range(0, len(labels), step), len(labels) - 1})
-        plt.xticks(ticks, [labels[i] for i in ticks])
-        plt.title(f"L{self.focus_layer} {'IE/TE' if by_te else 'IE'} by position")
-        plt.xlabel("position")
-        # the decision is read at the end of the prompt: start on `*`, with the last positions in view
-        t.cursor_type = "cell"
-        t.move_cursor(column=len(positions))
-
-    def _neuron_rows(self, t: Table, rows, checks, with_layer: bool) -> None:
-        store = self.app.store
-        verified = self.method == "atp"
-        ranked = checks[0]["neurons"][checks[0]["spec"]["groups"][-1]] if checks else []
-        # each neuron's rank in the newest gate check's widest group (the sets its curve ablated)
-        gated = {n: i + 1 for i, n in enumerate(map(tuple, ranked))}
-        recur = export.recurrence(store, self.run_id, self.method)
-        flips = {}
-        for layer in {r[0] for r in rows}:
-            for (module, pos, unit), f in queries.generation_flips(
-                store, self.run_id, layer, self.pair, self.category
-            ).items():
-                if module == "neuron":
-                    flips[(layer, pos, unit)] = f
-        first = self.page * self.PAGE
-        columns = ["#", *(["layer"] if with_layer else []), "neuron", "pos", f"IE ({self.method})", "IE/TE"]
-        columns += ["exact"] if verified else []
-        columns += ["n", "recur", "gate"] + (["flips"] if flips else [])
-        for col in columns:
-            t.add_column(col, key=col)
-        for i, (layer, neuron, pos, ie, exact, n, share) in enumerate(rows):
-            cells = [str(first + i + 1), *([str(layer)] if with_layer else []), str(neuron)]
-            cells += [
-                "*" if pos is None else str(pos),
-                f"{ie:+.4f}",
-                "" if share is None else f"{share:+.3f}",
-            ]
-            cells += [f"{exact:+.4f}" if exact is not None else ""] if verified else []
-            cells += [str(n), str(recur.get((layer, neuron), 0))]
-            cells.append(f"#{gated[(layer, neuron)]}" if (layer, neuron) in gated else "")
-            if flips:  # of the pairs whose patched answer was generated: how many flipped
-                f = flips.get((layer, pos, neuron))
-                cells.append(f"{f[0]}/{f[1]}" if f else "")
-            t.add_row(*cells, key=f"{layer}:{neuron}")
-        layer = None if with_layer else self.focus_layer
-        total = queries.neuron_count(store, self.run_id, layer, self.pair, self.method, self.category)
-        pages = max(1, -(-total // self.PAGE))
-        self._legend(
-            f"page {self.page + 1} of {pages} ([ ]) · recur: in how many pairs' top 20 · gate: gate-check rank"
-        )
-
-    def _show_neurons(self, t: Table, plt, te: float | None, checks) -> None:
-        first = self.page * self.PAGE
-        rows = queries.top_neurons(
-            self.app.store,
-            self.run_id,
-            self.focus_layer,
-            self.pair,
-            self.method,
-            self.PAGE,
-            first,
-            self.category,
-        )
-        self._neuron_rows(t, rows, checks, with_layer=False)
-        if rows:
-            plt.hist([r[3] for r in rows], bins=30)
-            plt.title(f"L{self.focus_layer} IE, #{first + 1}-{first + len(rows)}")
-            plt.xlabel("IE")
-        else:
-            plt.title("no neuron rows")
-
-    def _show_top(self, t: Table, plt, te: float | None, checks) -> None:
-        first = self.page * self.PAGE
-        rows = queries.top_neurons(
-            self.app.store, self.run_id, None, self.pair, self.method, self.PAGE, first, self.category
-        )
-        self._neuron_rows(t, rows, checks, with_layer=True)
-        if rows:
-            layers = sorted({r[0] for r in rows})
-            plt.bar([str(layer) for layer in layers], [sum(r[0] == layer for r in rows) for layer in layers])
-            plt.title(f"layers of #{first + 1}-{first + len(rows)}")
-            plt.xlabel("layer")
-        else:
-            plt.title("no neuron rows")
 
     def _show_gate(self, checks: list[dict]) -> None:
         """The newest gate check's verdict and one of its generations, above the neuron panes."""
@@ -749,8 +567,3 @@ def _clipped(text: str, limit: int) -> str:
     """One line of at most `limit` characters (… where cut); the whole text is in the run's details."""
     text = plain(text, newlines=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _number(value: float | None) -> float:
-    """A cell's value, NaN where there is none (no TE to divide by): shown as n/a."""
-    return float("nan") if value is None else value
