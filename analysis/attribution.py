@@ -72,6 +72,16 @@ class Attribution:
         return self.flat[torch.tensor(index, dtype=torch.long)]
 
 
+def direct_effects(
+    lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, sites: list[Site]
+) -> torch.Tensor:
+    """AtP's DE of each site: m(treatment) + (a_control - a_treatment) . dm/da at the treatment run
+    - m(control), the AtP IE of the pair with its roles swapped less that pair's TE (-TE)."""
+    reverse = [s.shifted(pair.shift) for s in sites]
+    swapped = Attribution(lm, pair.reversed(), metric.shifted(pair.shift), reverse)
+    return swapped.effects(reverse) - swapped.te.item()
+
+
 def _aligned(a_t: torch.Tensor, shift: int, n: int) -> torch.Tensor:
     """The treatment's activations at the control's n positions (position p + shift pairs with p); control
     positions with no treatment counterpart (a shorter treatment) are never sites, and get zeros."""

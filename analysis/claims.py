@@ -51,6 +51,7 @@ class Claim:
     rule: str  # how the verdict follows from them
     table: list[dict] = field(default_factory=list)  # the numbers behind it
     pairs: list[str] = field(default_factory=list)  # ids of the pairs behind it
+    direct: str = ""  # whether the direct effects agree (a run that stored them), else empty
 
 
 class _Bootstrap:
@@ -335,6 +336,32 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
     return Claim(3, TITLE_3, verdict, "; ".join(parts) + ".", RULE_3, table, heldout)
 
 
-def judge(run: RunEffects, curve: list[Point] | None = None, heldout: list[str] | None = None) -> list[Claim]:
-    """The four claims for one run and (optionally) one of its gate checks."""
-    return [claim_0(run), claim_1(run), claim_2(run), claim_3(run, curve, heldout)]
+# --- direct effects ------------------------------------------------------------------------------------
+NECESSITY = "(TE - DE)/TE"
+GATE_IS_NECESSITY = (
+    "the gate curve holds the neurons at their ablated value in the treatment run: it tests necessity itself"
+)
+
+
+def _agreement(sufficient: Claim, necessary: Claim) -> str:
+    """Claims 0-2 judged again by the same rule on the necessity of each site, TE - DE (the effect lost when
+    the site alone is held at its control value in the treatment run), in place of its IE."""
+    agree = "agree" if necessary.verdict == sufficient.verdict else "disagree"
+    finding = necessary.finding.replace("IE/TE", NECESSITY).rstrip(".")
+    return f"{agree} with the indirect ones: by necessity, {NECESSITY}, the claim is {necessary.verdict}; {finding}"
+
+
+def judge(
+    run: RunEffects,
+    curve: list[Point] | None = None,
+    heldout: list[str] | None = None,
+    necessity: RunEffects | None = None,
+) -> list[Claim]:
+    """The four claims for one run and (optionally) one of its gate checks; with `necessity` (the run's TE -
+    DE in place of IE, where it stored direct effects), whether the direct effects agree with each."""
+    found = [claim_0(run), claim_1(run), claim_2(run), claim_3(run, curve, heldout)]
+    if necessity is not None:
+        for c, n in zip(found, (claim_0, claim_1, claim_2), strict=False):
+            c.direct = _agreement(c, n(necessity))
+        found[3].direct = GATE_IS_NECESSITY
+    return found

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from harmmed_tui.analysis.attribution import Attribution
+from harmmed_tui.analysis.attribution import Attribution, direct_effects
 from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_refusal_tokens, pair_behaviour
 from harmmed_tui.analysis.errors import NoRefusalsError, PairsError
 from harmmed_tui.analysis.families import config_d_mlp
@@ -21,7 +21,7 @@ from harmmed_tui.analysis.model_judge import ModelJudge, check_template, make_ju
 from harmmed_tui.analysis.models import LoadedModel, load_model, load_tokenizer_and_config
 from harmmed_tui.analysis.noise import NoisedPatcher, corrupted_positions
 from harmmed_tui.analysis.pairs import BUILTIN, Pair, TokenizedPair, load_pairs, tokenize_pairs
-from harmmed_tui.analysis.patching import ENGINES, PairPatcher, auto_batch_tokens
+from harmmed_tui.analysis.patching import ENGINES, DirectEffects, PairPatcher, auto_batch_tokens
 from harmmed_tui.analysis.prompt_sets import build_pairs, check_pairing, load_prompt_set
 from harmmed_tui.analysis.sites import (
     Site,
@@ -155,7 +155,22 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
             raise SiteError("--noise-scale must be more than 0 and --noise-samples at least 1")
     _check_sources(spec)
     parse_modules(",".join(spec.modules))
+    check_effects(spec)
     return method, block
+
+
+EFFECTS = ("ie", "de")
+
+
+def check_effects(spec: RunSpec) -> None:
+    """IE always; DE beside it where asked (the reverse patch of every site: twice the cost)."""
+    if not set(spec.effects) <= set(EFFECTS) or "ie" not in spec.effects:
+        raise SiteError(f"--effects {','.join(spec.effects)}: give ie, or ie,de (IE is always computed)")
+    if "de" in spec.effects and spec.corrupt is not None:
+        raise SiteError(
+            "--effects de holds a site of the clean run at its noised value, which --corrupt runs do not "
+            "compute yet: drop de, or use a control prompt"
+        )
 
 
 def _check_sources(spec: RunSpec) -> None:
@@ -396,7 +411,7 @@ def site_key(pair: int, site: Site, method: str) -> SiteKey:
     return (pair, site.layer, site.module, site.position, site.neuron, method)
 
 
-def _row(tp: TokenizedPair, site: Site, method: str, ie: float) -> dict:
+def _row(tp: TokenizedPair, site: Site, ie: float, de: float | None, method: str) -> dict:
     label = position_label(site.position)
     token = label if isinstance(label, str) else tp.treatment_tokens[site.position + tp.shift]
     return dict(
@@ -409,6 +424,7 @@ def _row(tp: TokenizedPair, site: Site, method: str, ie: float) -> dict:
         method=method,
         token=token,
         ie=ie,
+        de=de,
     )
 
 
@@ -458,13 +474,15 @@ def run_pair(prep: Prepared, tp: TokenizedPair, todo: list[Site]) -> Iterator[Pa
     totals = (source.m_treatment.item(), source.m_control.item(), source.te.item())
     yield PairResult(tp, *totals)
     estimates, checked, own = {}, {}, {}
-    for method, chunk, ie in batches:
+    for method, chunk, ie, de in batches:
         values = ie.tolist()
+        directs = [None] * len(chunk) if de is None else de.tolist()
         if prep.method == "atp":
             (estimates if method == "atp" else checked).update(zip(chunk, values, strict=True))
         if method == prep.method:
             own.update(zip(chunk, values, strict=True))
-        yield PairResult(tp, *totals, [_row(tp, s, method, v) for s, v in zip(chunk, values, strict=True)])
+        rows = [_row(tp, *row, method) for row in zip(chunk, values, directs, strict=True)]
+        yield PairResult(tp, *totals, rows)
     if checked:
         rho = spearman([estimates[s] for s in checked], list(checked.values()))
         yield PairResult(tp, *totals, spearman=rho)
@@ -518,30 +536,44 @@ ATP_ROWS_PER_BATCH = 8192
 
 
 def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_tokens: int):
-    """The object holding the pair's metric totals, and its (method, sites, IE) batches. For atp: every
-    site's estimate, then exact patching of the `verify_top` sites of largest |estimate|."""
+    """The object holding the pair's metric totals, and its (method, sites, IE, DE or None) batches. For
+    atp: every site's estimate, then exact patching of the `verify_top` sites of largest |estimate|."""
     bound = prep.metric.bind(tp)
     spec = prep.spec
     if spec.corrupt is not None:
         keys = {(s.layer, s.module) for s in sites}
         args = (spec.engine, spec.noise_samples, spec.noise_scale, spec.seed)
         patcher = NoisedPatcher(prep.lm, tp, bound, keys, *args)
-        return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
+        return patcher, ((prep.method, c, ie, None) for c, ie in patcher.effects(sites, batch_tokens))
     if prep.method != "atp":
-        patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in sites}, spec.engine)
-        return patcher, ((prep.method, c, ie) for c, ie in patcher.effects(sites, batch_tokens))
+        return _exact_batches(prep, tp, bound, sites, batch_tokens, prep.method)
     attribution = Attribution(prep.lm, tp, bound, sites)
 
     def batches():
         estimates = attribution.effects(sites)
+        direct = direct_effects(prep.lm, tp, bound, sites) if "de" in spec.effects else None
         for i in range(0, len(sites), ATP_ROWS_PER_BATCH):
-            yield "atp", sites[i : i + ATP_ROWS_PER_BATCH], estimates[i : i + ATP_ROWS_PER_BATCH]
+            part = slice(i, i + ATP_ROWS_PER_BATCH)
+            yield "atp", sites[part], estimates[part], None if direct is None else direct[part]
         if k := prep.verified(tp.index):
             verify = [sites[i] for i in estimates.abs().topk(k).indices.tolist()]
-            patcher = PairPatcher(prep.lm, tp, bound, {(s.layer, s.module) for s in verify}, spec.engine)
-            yield from (("exact", c, ie) for c, ie in patcher.effects(verify, batch_tokens))
+            yield from _exact_batches(prep, tp, bound, verify, batch_tokens, "exact")[1]
 
     return attribution, batches()
+
+
+def _exact_batches(
+    prep: Prepared, tp: TokenizedPair, bound, sites: list[Site], batch_tokens: int, method: str
+):
+    """The pair's patcher and its exact (method, sites, IE, DE or None) batches; DE where the run asks."""
+    keys = {(s.layer, s.module) for s in sites}
+    engine = prep.spec.engine
+    patcher = PairPatcher(prep.lm, tp, bound, keys, engine)
+    direct = DirectEffects(prep.lm, tp, bound, keys, engine) if "de" in prep.spec.effects else None
+    return patcher, (
+        (method, chunk, ie, None if direct is None else direct.of(chunk, batch_tokens))
+        for chunk, ie in patcher.effects(sites, batch_tokens)
+    )
 
 
 def timed(iterator: Iterator[PairResult]) -> Iterator[tuple[PairResult, float]]:

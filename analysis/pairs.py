@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,19 @@ class TokenizedPair:
     @property
     def treatment_prompt_len(self) -> int:
         return self.prompt_len + self.shift
+
+    def reversed(self) -> TokenizedPair:
+        """The pair with its roles swapped: patching its control run (the treatment prompt) with its treatment
+        values (the control's) holds a site of the treatment run at its control value, a direct effect."""
+        return replace(
+            self,
+            treatment_ids=self.control_ids,
+            control_ids=self.treatment_ids,
+            treatment_tokens=self.control_tokens,
+            control_tokens=self.treatment_tokens,
+            prompt_len=self.treatment_prompt_len,
+            shift=-self.shift,
+        )
 
 
 CSV_FIELD_MAX = 16 << 20  # characters in one CSV field (the csv module's default, 131072, is a long prompt)

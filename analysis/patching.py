@@ -311,6 +311,31 @@ class PairPatcher:
         return mod.register_forward_hook(patch_output)
 
 
+class DirectEffects:
+    """DE(site) = m(treatment run with the site held at its control value) - m(control run), for one pair
+    (Vig et al. 2020's natural direct effect, in difference form): the IE of the pair with its roles swapped
+    (TokenizedPair.reversed), less that pair's TE, which is -TE."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        pair: TokenizedPair,
+        metric: BoundMetric,
+        keys: Iterable[tuple[int, str]],
+        engine: str = "replay",
+    ):
+        self.shift = pair.shift
+        self.patcher = PairPatcher(lm, pair.reversed(), metric.shifted(pair.shift), keys, engine)
+
+    def of(self, sites: list[Site], batch_tokens: int) -> torch.Tensor:
+        """The DE of each site, in order, on device (the reversed patcher batches them its own way)."""
+        reverse = [s.shifted(self.shift) for s in sites]
+        values = {}
+        for chunk, ie in self.patcher.effects(reverse, batch_tokens):
+            values.update(zip(chunk, ie - self.patcher.te, strict=True))
+        return torch.stack([values[s] for s in reverse])
+
+
 def auto_batch_tokens(lm: LoadedModel) -> int:
     """Token positions per replay: on a GPU, what fits in a third of free memory; on a CPU, where large
     batches gain nothing, a size that keeps the prefix skipping fine-grained."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harmmed_tui.analysis.errors import SiteError
 
@@ -24,6 +24,10 @@ class Site:
     position: int  # token index, or ALL_POSITIONS
     neuron: int = NO_NEURON  # first MLP unit of a neuron site; the query head of a head site
     width: int = 1  # units patched together from `neuron` on (block method)
+
+    def shifted(self, shift: int) -> Site:
+        """The site `shift` positions later (on an end-aligned pair's treatment prompt); `*`/`suffix` stay."""
+        return self if self.position < 0 or not shift else replace(self, position=self.position + shift)
 
 
 def parse_modules(text: str) -> list[str]:

@@ -41,6 +41,7 @@ class RunSpec:
     layers: str = "all"
     positions: str = "all,*"  # positions of resid/attn/mlp sites
     neuron_positions: str = "last"  # positions of neuron sites
+    effects: tuple[str, ...] = ("ie",)  # ie, or ie,de: the direct effect of every site beside its IE
     method: str = "exact"  # exact | atp | block:N
     engine: str = "replay"  # exact patching by replaying decoder layers, or by whole forwards with hooks
     verify_top: int = 0  # atp: also patch this many top sites of each pair exactly
@@ -61,8 +62,9 @@ class RunSpec:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        if "modules" in data:
-            data["modules"] = tuple(data["modules"])
+        for name in ("modules", "effects"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     def replace(self, **changes) -> RunSpec:

@@ -42,8 +42,9 @@ GATE_COLUMNS = (
 ).split()
 
 
-def _ie_norm(ie: float, te: float | None) -> float | None:
-    return ie / te if te else None
+def _norm(effect: float | None, te: float | None) -> float | None:
+    """A pair's effect over its TE (IE/TE, DE/TE); None without a TE, or without the effect."""
+    return effect / te if te and effect is not None else None
 
 
 def effect_rows(
@@ -69,17 +70,20 @@ def effect_rows(
     control_tokens = {p["pair"]: p["control_tokens"] for p in store.pairs(run_id)}
     sql = f"""
         SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.neuron AS head, e.position, e.token, p.te, e.ie,
-               e.method, p.category
+               e.de, e.method, p.category
         FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
         WHERE e.run_id = ? AND e.module IN ({",".join("?" * len(LEVEL_MODULES[level]))}) AND e.method LIKE ?
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
     columns = (["category"] if category else []) + LEVEL_COLUMNS[level]
+    if "de" in RunSpec.from_json(run["spec"]).effects:  # direct effects, where the run asked for them
+        columns.insert(columns.index("ie_norm") + 1, "de")
+        columns.insert(columns.index("de") + 1, "de_norm")
     columns += ["seq_len"] if seq_len else []
     out = []
     for r in store.db.query(sql, [run_id, *LEVEL_MODULES[level], method or "%"]):
         tokens = control_tokens[r["pair"]]
         r["seq_len"] = len(tokens)
-        r["ie_norm"] = _ie_norm(r["ie"], r["te"])
+        r["ie_norm"], r["de_norm"] = _norm(r["ie"], r["te"]), _norm(r["de"], r["te"])
         position = r["position"]
         r["control_token"] = tokens[position] if position >= 0 else position_label(position)
         r["position"] = position_label(position) if position < 0 else position - len(tokens) * from_end
@@ -200,10 +204,20 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
                 if judged
                 else None,
                 "ie_norm_mean_of_pairs": sum(norms) / len(norms) if norms else None,
+                **(_direct(group, judged) if "de" in group[0] else {}),
                 "n": len(ies),
             }
         )
     return out
+
+
+def _direct(group: list[dict], judged: list[dict]) -> dict:
+    """A site's direct effect over pairs, defined as its IE is: the mean with a 95% bootstrap CI, and its
+    share of the effect, sum DE / sum TE."""
+    des = [r["de"] for r in group]
+    lo, hi = bootstrap_ci(des)
+    share = ie_share([r["de"] for r in judged], [r["te"] for r in judged]) if judged else None
+    return {"de_mean": sum(des) / len(des), "de_ci_low": lo, "de_ci_high": hi, "de_share": share}
 
 
 def table(

@@ -90,14 +90,31 @@ def _pair_filter(pair: int | None, category: str | None = None) -> tuple[str, li
     return "", []
 
 
-# what a layer or grid cell aggregates over the pairs shown: the mean IE, or the share of the effect, sum IE /
-# sum TE over the pairs that have the site (analysis.stats.ie_share, here in SQL)
-MEAN_IE = "AVG(e.ie)"
-IE_SHARE = "SUM(e.ie) / NULLIF(SUM(pp.te), 0)"
+# the effects a run stores per site: IE always, DE where the run asked (--effects ie,de)
+EFFECTS = ("ie", "de")
+
+
+def _effect(effect: str) -> str:
+    if effect not in EFFECTS:
+        raise ValueError(f"unknown effect {effect!r}")
+    return effect
+
+
+# what a layer or grid cell aggregates over the pairs shown: the mean IE (or DE), or the share of the effect,
+# sum IE / sum TE over the pairs that have the site (analysis.stats.ie_share, here in SQL)
+def mean_of(effect: str = "ie") -> str:
+    return f"AVG(e.{_effect(effect)})"
+
+
+def share_of(effect: str = "ie") -> str:
+    return f"SUM(e.{_effect(effect)}) / NULLIF(SUM(pp.te), 0)"
+
+
+MEAN_IE, IE_SHARE = mean_of("ie"), share_of("ie")
 
 
 def _joins(value: str) -> str:
-    return "JOIN pairs pp ON pp.run_id = e.run_id AND pp.pair = e.pair" if value == IE_SHARE else ""
+    return "JOIN pairs pp ON pp.run_id = e.run_id AND pp.pair = e.pair" if "pp.te" in value else ""
 
 
 def layer_effects(
@@ -192,22 +209,24 @@ def top_neurons(
     limit: int = 200,
     offset: int = 0,
     category: str | None = None,
+    effect: str = "ie",
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
-    of every layer, one page at a time. Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions
+    of every layer, one page at a time (with effect="de", the same of the DE). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions
     count from the end as in `module_grid`; a finished run's average over all its pairs is read from its
     neuron summary (one without, a run stopped by a full disk or summarised by an older release, is
     aggregated live)."""
+    x = _effect(effect)
     if pair is None and category is None and _summarised(store, run_id):
-        return _summary_neurons(store, run_id, layer, method, limit, offset)
+        return _summary_neurons(store, run_id, layer, method, limit, offset, x)
     where, args = _pair_filter(pair, category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
     sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {POSITION} AS pos,
-                     AVG(CASE WHEN e.method = ? THEN e.ie END) AS mean_ie,
-                     AVG(CASE WHEN e.method = 'exact' THEN e.ie END), COUNT(CASE WHEN e.method = ? THEN 1 END),
-                     SUM(CASE WHEN e.method = ? THEN e.ie END) / NULLIF(SUM(CASE WHEN e.method = ? THEN pp.te END), 0)
+                     AVG(CASE WHEN e.method = ? THEN e.{x} END) AS mean_ie,
+                     AVG(CASE WHEN e.method = 'exact' THEN e.{x} END), COUNT(CASE WHEN e.method = ? THEN 1 END),
+                     SUM(CASE WHEN e.method = ? THEN e.{x} END) / NULLIF(SUM(CASE WHEN e.method = ? THEN pp.te END), 0)
               FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(IE_SHARE)}
               WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron'
               {where} GROUP BY e.layer, pos, e.neuron HAVING mean_ie IS NOT NULL
@@ -248,13 +267,16 @@ def _summarised(store: Store, run_id: int) -> bool:
     return bool(run["summarised"])
 
 
-def _summary_neurons(store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int):
+def _summary_neurons(
+    store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int, effect: str
+):
     where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
-    sql = f"""SELECT s.layer, s.neuron, s.pos, s.mean_ie, COALESCE(x.mean_ie, CASE WHEN s.method = 'exact'
-                     THEN s.mean_ie END), s.n, s.mean_ie * s.n / NULLIF(s.te_sum, 0)
+    mean = f"mean_{effect}"
+    sql = f"""SELECT s.layer, s.neuron, s.pos, s.{mean}, COALESCE(x.{mean}, CASE WHEN s.method = 'exact'
+                     THEN s.{mean} END), s.n, s.{mean} * s.n / NULLIF(s.te_sum, 0)
               FROM neuron_summary s LEFT JOIN neuron_summary x ON s.method != 'exact' AND x.method = 'exact'
                    AND x.run_id = s.run_id AND x.layer = s.layer AND x.pos IS s.pos AND x.neuron = s.neuron
-              WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS(s.mean_ie) DESC LIMIT ? OFFSET ?"""
+              WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS(s.{mean}) DESC LIMIT ? OFFSET ?"""
     return store.db.execute(sql, [run_id, method, *args, limit, offset]).fetchall()
 
 

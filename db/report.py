@@ -18,6 +18,7 @@ FORMS = {
         "title": "# Claims report (arXiv:2604.11663), {about}",
         "claim": "## Claim {n}: {title}: **{verdict}**",
         "rule": "*Rule:* {rule}.",
+        "direct": "*Direct effects:* {direct}.",
         "behind": "*Behind it:* {pairs}.",
     },
     "latex": {
@@ -25,6 +26,7 @@ FORMS = {
         "title": r"\section*{{Claims report (arXiv:2604.11663), {about}}}",
         "claim": r"\subsection*{{Claim {n}: {title}: \textbf{{{verdict}}}}}",
         "rule": r"\emph{{Rule:}} {rule}.",
+        "direct": r"\emph{{Direct effects:}} {direct}.",
         "behind": r"\emph{{Behind it:}} {pairs}.",
     },
 }
@@ -41,14 +43,19 @@ def differing_positions(treatment: list[str], control: list[str]) -> tuple[int, 
     )
 
 
-def run_effects(store: Store, run_id: int) -> claims.RunEffects:
-    """A run's resid rows at single positions and its module rows at every position at once, per pair."""
+def run_effects(store: Store, run_id: int, effect: str = "ie") -> claims.RunEffects:
+    """A run's resid rows at single positions and its module rows at every position at once, per pair: their
+    IE, or with effect="necessity" their TE - DE (the effect lost when the site is held at its control value
+    in the treatment run; a run without direct effects has none)."""
     run = store.run(run_id)
     provenance, method = run["provenance"], store.run_method(run_id)
     if "n_layers" not in provenance:
         raise StoreError(f"run {run_id} never loaded its model: it has nothing to report")
-    sql = """SELECT pair, module, layer, position, ie FROM effects WHERE run_id = ? AND method = ?
-             AND ((module = 'resid' AND position >= 0) OR (module IN ('attn', 'mlp') AND position < 0))"""
+    value = {"ie": "e.ie", "necessity": "p.te - e.de"}[effect]
+    sql = f"""SELECT e.pair, e.module, e.layer, e.position, {value} FROM effects e
+              JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
+              WHERE e.run_id = ? AND e.method = ? AND {value} IS NOT NULL AND ((e.module = 'resid' AND
+              e.position >= 0) OR (e.module IN ('attn', 'mlp') AND e.position < 0))"""
     resid: dict[int, dict] = {}
     modules: dict[int, dict] = {}
     for pair, module, layer, position, ie in store.db.execute(sql, [run_id, method]):
@@ -113,7 +120,9 @@ def run_claims(
     if check:
         sql = "SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ? ORDER BY pair"
         heldout = [pid for (pid,) in store.db.execute(sql, [check["id"]])]
-    return claims.judge(run_effects(store, run_id), check["curve"] if check else None, heldout)
+    has_de = "de" in RunSpec.from_json(store.run(run_id)["spec"]).effects
+    necessity = run_effects(store, run_id, "necessity") if has_de else None
+    return claims.judge(run_effects(store, run_id), check["curve"] if check else None, heldout, necessity)
 
 
 def _rounded(rows: list[dict]) -> list[dict]:
@@ -167,6 +176,7 @@ def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "m
     for c in found:
         head = dict(n=c.number, title=esc(c.title), verdict=esc(c.verdict))
         out += [form["claim"].format(**head), esc(c.finding), "", form["rule"].format(rule=esc(c.rule)), ""]
+        out += [form["direct"].format(direct=esc(c.direct)), ""] if c.direct else []
         if c.table:
             out += [export.render(_rounded(c.table), fmt), ""]
         out += [form["behind"].format(pairs=esc(_pairs_line(c.pairs))), ""]
@@ -216,6 +226,8 @@ def _html(store: Store, run_id: int, gate_run: int, about: str, found: list, run
             f'<span class="verdict {esc(kind)}">{esc(c.verdict)}</span></h2>\n<p>{esc(c.finding)}</p>\n'
             f'<p class="rule"><em>Rule:</em> {esc(c.rule)}.</p>'
         )
+        if c.direct:
+            parts.append(f'<p class="rule"><em>Direct effects:</em> {esc(c.direct)}.</p>')
         if c.table:
             parts.append(_html_table(_rounded(c.table)))
         parts.append(f'<p class="behind"><em>Behind it:</em> {esc(_pairs_line(c.pairs))}.</p>')

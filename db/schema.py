@@ -211,6 +211,12 @@ MIGRATIONS = [
         cancel INTEGER NOT NULL DEFAULT 0  -- asked by any process (c in the explorer), polled between batches
     );
     """,
+    # direct effects (--effects ie,de) beside each site's IE, and their mean in the neuron summary; NULL where
+    # a run did not ask for them
+    """
+    ALTER TABLE effects ADD COLUMN de REAL;
+    ALTER TABLE neuron_summary ADD COLUMN mean_de REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,14 +27,16 @@ GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
     ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
 # a run's neuron_summary rows, computed when it stops running (and again after a resume)
 NEURON_SUMMARY = """
-    INSERT INTO neuron_summary (run_id, method, layer, pos, neuron, width, mean_ie, n, te_sum)
+    INSERT INTO neuron_summary (run_id, method, layer, pos, neuron, width, mean_ie, n, te_sum, mean_de)
     SELECT e.run_id, e.method, e.layer, CASE WHEN e.position < 0 THEN NULL ELSE e.position - p.n END AS pos,
-           e.neuron, MAX(e.width), AVG(e.ie), COUNT(*), SUM(p.te)
+           e.neuron, MAX(e.width), AVG(e.ie), COUNT(*), SUM(p.te), AVG(e.de)
     FROM effects e JOIN (SELECT pair, json_array_length(control_tokens) AS n, te FROM pairs WHERE run_id = ?) p
          ON p.pair = e.pair
     WHERE e.run_id = ? AND e.module = 'neuron' GROUP BY e.method, e.layer, pos, e.neuron"""
 GENERATION_KEY = ("run_id", "pair", "layer", "module", "position", "neuron")
-EFFECT_COLUMNS = ("run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie")
+EFFECT_COLUMNS = (
+    "run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie", "de"
+)  # fmt: skip
 
 
 def damaged(path: Path, problem: str) -> str:
@@ -351,9 +353,10 @@ class Store:
     @_writes
     def add_effects(self, run_id: int, rows: list[dict]) -> None:
         """One transaction per batch; a site computed again (a resumed atp pair) replaces its row."""
-        sql = f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({', '.join('?' * 10)})"
-        with self.db.conn:
-            self.db.conn.executemany(sql, [(run_id, *(r[c] for c in EFFECT_COLUMNS[1:])) for r in rows])
+        marks = ", ".join("?" * len(EFFECT_COLUMNS))
+        sql = f"INSERT OR REPLACE INTO effects ({', '.join(EFFECT_COLUMNS)}) VALUES ({marks})"
+        with self.db.conn:  # (DE only where the run asked for it: --effects ie,de)
+            self.db.conn.executemany(sql, [(run_id, *(r.get(c) for c in EFFECT_COLUMNS[1:])) for r in rows])
 
     @_writes
     def add_generations(self, run_id: int, rows: list[dict]) -> None:

@@ -173,6 +173,12 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         help="exact | atp (attribution patching: one forward + backward) | block:N (neurons in blocks of N)",
     )
     g.add_argument(
+        "--effects",
+        default="ie",
+        help="ie, or ie,de: also each site's direct effect, the treatment run with the site held at its "
+        "control value (a second patch per site)",
+    )
+    g.add_argument(
         "--engine",
         default="replay",
         choices=["replay", "hooks"],

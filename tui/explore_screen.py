@@ -79,7 +79,8 @@ class ExploreScreen(Screen):
             "toggle_scale",
             "IE/TE",
             id="explore.scale",
-            tooltip="show and colour IE/TE (by TE) or IE (each row by its largest)",
+            tooltip="show and colour IE/TE (by TE) or IE (each row by its largest); then DE/TE and DE, where "
+            "the run stored direct effects (--effects ie,de)",
         ),
         Binding(
             "N",
@@ -170,6 +171,7 @@ class ExploreScreen(Screen):
         self.category: str | None = None  # with no pair: average over this category's pairs only
         self.page = 0
         self.by_te = True  # show and colour IE/TE (by TE); else IE, coloured per row
+        self.effect = "ie"  # or "de", the direct effect, where the run stored it (t cycles)
         self._view: tuple | None = None  # what show() last drew
         self._places: dict[str, tuple[int, int]] = {}  # each level's cursor when we left it
         self.filter_text = ""  # rows of the table in front holding it (case-insensitive)
@@ -258,7 +260,7 @@ class ExploreScreen(Screen):
         self.query_one("#crumb", Static).update(literal(" > ".join(crumb) + f"   [{who}]"))
         self.query_one("#summary", Static).update(self._summary(run))
         t, plot = self.query_one(Table), self.query_one(PlotextPlot)
-        view = (self.level, self.focus_layer, self.page, self.pair, self.category, self.by_te)
+        view = (self.level, self.focus_layer, self.page, self.pair, self.category, self.by_te, self.effect)
         cursor = t.cursor_coordinate if view == self._view else None  # kept while a run streams in
         self._view = view
         t.clear(columns=True)
@@ -311,13 +313,17 @@ class ExploreScreen(Screen):
 
     def scale_legend(self, te: float | None, where: str = "") -> None:
         at = f"at {where} · " if where and not where.startswith("every") else ""
+        views = self._views()
+        effect, by_te = views[(views.index((self.effect, self.by_te)) + 1) % len(views)]
+        after = f"t: {effect.upper()}{'/TE' if by_te else ''}"
+        name = self.effect.upper()
         if self.by_te and te:
             self.legend(
-                f"{at}colour: IE/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · t: IE"
+                f"{at}colour: {name}/TE (TE {te:+.3f}), [red]red +[/] [blue]blue −[/], full at ±1 · {after}"
             )
         else:
             self.legend(
-                f"{at}colour: IE, each row by its largest |IE|, [red]red +[/] [blue]blue −[/] · t: IE/TE"
+                f"{at}colour: {name}, each row by its largest |{name}|, [red]red +[/] [blue]blue −[/] · {after}"
             )
 
     def _show_gate(self, checks: list[dict]) -> None:
@@ -336,8 +342,8 @@ class ExploreScreen(Screen):
     # --- actions ------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters) -> bool:
         """Keys that would do nothing in the pane in front are left out of the footer and do nothing."""
-        if action == "toggle_scale":
-            return self.level in ("layers", "modules", "heads")
+        if action == "toggle_scale":  # (neurons show both IE and IE/TE: t there switches IE and DE)
+            return self.level in ("layers", "modules", "heads") or len(self._views()) > 2
         if action == "page":
             return self.level in ("neurons", "top")
         return True
@@ -408,8 +414,14 @@ class ExploreScreen(Screen):
         self.app.copy_to_clipboard(text)
         self.notify(f"copied: {text[:60]}")
 
+    def _views(self) -> list[tuple[str, bool]]:
+        """What `t` cycles through: (effect, by TE); the direct effect where the run stored it."""
+        effects = [e for e in queries.EFFECTS if e in self.spec.effects]
+        return [(e, by_te) for e in effects for by_te in (True, False)]
+
     def action_toggle_scale(self) -> None:
-        self.by_te = not self.by_te
+        views = self._views()
+        self.effect, self.by_te = views[(views.index((self.effect, self.by_te)) + 1) % len(views)]
         self.show()
 
     def action_heads(self) -> None:

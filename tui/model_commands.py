@@ -55,6 +55,7 @@ def spec_from_args(a) -> RunSpec:
         judge=a.judge,
         judge_template=a.judge_template,
         modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
+        effects=tuple(e.strip() for e in a.effects.split(",") if e.strip()),
         layers=a.layers,
         positions=a.positions or default_positions(align),
         # neurons are many: they take the last position unless positions are asked for

@@ -87,12 +87,9 @@ class ReportScreen(Screen):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         c = self.claims[event.cursor_row]
         self.query_one("#curve").display = c.number == 3  # the gate curve is claim 3's; the others' are text
-        self.query_one("#finding", Static).update(
-            literal(
-                f"{c.finding}\nrule: {c.rule}.\n{len(c.pairs)} pairs behind it; enter opens its table",
-                newlines=True,
-            )
-        )
+        lines = [c.finding, f"rule: {c.rule}."] + ([f"{c.direct}."] if c.direct else [])
+        lines.append(f"{len(c.pairs)} pairs behind it; enter opens its table")
+        self.query_one("#finding", Static).update(literal("\n".join(lines), newlines=True))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_table()

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from harmmed_tui.analysis.sites import readable
 from harmmed_tui.db import queries
-from harmmed_tui.tui.panes import MODULES, number
+from harmmed_tui.tui.panes import MODULES, measures, number
 from harmmed_tui.tui.widgets import Table
 
 
 def draw(screen, t: Table, plt, te: float | None, checks) -> None:
     store = screen.app.store
     args = (store, screen.run_id, screen.focus_layer, screen.pair, screen.method, screen.category)
-    grid, share = queries.module_grid(*args), queries.module_grid(*args, value=queries.IE_SHARE)
+    name, mean, ratio = measures(screen)
+    grid, share = queries.module_grid(*args, value=mean), queries.module_grid(*args, value=ratio)
     flips = queries.generation_flips(store, screen.run_id, screen.focus_layer, screen.pair, screen.category)
     positions = sorted({p for row in grid.values() for p in row}, key=lambda p: (p is None, p or 0))
     shown = screen.pairs[screen.pair or 0] if screen.pairs else {"treatment_tokens": [], "control_tokens": []}
@@ -51,7 +52,7 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
     step = max(1, -(-len(labels) // 5))
     ticks = sorted({*range(0, len(labels), step), len(labels) - 1})
     plt.xticks(ticks, [labels[i] for i in ticks])
-    plt.title(f"L{screen.focus_layer} {'IE/TE' if by_te else 'IE'} by position")
+    plt.title(f"L{screen.focus_layer} {name + '/TE' if by_te else name} by position")
     plt.xlabel("position")
     # the decision is read at the end of the prompt: start on `*`, with the last positions in view
     t.cursor_type = "cell"

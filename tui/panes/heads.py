@@ -4,7 +4,7 @@ heads of the layer in focus."""
 from __future__ import annotations
 
 from harmmed_tui.db import queries
-from harmmed_tui.tui.panes import number
+from harmmed_tui.tui.panes import measures, number
 from harmmed_tui.tui.widgets import Table
 
 
@@ -12,11 +12,12 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
     """Every head of the run in one view: a row per layer, a column per head, at '*'/'suffix' (else
     the last position); the plot, the heads of the layer in focus."""
     args = (screen.app.store, screen.run_id, screen.pair, screen.method, screen.category)
-    data, share = queries.head_grid(*args), queries.head_grid(*args, value=queries.IE_SHARE)
+    name, mean, ratio = measures(screen)
+    data, share = queries.head_grid(*args, value=mean), queries.head_grid(*args, value=ratio)
     where = "every position at once"
     if not data:
-        data = queries.head_grid(*args, last=True)
-        share = queries.head_grid(*args, value=queries.IE_SHARE, last=True)
+        data = queries.head_grid(*args, value=mean, last=True)
+        share = queries.head_grid(*args, value=ratio, last=True)
         where = "the last position (no * sites)"
     by_te = screen.by_te and bool(te)
     shown = share if by_te else data
@@ -36,5 +37,5 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
     )
     if focus is not None:
         plt.bar([str(h) for h in heads], [shown.get(focus, {}).get(h) or 0.0 for h in heads])
-        plt.title(f"L{focus} heads {'IE/TE' if by_te else 'IE'}")
+        plt.title(f"L{focus} heads {name + '/TE' if by_te else name}")
         plt.xlabel("head")

@@ -4,23 +4,24 @@ a row per layer; beside it, attn and mlp by layer."""
 from __future__ import annotations
 
 from harmmed_tui.db import queries
-from harmmed_tui.tui.panes import MODULES, number
+from harmmed_tui.tui.panes import MODULES, measures, number
 from harmmed_tui.tui.widgets import Table
 
 
 def draw(screen, t: Table, plt, te: float | None, checks) -> None:
     args = (screen.app.store, screen.run_id, screen.pair, screen.method, screen.category)
-    data, share = queries.layer_effects(*args), queries.layer_effects(*args, value=queries.IE_SHARE)
+    name, mean, ratio = measures(screen)
+    data, share = queries.layer_effects(*args, value=mean), queries.layer_effects(*args, value=ratio)
     star = queries.module_level_name(screen.app.store, screen.run_id)
     # (`suffix`, of end-aligned pairs: every aligned position of the shared chat-template suffix)
     where = "every position at once" if star == "*" else "the shared suffix at once"
     if not data:  # a run without '*' or 'suffix' sites (--positions last:3): its last position, said so
-        data = queries.layer_effects(*args, last=True)
-        share = queries.layer_effects(*args, value=queries.IE_SHARE, last=True)
+        data = queries.layer_effects(*args, value=mean, last=True)
+        share = queries.layer_effects(*args, value=ratio, last=True)
         where = "the last position (no * sites)"
     by_te = screen.by_te and bool(te)
     # the coloured quantity first, so that it is in view at 80 columns
-    groups = ("IE/TE", "IE") if by_te else ("IE", "IE/TE")
+    groups = (f"{name}/TE", name) if by_te else (name, f"{name}/TE")
     t.add_column("layer", key="layer")
     for group in groups:
         for m in MODULES:
@@ -40,5 +41,5 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
         [[shown.get(i, {}).get(m) or 0.0 for i in layers] for m in ("attn", "mlp")],
         labels=["attn", "mlp"],
     )
-    plt.title(f"{'IE/TE' if by_te else 'IE'} by layer")  # (plotext drops a title wider than the plot)
+    plt.title(f"{name + '/TE' if by_te else name} by layer")  # (plotext drops a title wider than the plot)
     plt.xlabel("layer")

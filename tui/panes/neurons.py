@@ -22,7 +22,15 @@ def _rows(screen, t: Table, rows, checks, with_layer: bool) -> None:
             if module == "neuron":
                 flips[(layer, pos, unit)] = f
     first = screen.page * screen.PAGE
-    columns = ["#", *(["layer"] if with_layer else []), "neuron", "pos", f"IE ({screen.method})", "IE/TE"]
+    name = screen.effect.upper()
+    columns = [
+        "#",
+        *(["layer"] if with_layer else []),
+        "neuron",
+        "pos",
+        f"{name} ({screen.method})",
+        f"{name}/TE",
+    ]
     columns += ["exact"] if verified else []
     columns += ["n", "recur", "gate"] + (["flips"] if flips else [])
     for col in columns:
@@ -60,12 +68,14 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
         screen.PAGE,
         first,
         screen.category,
+        screen.effect,
     )
     _rows(screen, t, rows, checks, with_layer=False)
+    name = screen.effect.upper()
     if rows:
         plt.hist([r[3] for r in rows], bins=30)
-        plt.title(f"L{screen.focus_layer} IE, #{first + 1}-{first + len(rows)}")
-        plt.xlabel("IE")
+        plt.title(f"L{screen.focus_layer} {name}, #{first + 1}-{first + len(rows)}")
+        plt.xlabel(name)
     else:
         plt.title("no neuron rows")
 
@@ -73,7 +83,15 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
 def draw_top(screen, t: Table, plt, te: float | None, checks) -> None:
     first = screen.page * screen.PAGE
     rows = queries.top_neurons(
-        screen.app.store, screen.run_id, None, screen.pair, screen.method, screen.PAGE, first, screen.category
+        screen.app.store,
+        screen.run_id,
+        None,
+        screen.pair,
+        screen.method,
+        screen.PAGE,
+        first,
+        screen.category,
+        screen.effect,
     )
     _rows(screen, t, rows, checks, with_layer=True)
     if rows:
