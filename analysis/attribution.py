@@ -19,7 +19,14 @@ from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, UNIT_MODULES, Site
 class Attribution:
     """One pair's metric totals and the AtP estimate of every site's IE."""
 
-    def __init__(self, lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, sites: list[Site]):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        pair: TokenizedPair,
+        metric: BoundMetric,
+        sites: list[Site],
+        directions: torch.Tensor | None = None,
+    ):
         keys = sorted({(s.layer, s.module) for s in sites})
         device = lm.device
         with torch.inference_mode():
@@ -41,13 +48,17 @@ class Attribution:
         for key, grad in zip(keys, grads, strict=True):
             # in float64: half-precision differences of close activations are mostly rounding
             a_t, a_c, g = (x.double() for x in (treatment[key], control[key][0].detach(), grad[0]))
-            delta = (_aligned(a_t, pair.shift, n) - a_c) * g
+            diff = _aligned(a_t, pair.shift, n) - a_c
+            delta = diff * g
             if (
                 key[1] == "head"
             ):  # a head's contribution: the sum over its slice of the output projection's input
                 per_pos = delta.unflatten(-1, (lm.anatomy.n_heads, lm.anatomy.d_head)).sum(-1)
             elif key[1] == "neuron":
                 per_pos = delta
+            elif key[1] == "direction":  # the change along r times the gradient along r
+                r = directions[key[0]].to(a_c.device).double()
+                per_pos = ((diff @ r) * (g @ r))[:, None]
             else:
                 per_pos = delta.sum(-1, keepdim=True)
             table = torch.cat(

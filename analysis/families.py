@@ -154,6 +154,7 @@ class Anatomy:
         """The module whose output (or, for `neuron` and `head`, whose input) a site reads."""
         return {
             "resid": self.layers.__getitem__,
+            "direction": self.layers.__getitem__,  # the residual stream's component along a direction
             "attn": self.attn,
             "mlp": self.mlp,
             "neuron": self.down,

@@ -25,11 +25,11 @@ from harmmed_tui.analysis.behaviour import decode_answer, greedy_batch, greedy_i
 from harmmed_tui.analysis.errors import GateError
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.judge import PhraseJudge
-from harmmed_tui.analysis.metrics import BoundMetric, Metric
+from harmmed_tui.analysis.metrics import Metric
 from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
-from harmmed_tui.analysis.patching import ActivationRecorder
+from harmmed_tui.analysis.patching import ActivationRecorder, rows_metric
 
 ABLATIONS = ("control", "mean", "zero")
 Neuron = tuple[int, int]  # (layer, unit)
@@ -167,8 +167,8 @@ def check(
         bound = metric.bind(tp)
         with torch.inference_mode():
             with ActivationRecorder(lm, keys) as control:
-                m_control = _metric(lm, bound, tp.control_ids, 1).item()
-            m_before = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, 1).item()
+                m_control = rows_metric(lm, bound, tp.control_ids, 1).item()
+            m_before = rows_metric(lm, bound.shifted(tp.shift), tp.treatment_ids, 1).item()
         prompt = tp.treatment_ids[: tp.treatment_prompt_len]  # its target, if any, left out
         before = decode_answer(lm, greedy_ids(lm, prompt, spec.max_new_tokens))
         refused_before = judge.refuses(before, tp.pair.treatment)
@@ -185,7 +185,7 @@ def check(
         for chunk in chunks:
             ablation = Ablation(lm, _masks(chunk, layers, lm), values)
             with torch.inference_mode(), ablation:
-                scores = _metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
+                scores = rows_metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
             texts: list[str | None] = [None] * len(chunk)
             if generate:
                 with ablation:
@@ -252,13 +252,6 @@ def _masks(chunk: list[tuple[Neuron, ...]], layers: list[int], lm: LoadedModel) 
         for layer, unit in units:
             masks[layer][row, unit] = True
     return {layer: m.to(lm.device) for layer, m in masks.items()}
-
-
-def _metric(lm: LoadedModel, bound: BoundMetric, ids: list[int], rows: int) -> torch.Tensor:
-    """The metric of `rows` copies of one prompt, each under its own ablation: shape (rows,)."""
-    keep = torch.tensor(bound.positions, device=lm.device)
-    inputs = torch.tensor([ids], device=lm.device).expand(rows, -1)
-    return bound(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
 
 
 def mean_activations(lm: LoadedModel, pairs: list[TokenizedPair], keys) -> dict[int, torch.Tensor]:

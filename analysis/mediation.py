@@ -12,6 +12,7 @@ import torch
 
 from harmmed_tui.analysis.attribution import Attribution, direct_effects
 from harmmed_tui.analysis.behaviour import Behaviour, decode_answer, learned_refusal_tokens, pair_behaviour
+from harmmed_tui.analysis.direction import Directions, mean_difference
 from harmmed_tui.analysis.errors import NoRefusalsError, PairsError
 from harmmed_tui.analysis.families import config_d_mlp
 from harmmed_tui.analysis.jailbreaks import DESIGNS, load_jailbreak
@@ -79,6 +80,7 @@ class Plan:
     sites: dict[int, list[Site]]  # pair index -> sites
     method: str
     behaviour: dict[int, Behaviour] = field(default_factory=dict)  # pair index -> judged answers
+    directions: Directions | None = None  # what `direction` sites patch along: the run's own pairs' direction
 
     @property
     def n_sites(self) -> int:
@@ -101,6 +103,7 @@ class Stored:
     tokens: dict[int, tuple[list[str], list[str]]]  # pair index -> (treatment, control) tokens as stored
     behaviour: dict[int, Behaviour]  # pair index -> its judged answers, where they were recorded
     refusal_token_ids: list[int] | None = None  # the set `--refusal-tokens auto` learned
+    directions: Directions | None = None  # the direction its `direction` sites patched along
 
 
 @dataclass
@@ -166,6 +169,11 @@ def check_effects(spec: RunSpec) -> None:
     """IE always; DE beside it where asked (the reverse patch of every site: twice the cost)."""
     if not set(spec.effects) <= set(EFFECTS) or "ie" not in spec.effects:
         raise SiteError(f"--effects {','.join(spec.effects)}: give ie, or ie,de (IE is always computed)")
+    if "direction" in spec.modules and spec.corrupt is not None:
+        raise SiteError(
+            "direction sites patch along the difference of the treatment and control prompts' activations: "
+            "--corrupt runs have no control prompt; drop direction or --corrupt"
+        )
     if "de" in spec.effects and spec.corrupt is not None:
         raise SiteError(
             "--effects de holds a site of the clean run at its noised value, which --corrupt runs do not "
@@ -336,7 +344,12 @@ def prepare(
         for i, tp in enumerate(checked.pairs):
             behaviour[tp.index] = judged.get(tp.index) or pair_behaviour(lm, tp, judge, spec.answer_tokens)
             stages.progress(i + 1, len(checked.pairs))
-    return Prepared(**vars(with_behaviour(checked, behaviour, stored)), lm=lm, judge=judge)
+    checked = with_behaviour(checked, behaviour, stored)
+    if "direction" in spec.modules:  # from the pairs the run patches (a resume: the one it patched along)
+        stages.stage("the refusal direction")
+        directions = stored.directions if stored and stored.directions else mean_difference(lm, checked.pairs)
+        checked = replace(checked, directions=directions)
+    return Prepared(**vars(checked), lm=lm, judge=judge)
 
 
 def spec_judge(spec: RunSpec, lm: LoadedModel) -> PhraseJudge | ModelJudge:
@@ -547,11 +560,12 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
         return patcher, ((prep.method, c, ie, None) for c, ie in patcher.effects(sites, batch_tokens))
     if prep.method != "atp":
         return _exact_batches(prep, tp, bound, sites, batch_tokens, prep.method)
-    attribution = Attribution(prep.lm, tp, bound, sites)
+    units = prep.directions.units if prep.directions else None
+    attribution = Attribution(prep.lm, tp, bound, sites, units)
 
     def batches():
         estimates = attribution.effects(sites)
-        direct = direct_effects(prep.lm, tp, bound, sites) if "de" in spec.effects else None
+        direct = direct_effects(prep.lm, tp, bound, sites, units) if "de" in spec.effects else None
         for i in range(0, len(sites), ATP_ROWS_PER_BATCH):
             part = slice(i, i + ATP_ROWS_PER_BATCH)
             yield "atp", sites[part], estimates[part], None if direct is None else direct[part]
@@ -567,9 +581,9 @@ def _exact_batches(
 ):
     """The pair's patcher and its exact (method, sites, IE, DE or None) batches; DE where the run asks."""
     keys = {(s.layer, s.module) for s in sites}
-    engine = prep.spec.engine
-    patcher = PairPatcher(prep.lm, tp, bound, keys, engine)
-    direct = DirectEffects(prep.lm, tp, bound, keys, engine) if "de" in prep.spec.effects else None
+    engine, units = prep.spec.engine, prep.directions.units if prep.directions else None
+    patcher = PairPatcher(prep.lm, tp, bound, keys, engine, directions=units)
+    direct = DirectEffects(prep.lm, tp, bound, keys, engine, units) if "de" in prep.spec.effects else None
     return patcher, (
         (method, chunk, ie, None if direct is None else direct.of(chunk, batch_tokens))
         for chunk, ie in patcher.effects(sites, batch_tokens)

@@ -53,6 +53,13 @@ def prompt_metric(lm: LoadedModel, metric: BoundMetric, **inputs) -> torch.Tenso
     return metric(lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits)[0]
 
 
+def rows_metric(lm: LoadedModel, metric: BoundMetric, ids: list[int], rows: int) -> torch.Tensor:
+    """The metric of `rows` copies of one prompt, each under its own intervention (hooks): shape (rows,)."""
+    keep = torch.tensor(metric.positions, device=lm.device)
+    inputs = torch.tensor([ids], device=lm.device).expand(rows, -1)
+    return metric(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
+
+
 class ActivationRecorder:
     """Context manager that records the activations of chosen (layer, module) sites: batch row 0, detached;
     or, with `in_graph`, the whole tensor as autograd sees it (to take gradients with respect to it)."""
@@ -112,10 +119,13 @@ class PairPatcher:
         keys: Iterable[tuple[int, str]],
         engine: str = "replay",
         control_noise: torch.Tensor | None = None,
+        directions: torch.Tensor | None = None,
     ):
         """`control_noise` (T x d_model): the control run is the control prompt with this added to its token
-        embeddings (a noise contrast, analysis.noise); otherwise the control prompt itself."""
+        embeddings (a noise contrast, analysis.noise); otherwise the control prompt itself. `directions`
+        (n_layers x d_model, unit rows): what `direction` sites patch along (analysis.direction)."""
         self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
+        self.directions = directions
         self.seq_len, self.control_ids = len(pair.control_ids), pair.control_ids
         self.shift, self.suffix_len = pair.shift, pair.suffix_len
         device = lm.device
@@ -296,6 +306,18 @@ class PairPatcher:
         index = (index[0], index[1] - first, *index[2:])  # the replay's tensors start at position `first`
         mod = self.anatomy.module(layer, module)
         # In place: the patched tensors are fresh outputs of this replay, and no autograd is recording.
+        if (
+            module == "direction"
+        ):  # only the component along r: the control's projection set to the treatment's
+            r = self.directions[layer].to(device=values.device, dtype=values.dtype)
+
+            def patch_along(m, args, out):
+                if length is None or _first(out).shape[1] == length:
+                    x = _first(out)
+                    current = x[index]
+                    x.index_put_(index, current + ((values - current) @ r)[:, None] * r)
+
+            return mod.register_forward_hook(patch_along)
         if module in UNIT_MODULES:
 
             def patch_input(m, args):
@@ -323,9 +345,13 @@ class DirectEffects:
         metric: BoundMetric,
         keys: Iterable[tuple[int, str]],
         engine: str = "replay",
+        directions: torch.Tensor | None = None,
     ):
         self.shift = pair.shift
-        self.patcher = PairPatcher(lm, pair.reversed(), metric.shifted(pair.shift), keys, engine)
+        reverse = pair.reversed()
+        self.patcher = PairPatcher(
+            lm, reverse, metric.shifted(pair.shift), keys, engine, directions=directions
+        )
 
     def of(self, sites: list[Site], batch_tokens: int) -> torch.Tensor:
         """The DE of each site, in order, on device (the reversed patcher batches them its own way)."""

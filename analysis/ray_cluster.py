@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harmmed_tui.analysis import mediation
 from harmmed_tui.analysis.errors import ClusterError, HarmmedError
@@ -46,8 +46,8 @@ class PairWorker:
         self.plan, self.provenance = self.executor.prepare(spec, stored)
         self.prep = self.executor.prep
 
-    def describe(self) -> tuple[dict, int, dict]:
-        return self.provenance, os.getpid(), self.plan.behaviour
+    def describe(self) -> tuple[dict, int, dict, object]:
+        return self.provenance, os.getpid(), self.plan.behaviour, self.plan.directions
 
     def run_pair(self, index: int, done: set) -> Iterator[mediation.PairResult]:
         tp = next(tp for tp in self.prep.pairs if tp.index == index)
@@ -87,12 +87,14 @@ class RayExecutor:
         stages.stage(f"loading the model on {n} Ray workers, judging answers")
         self.actors = [actor.remote(spec, stored) for _ in range(n)]
         described = self._get(ray, [a.describe.remote() for a in self.actors])
-        self.pids = [pid for _, pid, _ in described]
+        self.pids = [pid for _, pid, _, _ in described]
         # the plan is the replicas' own: the same spec, tokenizer and shape give the same plan everywhere,
         # and the first replica's judged answers (greedy, so every replica's) give the same pairs
         plan = mediation.with_behaviour(
             mediation.plan(spec, *self._shape(spec, described[0][0]), stored), described[0][2], stored
         )
+        # (every replica takes the direction from the same pairs with the same model: the first one's is stored)
+        plan = replace(plan, directions=described[0][3])
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         cluster = {
             "address": self.address,

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 from harmmed_tui.analysis.errors import SiteError
 
-MODULES = ("resid", "attn", "mlp", "neuron", "head")
+MODULES = ("resid", "attn", "mlp", "neuron", "head", "direction")
+# sites of one row per layer and position: the layer table and grid's modules
+LAYER_MODULES = ("resid", "attn", "mlp", "direction")
 # sites that read one part of a module's input: an MLP unit (the down projection's input), or one query head's
 # slice of the attention output projection's input
 UNIT_MODULES = ("neuron", "head")
@@ -20,7 +22,7 @@ NO_NEURON = -1
 @dataclass(frozen=True, order=True, slots=True)
 class Site:
     layer: int
-    module: str  # resid | attn | mlp | neuron | head
+    module: str  # resid | attn | mlp | neuron | head | direction
     position: int  # token index, or ALL_POSITIONS
     neuron: int = NO_NEURON  # first MLP unit of a neuron site; the query head of a head site
     width: int = 1  # units patched together from `neuron` on (block method)

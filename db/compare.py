@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import math
 
+from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store, StoreError
-
-MODULES = ("resid", "attn", "mlp")
 
 
 def _table(store: Store, run_id: int) -> dict[tuple[int, str], float]:
@@ -33,7 +32,7 @@ def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | N
         raise StoreError(f"compare needs two different runs (got {run_a} twice)")
     store.run(run_a), store.run(run_b)  # both exist, before either is read
     a, b = _table(store, run_a), _table(store, run_b)
-    keys = sorted(a.keys() & b.keys(), key=lambda k: (k[0], MODULES.index(k[1])))
+    keys = sorted(a.keys() & b.keys(), key=lambda k: (k[0], LAYER_MODULES.index(k[1])))
     if not keys:
         raise StoreError(
             f"runs {run_a} and {run_b} share no layer and module to compare (run {run_a}: {_cells(a)}; "
@@ -66,7 +65,7 @@ def compare(store: Store, run_a: int, run_b: int) -> tuple[list[dict], float | N
 def _cells(keys) -> str:
     """Cells as `layers 0-3 (resid, mlp)`, compactly."""
     layers = sorted({layer for layer, _ in keys})
-    modules = [m for m in MODULES if any(k[1] == m for k in keys)]
+    modules = [m for m in LAYER_MODULES if any(k[1] == m for k in keys)]
     streaks: list[list[int]] = []  # consecutive layers, each as [first, last]
     for layer in layers:
         if streaks and layer == streaks[-1][1] + 1:

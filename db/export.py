@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from harmmed_tui.analysis.judge import behaviour_label
-from harmmed_tui.analysis.sites import position_label
+from harmmed_tui.analysis.sites import LAYER_MODULES, position_label
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci, ie_share
 from harmmed_tui.db.store import Store, StoreError
@@ -34,7 +34,7 @@ AGGREGATE_KEYS = {
     "head": ["layer", "head", "position", "method"],
 }
 # the stored modules each level holds (a head is stored with its query head in the neuron column)
-LEVEL_MODULES = {"layer": ("resid", "attn", "mlp"), "neuron": ("neuron",), "head": ("head",)}
+LEVEL_MODULES = {"layer": LAYER_MODULES, "neuron": ("neuron",), "head": ("head",)}
 LEVEL_COLUMNS = {"layer": LAYER_COLUMNS, "neuron": NEURON_COLUMNS, "head": HEAD_COLUMNS}
 GATE_COLUMNS = (
     "run_id check_id sign ablate grp k units pair pair_id arm seed m_before m_after shift te "

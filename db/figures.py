@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harmmed_tui.analysis.sites import readable
+from harmmed_tui.analysis.sites import LAYER_MODULES, readable
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import compare, export, queries
 from harmmed_tui.db.store import Store, StoreError
@@ -24,7 +24,6 @@ KINDS = ("layers", "grid", "neurons", "heads", "gate", "compare")
 FILE_TYPES = ("svg", "pdf", "png")
 WIDTH_IN = 3.5  # one column of a two-column paper
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-MODULES = ("resid", "attn", "mlp")
 MODULE_LEVEL = ("*", "suffix")  # the module-level site of a run: every position at once, or the suffix
 TOP_NEURONS = 20
 
@@ -174,7 +173,7 @@ def _layer_rows(store: Store, run_id: int, pair: int | None, by: str) -> tuple[l
 def _layers(mpl, store, run_id, pair, by, module, other) -> Figure:
     rows, value, site = _layer_rows(store, run_id, pair, by)
     te = _mean_te(store, run_id, by)
-    modules = [m for m in MODULES if any(r["module"] == m for r in rows)]
+    modules = [m for m in LAYER_MODULES if any(r["module"] == m for r in rows)]
     panels = modules if by == "category" else ["all"]
     fig, axes = _figure(mpl, 1.9 * len(panels), 1, len(panels))
     for ax, panel in zip(axes[:, 0], panels, strict=True):
@@ -221,8 +220,8 @@ def _mean_te(store: Store, run_id: int, by: str) -> dict[str | None, float]:
 
 
 def _grid(mpl, store, run_id, pair, by, module, other) -> Figure:
-    if module not in MODULES:
-        raise StoreError(f"the grid is of one module: {', '.join(MODULES)} (got '{module}')")
+    if module not in LAYER_MODULES:
+        raise StoreError(f"the grid is of one module: {', '.join(LAYER_MODULES)} (got '{module}')")
     if pair is None:
         rows, value = export.table(store, run_id, "layer", aggregated=True), "ie_share"
     else:
@@ -383,7 +382,7 @@ def _compare(mpl, store, run_id, pair, by, module, other) -> Figure:
     fig, axes = _figure(mpl, WIDTH_IN)
     ax = axes[0, 0]
     xs, ys = f"ie_share_{run_id}", f"ie_share_{other}"
-    for colour, m in zip(OKABE_ITO, MODULES, strict=False):
+    for colour, m in zip(OKABE_ITO, LAYER_MODULES, strict=False):
         mine = [row for row in rows if row["module"] == m]
         if mine:
             ax.scatter([row[xs] for row in mine], [row[ys] for row in mine], s=8, color=colour, label=m)

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from harmmed_tui.analysis import stats
+from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import jobs
 from harmmed_tui.db.store import Store, StoreError, writer_alive
@@ -128,7 +129,7 @@ def layer_effects(
 ) -> dict[int, dict[str, float]]:
     """IE (or with value=IE_SHARE, IE/TE) of each module patched at every position at once ('*', or
     'suffix'), per layer; with `last`, patched at each pair's last position instead (a run without '*')."""
-    return _by_layer(store, run_id, pair, method, category, value, last, "module", ("resid", "attn", "mlp"))
+    return _by_layer(store, run_id, pair, method, category, value, last, "module", LAYER_MODULES)
 
 
 def head_grid(
@@ -178,7 +179,7 @@ def module_grid(
     where, args = _pair_filter(pair, category)
     sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, {value}
               FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(value)}
-              WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND e.layer = ?
+              WHERE e.run_id = ? AND e.method = ? AND e.module IN {LAYER_MODULES} AND e.layer = ?
               {where} GROUP BY e.module, pos"""
     out: dict[str, dict[int | None, float]] = {}
     for module, position, ie in store.db.execute(sql, [run_id, pair is None, run_id, method, layer, *args]):
@@ -285,7 +286,7 @@ def has_neurons(store: Store, run_id: int) -> bool:
 
 
 def has_modules(store: Store, run_id: int) -> bool:
-    return _has(store, run_id, ("resid", "attn", "mlp"))
+    return _has(store, run_id, LAYER_MODULES)
 
 
 def _has(store: Store, run_id: int, modules: tuple[str, ...]) -> bool:

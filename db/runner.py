@@ -7,10 +7,12 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, inputs, mediation
 from harmmed_tui.analysis.behaviour import Behaviour
+from harmmed_tui.analysis.direction import Directions
 from harmmed_tui.analysis.errors import JobCancelled
 from harmmed_tui.analysis.gate_curve import group_layers
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
@@ -178,7 +180,16 @@ def stored_pairs(store: Store, run_id: int, provenance: dict) -> mediation.Store
             if p["answer_treatment"] is not None and p["refused_treatment"] is not None
         },
         refusal_token_ids=provenance.get("refusal_token_ids"),
+        directions=stored_directions(store, run_id),
     )
+
+
+def stored_directions(store: Store, run_id: int) -> Directions | None:
+    found = store.directions(run_id)
+    if found is None:
+        return None
+    units, norms, pairs = found
+    return Directions(torch.from_numpy(units.copy()), torch.from_numpy(norms).float(), pairs)
 
 
 def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled, on_prepared) -> RunOutcome:
@@ -199,6 +210,9 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
             [_pair_record(tp, plan.behaviour.get(tp.index)) for tp in plan.pairs],
             plan.n_sites,
         )
+        if plan.directions is not None:
+            d = plan.directions
+            store.set_directions(run_id, d.units.numpy(), d.norms.numpy(), d.pairs)
         if on_prepared:
             on_prepared(run_id, plan, provenance)
         for result, seconds in mediation.timed(executor.run(plan, progress, cancelled, done)):

@@ -217,6 +217,18 @@ MIGRATIONS = [
     ALTER TABLE effects ADD COLUMN de REAL;
     ALTER TABLE neuron_summary ADD COLUMN mean_de REAL;
     """,
+    # the run's refusal direction per layer (analysis.direction): what its `direction` sites patched along and
+    # its gate curves ablate, from its own pairs
+    """
+    CREATE TABLE directions (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        layer INTEGER NOT NULL,
+        unit BLOB NOT NULL,          -- d_model float32, little-endian: the unit vector
+        norm REAL NOT NULL,          -- the norm of the mean difference it normalises
+        pairs INTEGER NOT NULL,      -- the run's pairs it was taken over
+        PRIMARY KEY (run_id, layer)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import platformdirs
 import sqlite_utils
 
@@ -415,6 +416,25 @@ class Store:
             r["treatment_tokens"] = json.loads(r["treatment_tokens"] or "[]")
             r["control_tokens"] = json.loads(r["control_tokens"] or "[]")
         return rows
+
+    @_writes
+    def set_directions(self, run_id: int, units, norms, pairs: int) -> None:
+        """A run's direction per layer (numpy-like rows, stored as little-endian float32)."""
+        rows = [
+            (run_id, layer, np.asarray(u, dtype="<f4").tobytes(), float(n), pairs)
+            for layer, (u, n) in enumerate(zip(units, norms, strict=True))
+        ]
+        with self.db.conn:
+            self.db.conn.executemany("INSERT OR REPLACE INTO directions VALUES (?, ?, ?, ?, ?)", rows)
+
+    def directions(self, run_id: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(units: n_layers x d_model float32, norms, pairs) of a run's direction, or None."""
+        sql = "SELECT unit, norm, pairs FROM directions WHERE run_id = ? ORDER BY layer"
+        rows = self.db.execute(sql, [run_id]).fetchall()
+        if not rows:
+            return None
+        units = np.stack([np.frombuffer(u, dtype="<f4") for u, _, _ in rows])
+        return units, np.array([n for _, n, _ in rows]), rows[0][2]
 
     def done_keys(self, run_id: int) -> set[tuple]:
         """The sites computed so far (pair, layer, module, position, neuron, method), and those whose

@@ -14,7 +14,7 @@ import platformdirs
 
 from harmmed_tui.analysis.errors import HarmmedError
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
-from harmmed_tui.analysis.sites import MODULES
+from harmmed_tui.analysis.sites import LAYER_MODULES, MODULES
 from harmmed_tui.tui.safe_text import plain
 
 MODEL_COMMANDS = {
@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument(
         "--by", default="site", choices=["site", "category"], help="layers: a line per prompt category"
     )
-    fig.add_argument("--module", default="resid", choices=["resid", "attn", "mlp"], help="grid: its module")
+    fig.add_argument("--module", default="resid", choices=LAYER_MODULES, help="grid: its module")
     _db_arg(fig)
 
     cmp = sub.add_parser(

@@ -2,9 +2,10 @@
 pair or category, scale and place (`draw(screen, table, plt, te, checks)`), and ExploreScreen keeps the
 navigation, filters and keys."""
 
+from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.db import queries
 
-MODULES = ("resid", "attn", "mlp")
+MODULES = LAYER_MODULES
 
 
 def number(value: float | None) -> float:
