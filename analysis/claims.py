@@ -336,11 +336,76 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
     return Claim(3, TITLE_3, verdict, "; ".join(parts) + ".", RULE_3, table, heldout)
 
 
+# --- claim 4 (the rival) -------------------------------------------------------------------------------
+TITLE_4 = "A single direction mediates it (Arditi et al. 2024)"
+RULE_4 = (
+    "from the gate curve's direction arms: the run's refusal direction (of the layer whose direction removes "
+    "the most TE on the run's own pairs) removed from the residual stream at every layer and position; "
+    "supported when that turns the majority of the held-out refusals into answers while random unit "
+    "directions turn fewer than half (mean over seeds); not supported when the curve has at least "
+    f"{MIN_REFUSALS} refusals to flip and it does not; inconclusive without direction arms, or with fewer "
+    "refusals"
+)
+
+
+def claim_4(curve: list[Point] | None, heldout: list[str] | None = None, chosen: dict | None = None) -> Claim:
+    heldout = heldout or []
+    points = [p for p in curve or [] if p.group == "direction"]
+    if not points or not chosen:
+        why = (
+            "the gate check has no direction arms (checked before they existed, or a noise contrast): run "
+            "`harmmed-tui gate RUN` again."
+        )
+        return Claim(4, TITLE_4, INCONCLUSIVE, why, RULE_4, [p.as_dict() for p in curve or []], heldout)
+    p = points[0]
+    own = chosen["removed_own"][chosen["layer"]]
+    table = [
+        {
+            "arm": f"direction (layer {chosen['layer']})",
+            "te_removed": p.top_removed,
+            "ci_low": p.top_removed_low,
+            "ci_high": p.top_removed_high,
+            "refusals_flipped": p.top_flipped,
+            "refused": p.refused,
+        },
+        {
+            "arm": f"random directions ({p.seeds} seeds)",
+            "te_removed": p.random_removed,
+            "ci_low": None,
+            "ci_high": None,
+            "refusals_flipped": p.random_flipped,
+            "refused": p.refused,
+        },
+    ]
+    picked = (
+        f"the layer {chosen['layer']} direction (chosen on the run's {chosen['own_pairs']} own pairs, whose TE "
+        f"it removes {percent(own)} of)"
+    )
+    removed = f"removes {percent(p.top_removed)} of the held-out TE"
+    if p.top_removed_low is not None:
+        removed += f" (95% CI {percent(p.top_removed_low)}-{percent(p.top_removed_high)})"
+    baseline = (
+        f"random directions remove {percent(p.random_removed, p.random_removed_sd)} and flip "
+        f"{percent(p.random_flipped)}"
+    )
+    if p.refused < MIN_REFUSALS or p.top_flipped is None:
+        why = (
+            f"{picked} {removed}; {baseline}; but the model refused {p.refused} of {p.pairs} held-out harmful "
+            "prompts before ablation: too few to judge flips."
+        )
+        return Claim(4, TITLE_4, INCONCLUSIVE, why, RULE_4, table, heldout)
+    lo, hi = wilson_ci(round(p.top_flipped * p.refused), p.refused)
+    flips = f"flips {percent(p.top_flipped)} of {p.refused} refusals (95% CI {percent(lo)}-{percent(hi)})"
+    majority = p.top_flipped > 0.5 and (p.random_flipped or 0) < 0.5
+    verdict = SUPPORTED if majority else NOT_SUPPORTED
+    return Claim(
+        4, TITLE_4, verdict, f"ablating {picked} {flips} and {removed}; {baseline}.", RULE_4, table, heldout
+    )
+
+
 # --- direct effects ------------------------------------------------------------------------------------
 NECESSITY = "(TE - DE)/TE"
-GATE_IS_NECESSITY = (
-    "the gate curve holds the neurons at their ablated value in the treatment run: it tests necessity itself"
-)
+GATE_IS_NECESSITY = "the gate curve ablates in the treatment run: it tests necessity itself"
 
 
 def _agreement(sufficient: Claim, necessary: Claim) -> str:
@@ -356,12 +421,20 @@ def judge(
     curve: list[Point] | None = None,
     heldout: list[str] | None = None,
     necessity: RunEffects | None = None,
+    direction: dict | None = None,
 ) -> list[Claim]:
-    """The four claims for one run and (optionally) one of its gate checks; with `necessity` (the run's TE -
-    DE in place of IE, where it stored direct effects), whether the direct effects agree with each."""
-    found = [claim_0(run), claim_1(run), claim_2(run), claim_3(run, curve, heldout)]
+    """The paper's four claims for one run and (optionally) one of its gate checks, and the rival fifth (a
+    single direction, from the check's direction arms; `direction`: how the check chose it); with `necessity`
+    (the run's TE - DE in place of IE, where it stored direct effects), whether the direct effects agree."""
+    found = [
+        claim_0(run),
+        claim_1(run),
+        claim_2(run),
+        claim_3(run, curve, heldout),
+        claim_4(curve, heldout, direction),
+    ]
     if necessity is not None:
         for c, n in zip(found, (claim_0, claim_1, claim_2), strict=False):
             c.direct = _agreement(c, n(necessity))
-        found[3].direct = GATE_IS_NECESSITY
+        found[3].direct = found[4].direct = GATE_IS_NECESSITY
     return found

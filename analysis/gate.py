@@ -22,10 +22,11 @@ import torch
 from transformers import StoppingCriteria
 
 from harmmed_tui.analysis.behaviour import decode_answer, greedy_batch, greedy_ids
+from harmmed_tui.analysis.direction import DirectionAblation, random_directions
 from harmmed_tui.analysis.errors import GateError
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.judge import PhraseJudge
-from harmmed_tui.analysis.metrics import Metric
+from harmmed_tui.analysis.metrics import BoundMetric, Metric
 from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
 from harmmed_tui.analysis.pairs import TokenizedPair
@@ -132,10 +133,13 @@ def check(
     spec: GateSpec,
     progress=None,
     exhaustive: bool = False,
+    direction: torch.Tensor | None = None,
 ) -> list[dict]:
     """One row per (held-out pair, arm): the treatment metric before and after ablation and its shift, the
     pair's TE, and the greedy answer before and after with the judge's verdicts. `progress(done, total)`
-    hears of each pair's arms as they end.
+    hears of each pair's arms as they end. With `direction` (a unit vector of the residual stream), arms of
+    layer group `direction` too: it ablated at every layer (analysis.direction), against `seeds` random
+    unit directions.
 
     What cannot change a number or a verdict of the curve is not computed (`exhaustive` computes it all, the
     reference the tests and bench/gate_cost.py hold this to): arms that ablate the same units (the final
@@ -156,6 +160,9 @@ def check(
         tops = {a.neurons for a in todo if a.seed < 0}
         chunks = _chunked([u for u in unique if u not in tops]) + _chunked([u for u in unique if u in tops])
     total = sum(map(len, chunks))
+    if direction is not None:  # its arms: the direction and `seeds` random unit directions, one batch
+        directions = torch.cat([direction[None].float(), random_directions(len(direction), spec.seeds)])
+        total += len(directions)
     layers = sorted({layer for a in todo for layer, _ in a.neurons})
     keys = [(layer, "neuron") for layer in layers]
     unaligned = spec.ablate == "control" and any(tp.shift > 0 for tp in pairs)
@@ -172,6 +179,7 @@ def check(
         prompt = tp.treatment_ids[: tp.treatment_prompt_len]  # its target, if any, left out
         before = decode_answer(lm, greedy_ids(lm, prompt, spec.max_new_tokens))
         refused_before = judge.refuses(before, tp.pair.treatment)
+        judged = _Before(judge, m_before, m_control, refused_before, before)
         if spec.ablate == "control":
             values = {layer: _end_aligned(control[(layer, "neuron")], tp, mean, layer) for layer in layers}
         elif spec.ablate == "mean":
@@ -181,42 +189,77 @@ def check(
         after: dict[tuple[Neuron, ...], tuple[float, str | None]] = {}
         generate = exhaustive or refused_before
         stop = None if exhaustive or not hasattr(judge, "settled") else [_Settled(lm, judge, len(prompt))]
+        answering = (spec.max_new_tokens, stop) if generate else None
+        scored = (bound.shifted(tp.shift), tp.treatment_ids, prompt, answering)
         done = 0
+
         for chunk in chunks:
-            ablation = Ablation(lm, _masks(chunk, layers, lm), values)
-            with torch.inference_mode(), ablation:
-                scores = rows_metric(lm, bound.shifted(tp.shift), tp.treatment_ids, len(chunk)).tolist()
-            texts: list[str | None] = [None] * len(chunk)
-            if generate:
-                with ablation:
-                    answers = greedy_batch(lm, prompt, spec.max_new_tokens, len(chunk), stop)
-                texts = [decode_answer(lm, a) for a in answers]
-            after.update(zip(chunk, zip(scores, texts, strict=True), strict=True))
+            after.update(
+                zip(
+                    chunk,
+                    _under(lm, Ablation(lm, _masks(chunk, layers, lm), values), len(chunk), *scored),
+                    strict=True,
+                )
+            )
             done += len(chunk)
             if progress:
                 progress(i * total + done, len(pairs) * total)
         for arm in todo:  # (in exhaustive mode a repeated set ran again: its result is the same)
             m_after, text = after[arm.neurons]
-            rows.append(
-                dict(
-                    pair=tp.index,
-                    pair_id=tp.pair.id,
-                    grp=arm.group,
-                    k=arm.k,
-                    units=len(arm.neurons),
-                    arm="top" if arm.seed < 0 else "random",
-                    seed=arm.seed,
-                    m_before=m_before,
-                    m_after=m_after,
-                    shift=m_after - m_before,
-                    te=m_before - m_control,
-                    refused_before=refused_before,
-                    refused_after=None if text is None else judge.refuses(text, tp.pair.treatment),
-                    text_before=before,
-                    text_after=text,
-                )
-            )
+            rows.append(_row(tp, arm.group, arm.k, len(arm.neurons), arm.seed, m_after, text, judged))
+        if direction is not None:  # the direction, then the random ones: the rows of one batch
+            found = _under(lm, DirectionAblation(lm, directions), len(directions), *scored)
+            for seed, (m_after, text) in zip(range(-1, spec.seeds), found, strict=True):
+                rows.append(_row(tp, DIRECTION, 1, 1, seed, m_after, text, judged))
+            if progress:
+                progress((i + 1) * total, len(pairs) * total)
     return rows
+
+
+def _under(lm: LoadedModel, ablation, rows: int, metric: BoundMetric, ids, prompt, answering):
+    """Each batch row's metric of `ids` under `ablation`, and its greedy answer to `prompt` where it counts
+    (`answering`: (max new tokens, stopping criteria), else None)."""
+    with torch.inference_mode(), ablation:
+        scores = rows_metric(lm, metric, ids, rows).tolist()
+    texts: list[str | None] = [None] * rows
+    if answering:
+        with ablation:
+            texts = [decode_answer(lm, a) for a in greedy_batch(lm, prompt, answering[0], rows, answering[1])]
+    return list(zip(scores, texts, strict=True))
+
+
+DIRECTION = "direction"  # the layer group of a check's direction arms (K = 1: one direction)
+
+
+@dataclass(frozen=True)
+class _Before:
+    """A held-out pair before any ablation: what every arm's row compares with."""
+
+    judge: PhraseJudge | ModelJudge
+    m_before: float
+    m_control: float
+    refused: bool
+    text: str
+
+
+def _row(tp: TokenizedPair, group: str, k: int, units: int, seed: int, m_after: float, text, b: _Before):
+    return dict(
+        pair=tp.index,
+        pair_id=tp.pair.id,
+        grp=group,
+        k=k,
+        units=units,
+        arm="top" if seed < 0 else "random",
+        seed=seed,
+        m_before=b.m_before,
+        m_after=m_after,
+        shift=m_after - b.m_before,
+        te=b.m_before - b.m_control,
+        refused_before=b.refused,
+        refused_after=None if text is None else b.judge.refuses(text, tp.pair.treatment),
+        text_before=b.text,
+        text_after=text,
+    )
 
 
 def _chunked(sets: list) -> list[list]:

@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from statistics import fmean, stdev
 
+import numpy as np
+
 SIGNS = ("positive", "negative", "abs")
 GROUPS = ("final", "last-quarter", "all")
 
@@ -38,6 +40,8 @@ class Point:
     random_flipped: float | None
     random_flipped_sd: float | None
     seeds: int
+    top_removed_low: float | None = None  # 95% bootstrap interval of top_removed over the held-out pairs
+    top_removed_high: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +90,20 @@ def curve(rows: list[dict]) -> list[Point]:
                 _flipped(top),
                 *flipped,
                 len(by_seed),
+                *_removed_ci(top),
             )
         )
     return points
+
+
+def _removed_ci(rows: list[dict], n_boot: int = 2000) -> tuple[float | None, float | None]:
+    """The percentile bootstrap interval, over pairs, of the share of TE removed (a ratio of sums)."""
+    shift = np.array([r["shift"] for r in rows], dtype=float)
+    te = np.array([r["te"] for r in rows], dtype=float)
+    if not te.sum():
+        return None, None
+    idx = np.random.default_rng(0).integers(0, len(rows), size=(n_boot, len(rows)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = -shift[idx].sum(1) / te[idx].sum(1)
+    lo, hi = np.nanquantile(draws, [0.025, 0.975])
+    return float(lo), float(hi)

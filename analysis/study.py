@@ -1,13 +1,15 @@
-"""A study: the paper's four claims on one model and one prompt source, as one resumable pipeline.
+"""A study: the paper's four claims and their rival on one model and one prompt source, as one resumable
+pipeline.
 
 Stages, each stored as it ends (so a killed study resumes at the first one missing):
 1. modules: each pair's behaviour judged (pairs that do not flip dropped, the refusal tokens learned from
-   the model's own answers), then exact resid/attn/mlp IE at every position and at `*` (`suffix` when the
-   pairs are end-aligned): claims 0-2.
-2. neurons: every MLP neuron of every layer at the last position by attribution patching, each pair's top K
-   verified by exact patching: the ranking the gate ablates.
-3. gate: the gate curve of stage 2's top neurons on held-out pairs drawn from the same source, never the
-   ones patched: claim 3.
+   the model's own answers), then exact resid/attn/mlp IE, and the IE along the pairs' own refusal
+   direction, at every position and at `*` (`suffix` when the pairs are end-aligned): claims 0-2.
+2. neurons: every MLP neuron of every layer at the last position, and every attention head at the last
+   position and at `*`/`suffix`, by attribution patching, each pair's top K sites verified by exact
+   patching: the ranking the gate ablates, and the heads beside it.
+3. gate: the gate curve of stage 2's top neurons, and of the refusal direction, on held-out pairs drawn
+   from the same source, never the ones patched: claims 3 and 4.
 4. report: the claims from stages 1 and 3 (db.report; computed when read).
 Runs and gate checks stay what they are; the study ties them together (db.store's `studies` table).
 """
@@ -45,7 +47,7 @@ class StudySpec:
     def modules_spec(self) -> RunSpec:
         end = self.base.align == "end"
         return self.base.replace(
-            modules=("resid", "attn", "mlp"),
+            modules=("resid", "attn", "mlp", "direction"),
             layers="all",
             positions=self.positions or ("all,suffix" if end else "all,*"),
             method="exact",
@@ -53,9 +55,11 @@ class StudySpec:
         )
 
     def neurons_spec(self) -> RunSpec:
+        end = self.base.align == "end"
         return self.base.replace(
-            modules=("neuron",),
+            modules=("neuron", "head"),
             layers="all",
+            positions="last,suffix" if end else "last,*",  # the heads'
             neuron_positions="last",
             method="atp",
             verify_top=self.verify_top,

@@ -329,7 +329,9 @@ def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:
         raise StoreError(f"run {run_id} has no gate check (harmmed-tui gate RUN, or a in the explorer)")
     newest = max(r["check_id"] for r in curve)
     rows = [r for r in curve if r["check_id"] == newest]
-    groups = list(dict.fromkeys(r["group"] for r in rows))
+    # the direction arms (one direction, not K neurons) are levels across every panel, beside the neurons
+    direction = next((r for r in rows if r["group"] == "direction"), None)
+    groups = list(dict.fromkeys(r["group"] for r in rows if r["group"] != "direction"))
     fig, axes = _figure(mpl, 3.0, len(groups), 2)
     measures = (("removed", "share of TE removed"), ("flipped", "refusals flipped"))
     for col, group in enumerate(groups):
@@ -359,6 +361,16 @@ def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:
                         color=colour,
                         alpha=0.2,
                         linewidth=0,
+                    )
+            for arm, style in (("top", "--"), ("random", ":")):
+                if direction is not None and direction[f"{arm}_{measure}"] is not None:
+                    label = "direction" if arm == "top" else "random direction"
+                    ax.axhline(
+                        direction[f"{arm}_{measure}"],
+                        color=OKABE_ITO[2],
+                        linestyle=style,
+                        linewidth=0.8,
+                        label=label,
                     )
             ax.set_xscale("log")
             ks = sorted({r["k"] for r in mine})

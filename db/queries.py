@@ -341,6 +341,12 @@ def gate_verdict(check: dict) -> str:
                 f"{group}: no K flips a majority; top {p.units} remove {stats.percent(p.top_removed)} of TE "
                 f"(random {stats.percent(p.random_removed)}){refused}"
             )
+    for p in (p for p in check["curve"] if p.group == "direction"):
+        parts.append(
+            f"direction (layer {spec['direction']['layer']}): flips {stats.percent(p.top_flipped)} of "
+            f"{p.refused} refusals, removes {stats.percent(p.top_removed)} of TE (random "
+            f"{stats.percent(p.random_flipped)}, {stats.percent(p.random_removed)})"
+        )
     return (
         f"gate check {check['id']} ({spec['sign']} neurons, held at {spec['ablate']}, "
         f"{check['curve'][0].pairs if check['curve'] else 0} held-out pairs): " + "; ".join(parts)
@@ -350,9 +356,9 @@ def gate_verdict(check: dict) -> str:
 def gate_answers(store: Store, check: dict, limit: int) -> list[tuple]:
     """(pair_id, group, K, answer before, answer after) for the first pairs, under a check's widest layer
     group's largest top set: what the ablation does to the text."""
-    texts = store.gate_generations(check["id"])
+    groups = check["spec"]["groups"]  # (the neurons' groups: the direction's answers are not among them)
+    texts = [g for g in store.gate_generations(check["id"]) if g[1] in groups]
     if not texts:
         return []
-    groups = check["spec"]["groups"]
     widest = max(texts, key=lambda g: (groups.index(g[1]), g[2]))
     return [g for g in texts if g[1:3] == widest[1:3]][:limit]

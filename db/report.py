@@ -122,7 +122,8 @@ def run_claims(
         heldout = [pid for (pid,) in store.db.execute(sql, [check["id"]])]
     has_de = "de" in RunSpec.from_json(store.run(run_id)["spec"]).effects
     necessity = run_effects(store, run_id, "necessity") if has_de else None
-    return claims.judge(run_effects(store, run_id), check["curve"] if check else None, heldout, necessity)
+    curve, direction = (check["curve"], check["spec"].get("direction")) if check else (None, None)
+    return claims.judge(run_effects(store, run_id), curve, heldout, necessity, direction)
 
 
 def _rounded(rows: list[dict]) -> list[dict]:

@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 
 from harmmed_tui.analysis import gate, inputs, mediation
 from harmmed_tui.analysis.behaviour import Behaviour
-from harmmed_tui.analysis.direction import Directions
+from harmmed_tui.analysis.direction import Directions, mean_difference, removed_by_layer
 from harmmed_tui.analysis.errors import JobCancelled
 from harmmed_tui.analysis.gate_curve import group_layers
 from harmmed_tui.analysis.metrics import AUTO, Refusal, parse_metric
@@ -308,7 +308,36 @@ def _check_gate(store, run, spec, heldout, lm, note, pairs, progress, job) -> in
     for message in skipped:
         if note:
             note(f"held-out pair left out: {message}")
+    chosen, about = _direction(store, run, run_spec, lm, metric, job)
     job.stage("gate curve: arms")
-    rows = gate.check(lm, metric, mediation.spec_judge(run_spec, lm), tokenized, ranked, spec, progress)
+    judge = mediation.spec_judge(run_spec, lm)
+    rows = gate.check(lm, metric, judge, tokenized, ranked, spec, progress, direction=chosen)
     record = {**dataclasses.asdict(spec), "pairs": source, "skipped": len(skipped), "method": method}
-    return store.add_gate_check(run_id, record, ranked, rows)
+    return store.add_gate_check(run_id, record | {"direction": about}, ranked, rows)
+
+
+def _direction(store: Store, run: dict, run_spec: RunSpec, lm, metric, job: Job):
+    """The refusal direction a gate curve ablates beside the neurons: the run's (stored with it; taken from its
+    own pairs the first time), at the layer whose direction removes the most TE on those pairs (never the
+    held-out ones), as (unit vector, what the check records of the choice); (None, None) for a noise
+    contrast, whose pairs have no control prompt."""
+    if run_spec.corrupt is not None:
+        return None, None
+    stored = stored_pairs(store, run["id"], run["provenance"])
+    own, _ = tokenize_pairs(
+        lm.tokenizer,
+        list(stored.pairs.values()),
+        run_spec.chat_template,
+        "end",
+        need_target=run_spec.metric == "target-logprob",
+        indices=list(stored.pairs),
+    )
+    directions = stored.directions
+    if directions is None:
+        job.stage("the refusal direction")
+        directions = mean_difference(lm, own)
+        store.set_directions(run["id"], directions.units.numpy(), directions.norms.numpy(), directions.pairs)
+    job.stage("the refusal direction: choosing its layer")
+    removed = removed_by_layer(lm, metric, own, directions.units)
+    layer = max(range(len(removed)), key=removed.__getitem__)
+    return directions.units[layer], {"layer": layer, "removed_own": removed, "own_pairs": len(own)}

@@ -23,9 +23,10 @@ from harmmed_tui.db.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
 
-# a check's rows in the order it ran them: layer group, K, pair, then the top set before the random ones
+# a check's rows in the order it ran them: layer group (its direction arms last), K, pair, then the top set
+# before the random ones
 GATE_ROWS = """SELECT * FROM gate_rows WHERE check_id = ?
-    ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 ELSE 2 END, k, pair, seed"""
+    ORDER BY CASE grp WHEN 'final' THEN 0 WHEN 'last-quarter' THEN 1 WHEN 'all' THEN 2 ELSE 3 END, k, pair, seed"""
 # a run's neuron_summary rows, computed when it stops running (and again after a resume)
 NEURON_SUMMARY = """
     INSERT INTO neuron_summary (run_id, method, layer, pos, neuron, width, mean_ie, n, te_sum, mean_de)

@@ -91,7 +91,10 @@ def _run_stage(
     """The module or neuron run: started, finished if a killed study left it part-way, or kept if done."""
     if run_id is not None and store.run(run_id)["status"] == "done":
         return
-    what = {"modules": "resid/attn/mlp by exact patching", "neurons": "every neuron by atp, top K verified"}
+    what = {
+        "modules": "resid/attn/mlp and the direction by exact patching",
+        "neurons": "every neuron and head by atp, top K verified",
+    }
     run_spec = spec.modules_spec() if stage == "modules" else spec.neurons_spec()
     if run_id is not None:
         run_spec = RunSpec.from_json(store.run(run_id)["spec"])
@@ -138,6 +141,6 @@ def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note, job: Job) -
         lm=lm,
         note=note,
         pairs=held,
-        progress=lambda done, total: say("gate", "ablating top and random neurons: arms", done, total),
+        progress=lambda done, total: say("gate", "ablating neurons and directions: arms", done, total),
         job=job,
     )

@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = sub.add_parser(
         "study",
-        help="the paper's four claims from one resumable command: behaviour, exact resid/attn/mlp, neurons by "
-        "atp (top K verified), the gate curve on held-out pairs of the same source, the claims report",
+        help="the paper's four claims and their rival from one resumable command: behaviour, exact "
+        "resid/attn/mlp and the refusal direction, neurons and heads by atp (top K verified), the gate curve "
+        "of neurons and the direction on held-out pairs of the same source, the claims report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _spec_args(study)
@@ -445,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "report",
-        help="the paper's four claims judged on a run: numbers, CIs, the pairs behind them, a verdict each",
+        help="the paper's four claims and the rival (a refusal direction) judged on a run: numbers, CIs, the "
+        "pairs behind them, a verdict each",
     )
     rep.add_argument("run_id", type=_run_or_study, metavar="RUN|study:ID")
     rep.add_argument(

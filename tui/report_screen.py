@@ -20,7 +20,7 @@ from harmmed_tui.tui.widgets import Table
 
 VERDICT_STYLE = {SUPPORTED: "bold green", INCONCLUSIVE: "bold yellow"}  # not supported: bold red
 # where each claim's numbers are in the explorer: (level, layer); layer -1 is the final layer
-BEHIND = {0: ("modules", 0), 1: ("layers", None), 2: ("layers", None), 3: ("neurons", -1)}
+BEHIND = {0: ("modules", 0), 1: ("layers", None), 2: ("layers", None), 3: ("neurons", -1), 4: ("neurons", -1)}
 
 
 class ReportScreen(Screen):
@@ -41,7 +41,7 @@ class ReportScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"run {self.run_id}: the paper's four claims (arXiv:2604.11663)", id="crumb")
+        yield Static(f"run {self.run_id}: the paper's four claims (arXiv:2604.11663) and a rival", id="crumb")
         yield Table(id="claims", cursor_type="row")
         with Horizontal():
             yield Static("", id="finding")
@@ -79,6 +79,10 @@ class ReportScreen(Screen):
         plt.plot(
             [x[p.k] for p in widest], [p.random_removed or 0 for p in widest], label="random", marker="dot"
         )
+        for p in (p for p in curve if p.group == "direction"):  # one direction: a level across K
+            ends = [x[ks[0]], x[ks[-1]]]
+            plt.plot(ends, [p.top_removed or 0] * 2, label="direction")
+            plt.plot(ends, [p.random_removed or 0] * 2, label="random dir.", marker="dot")
         plt.xticks(list(x.values()), [str(k) for k in ks])
         plt.title("TE removed by top K")
         plt.xlabel("K neurons")
@@ -86,7 +90,9 @@ class ReportScreen(Screen):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         c = self.claims[event.cursor_row]
-        self.query_one("#curve").display = c.number == 3  # the gate curve is claim 3's; the others' are text
+        self.query_one("#curve").display = (
+            c.number >= 3
+        )  # the gate curve is claims 3 and 4's; the others' text
         lines = [c.finding, f"rule: {c.rule}."] + ([f"{c.direct}."] if c.direct else [])
         lines.append(f"{len(c.pairs)} pairs behind it; enter opens its table")
         self.query_one("#finding", Static).update(literal("\n".join(lines), newlines=True))

@@ -96,3 +96,29 @@ def test_claim_3_reads_the_gate_curve():
     assert c.verdict == INCONCLUSIVE and "refused 2 of 30" in c.finding and "too rare" in c.finding
     assert claims.claim_3(run, None).verdict == INCONCLUSIVE
     assert claims.claim_3(run, [_point("all", 5, 0.9)]).verdict == INCONCLUSIVE  # no final-layer group
+
+
+def test_claim_4_reads_the_direction_arms_beside_the_neurons():
+    """The rival: the run's direction ablated on held-out pairs against random directions, by the same
+    majority rule as claim 3, with the choice of its layer on the run's own pairs stated."""
+    chosen = {"layer": 2, "removed_own": [0.1, 0.3, 0.6, 0.2], "own_pairs": 12}
+    curve = [_point("final", 5, 0.2), _point("direction", 1, 0.9)]
+    c = claims.claim_4(curve, ["h0"], chosen)
+    assert c.verdict == SUPPORTED and c.pairs == ["h0"]
+    assert "layer 2 direction (chosen on the run's 12 own pairs, whose TE it removes 60% of)" in c.finding
+    assert "flips 90% of 20 refusals (95% CI 70%-97%)" in c.finding and "random directions" in c.finding
+    assert [r["arm"] for r in c.table] == ["direction (layer 2)", "random directions (3 seeds)"]
+    assert claims.claim_4([_point("direction", 1, 0.3)], [], chosen).verdict == NOT_SUPPORTED
+    random_too = [_point("direction", 1, 0.9, random_flipped=0.6)]
+    assert claims.claim_4(random_too, [], chosen).verdict == NOT_SUPPORTED
+    rare = claims.claim_4([_point("direction", 1, 1.0, refused=2)], [], chosen)
+    assert rare.verdict == INCONCLUSIVE and "refused 2 of 30" in rare.finding
+    old = claims.claim_4([_point("final", 5, 0.2)], [], None)  # a check from before direction arms
+    assert old.verdict == INCONCLUSIVE and "no direction arms" in old.finding
+    assert [c.number for c in claims.judge(RunEffects(L, 400, []), curve, [], None, chosen)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]

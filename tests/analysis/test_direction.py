@@ -210,3 +210,48 @@ def _builtin(n):
     from harmmed_tui.analysis.pairs import load_pairs
 
     return load_pairs("builtin")[:n]
+
+
+def test_the_gate_curve_ablates_the_direction_beside_the_neurons(tiny_dir):
+    """The direction arms of a gate check: its row's metric equals a plain forward with the direction
+    projected out of the embeddings and every layer's output; random arms take seeded unit directions."""
+    from harmmed_tui.analysis import gate
+    from harmmed_tui.analysis.gate_curve import curve
+    from harmmed_tui.analysis.judge import PhraseJudge
+
+    lm = load_model(str(tiny_dir("llama")), device="cpu", dtype="float32")
+    tps = [tokenize_pair(lm.tokenizer, p, i, align="end") for i, p in enumerate(PAIRS)]
+    metric = parse_metric("logit-diff:#11,#12", lm.tokenizer)
+    r = mean_difference(lm, tps[:2]).units[1]
+    spec = gate.GateSpec(tops=(2,), groups=("all",), seeds=2, max_new_tokens=4)
+    rows = gate.check(lm, metric, PhraseJudge(("e",)), tps[2:], {"all": [(1, 3), (2, 5)]}, spec, direction=r)
+    mine = [x for x in rows if x["grp"] == "direction"]
+    assert [(x["arm"], x["seed"], x["k"], x["units"]) for x in mine] == [
+        ("top", -1, 1, 1), ("random", 0, 1, 1), ("random", 1, 1, 1)
+    ]  # fmt: skip
+    tp, bound = tps[2], metric.bind(tps[2]).shifted(tps[2].shift)
+    for row, direction in zip(mine, [r, *random_directions(lm.anatomy.d_model, 2)], strict=True):
+
+        def project_out(module, args, out, d=direction):
+            x = out[0] if isinstance(out, tuple) else out
+            x -= (x @ d)[..., None] * d
+
+        hooks = [
+            m.register_forward_hook(project_out)
+            for m in [lm.model.get_input_embeddings(), *lm.anatomy.layers]
+        ]
+        try:
+            with torch.no_grad():
+                logits = lm.model(torch.tensor([tp.treatment_ids]), use_cache=False).logits
+        finally:
+            for h in hooks:
+                h.remove()
+        assert row["m_after"] == pytest.approx(bound(logits[:, bound.positions])[0].item(), abs=1e-4)
+    assert mine[0]["m_after"] != pytest.approx(mine[0]["m_before"], abs=1e-4)
+    points = {p.group: p for p in curve(rows)}
+    assert set(points) == {"all", "direction"} and points["direction"].seeds == 2
+    assert (
+        points["direction"].top_removed_low
+        <= points["direction"].top_removed
+        <= points["direction"].top_removed_high
+    )

@@ -233,20 +233,23 @@ def _cli(*args, check=True):
 def test_gate_curve_on_the_organism(db_path):
     """The organism refuses every held-out harmful prompt and its refusal runs through a few neurons outside
     the final layer: ablating the top 20 of all layers flips every refusal, random sets and final-layer
-    sets flip none."""
+    sets flip none. Its refusal direction (from the run's own pairs) carries half the TE and flips none."""
     db = ["--db", str(db_path)]
     run = json.loads(_cli("run", *db, "--max-pairs", "12", "--modules", "neuron", "--json").stdout)
     rid = str(run["run_id"])
     out = _cli("gate", rid, *db, "--top", "5,20", "--seeds", "3", "--groups", "final,all", "--json")
     points = {(p["group"], p["k"]): p for p in json.loads(out.stdout)["curve"]}
-    assert set(points) == {("final", 5), ("final", 20), ("all", 5), ("all", 20)}
+    assert set(points) == {("final", 5), ("final", 20), ("all", 5), ("all", 20), ("direction", 1)}
+    direction = points[("direction", 1)]
+    assert direction["top_removed"] > 0.4 and direction["top_flipped"] == 0.0
+    assert abs(direction["random_removed"]) < 0.05 and direction["seeds"] == 3
     gate = points[("all", 20)]
     assert gate["pairs"] == 48 - 12 and gate["refused"] == 36 and gate["seeds"] == 3
     assert gate["top_removed"] > 0.4 and gate["top_flipped"] == 1.0, gate
     assert abs(gate["random_removed"]) < 0.05 and gate["random_flipped"] == 0.0
     assert points[("final", 20)]["top_flipped"] == 0.0
     rows = json.loads(_cli("export", rid, *db, "--level", "gate", "--format", "json").stdout)
-    assert len(rows) == 36 * 4 * (1 + 3) and {r["arm"] for r in rows} == {"top", "random"}
+    assert len(rows) == 36 * 5 * (1 + 3) and {r["arm"] for r in rows} == {"top", "random"}
     flipped = [r for r in rows if r["grp"] == "all" and r["k"] == 20 and r["arm"] == "top"]
     assert all(
         r["text_before"].startswith("Sorry") and not r["text_after"].startswith("Sorry") for r in flipped
@@ -260,6 +263,7 @@ def test_gate_curve_on_the_organism(db_path):
         ("final", 20),
         ("all", 5),
         ("all", 20),
+        ("direction", 1),
     ]
     shown = _cli("show", rid, *db).stdout
     assert "all: top 20 flip 100% of 36 refusals (random 0%)" in " ".join(shown.split())

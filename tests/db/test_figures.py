@@ -103,7 +103,8 @@ def test_neurons_and_gate_draw_the_exports_rows(db):
         assert [b.get_width() for b in bars] == pytest.approx([r["ie_mean"] for r in top], rel=1e-9)
         gate = figures.draw(store, 1, "gate")
         curve = export.table(store, 1, "gate", aggregated=True)
-    groups = list(dict.fromkeys(r["group"] for r in curve))
+    groups = list(dict.fromkeys(r["group"] for r in curve if r["group"] != "direction"))
+    (direction,) = [r for r in curve if r["group"] == "direction"]
     for col, group in enumerate(groups):
         mine = sorted((r for r in curve if r["group"] == group), key=lambda r: r["k"])
         top_line = gate.figure.axes[col].get_lines()[0]  # (row-major: the first row is TE removed)
@@ -111,6 +112,10 @@ def test_neurons_and_gate_draw_the_exports_rows(db):
         assert list(top_line.get_ydata()) == pytest.approx(
             [r["top_removed"] for r in mine if r["top_removed"] is not None]
         )
+        # the direction arms: a level across each panel, beside the neurons
+        levels = {line.get_label(): line.get_ydata()[0] for line in gate.figure.axes[col].get_lines()}
+        assert levels["direction"] == pytest.approx(direction["top_removed"])
+        assert levels["random direction"] == pytest.approx(direction["random_removed"])
     assert "held-out pairs" in gate.title
 
 

@@ -1,6 +1,7 @@
 """The claims report on the organism, whose behaviour is known: it decides at layer 0 (the last position
 already carries the whole effect after layer 0), through MLPs more than attention, and a few neurons of
-layer 0, not of the final layer, gate its refusals."""
+layer 0, not of the final layer, gate its refusals; its refusal direction carries half the TE and flips
+none of them (the rival, claim 4)."""
 
 import re
 
@@ -17,7 +18,9 @@ def test_report_of_the_organism(capsys, db_path, tmp_path):
     assert code == 0, err
     code, out, err = run_cli(capsys, "report", "1", *db)
     assert code == 0, err
-    assert _verdicts(out) == {0: "not supported", 1: "not supported", 2: "supported", 3: "inconclusive"}
+    assert _verdicts(out) == {
+        0: "not supported", 1: "not supported", 2: "supported", 3: "inconclusive", 4: "inconclusive"
+    }  # fmt: skip
     assert "the run has no gate check" in out and "8 pairs: violence-00" in out
     assert "the last position's resid IE/TE first exceeds 0.5 at layer 0" in out
     code, _, err = run_cli(capsys, "gate", "1", *db, "--top", "5,20", "--seeds", "2", "--groups", "final,all")
@@ -26,10 +29,12 @@ def test_report_of_the_organism(capsys, db_path, tmp_path):
     code, _, err = run_cli(capsys, "report", "1", *db, "--format", "latex", "-o", str(out_file))
     assert code == 0 and "wrote the claims report of run 1" in err
     tex = out_file.read_text()
-    assert tex.count(r"\subsection*{Claim") == 4 and r"\begin{tabular}" in tex
+    assert tex.count(r"\subsection*{Claim") == 5 and r"\begin{tabular}" in tex
     code, out, _ = run_cli(capsys, "report", "1", *db)
     verdicts = _verdicts(out)
     assert verdicts[3] == "not supported"  # 40 refusals to flip; the final layer's top 20 flip none
     assert "all layers: top 20 flip 100% of 40 refusals" in out
+    assert verdicts[4] == "not supported" and "direction (chosen on the run's 8 own pairs" in out
+    assert "flips 0% of 40 refusals" in out
     code, _, err = run_cli(capsys, "report", "1", *db, "--gate", "7")
     assert code == 2 and err.strip() == "harmmed-tui: error: run 1 has no gate check 7"

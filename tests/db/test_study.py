@@ -33,7 +33,7 @@ def test_a_study_answers_every_claim(clean):
     study, text, _ = clean
     assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
     verdicts = [line.rsplit("**", 2)[1] for line in text.splitlines() if line.startswith("## Claim")]
-    assert verdicts == ["not supported", "not supported", "supported", "not supported"]
+    assert verdicts == ["not supported", "not supported", "supported", "not supported", "not supported"]
     assert "8 pairs: advbench:12/self_instruct:seed_task_12" in text  # held out: the 13th pair on
 
 
@@ -48,8 +48,8 @@ async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
         await pilot.press("enter", "R")  # run 2, the neuron run: it opens on its top neurons
         assert isinstance(app.screen, ReportScreen)
         table = app.screen.query_one("#claims")
-        verdicts = [str(table.get_row_at(i)[1]) for i in range(4)]
-    assert verdicts == ["not supported", "not supported", "supported", "not supported"]
+        verdicts = [str(table.get_row_at(i)[1]) for i in range(5)]
+    assert verdicts == ["not supported", "not supported", "supported", "not supported", "not supported"]
 
 
 KILL = """
@@ -91,3 +91,20 @@ def test_a_study_killed_at_a_stage_resumes_to_the_same_report(clean, tmp_path, c
         study = store.study(1)
         assert study["status"] == "done"
         assert [r["id"] for r in store.runs()] == [2, 1]  # the killed stage's run finished, not a new one
+
+
+def test_a_study_includes_heads_and_the_direction(clean):
+    """The module run patches along the pairs' refusal direction, the neuron run ranks every head beside the
+    neurons, and the gate curve ablates the direction beside them (claim 4)."""
+    study, text, db = clean
+    with Store(db) as store:
+        modules = {m for (m,) in store.db.execute("SELECT DISTINCT module FROM effects WHERE run_id = 1")}
+        neurons = {m for (m,) in store.db.execute("SELECT DISTINCT module FROM effects WHERE run_id = 2")}
+        units, _, pairs = store.directions(1)
+        check = store.gate_checks(2)[0]
+        kept = len(store.pairs(1))  # (the pairs that flip)
+    assert modules == {"resid", "attn", "mlp", "direction"} and neurons == {"neuron", "head"}
+    assert units.shape[0] == 4 and pairs == kept
+    assert any(p.group == "direction" for p in check["curve"])
+    assert check["spec"]["direction"]["own_pairs"] == kept
+    assert "## Claim 4: A single direction mediates it (Arditi et al. 2024)" in text
