@@ -84,12 +84,16 @@ class Attribution:
 
 
 def direct_effects(
-    lm: LoadedModel, pair: TokenizedPair, metric: BoundMetric, sites: list[Site]
+    lm: LoadedModel,
+    pair: TokenizedPair,
+    metric: BoundMetric,
+    sites: list[Site],
+    directions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AtP's DE of each site: m(treatment) + (a_control - a_treatment) . dm/da at the treatment run
     - m(control), the AtP IE of the pair with its roles swapped less that pair's TE (-TE)."""
     reverse = [s.shifted(pair.shift) for s in sites]
-    swapped = Attribution(lm, pair.reversed(), metric.shifted(pair.shift), reverse)
+    swapped = Attribution(lm, pair.reversed(), metric.shifted(pair.shift), reverse, directions)
     return swapped.effects(reverse) - swapped.te.item()
 
 

@@ -213,10 +213,10 @@ def top_neurons(
     effect: str = "ie",
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
-    of every layer, one page at a time (with effect="de", the same of the DE). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions
-    count from the end as in `module_grid`; a finished run's average over all its pairs is read from its
-    neuron summary (one without, a run stopped by a full disk or summarised by an older release, is
-    aggregated live)."""
+    of every layer, one page at a time (with effect="de", the same of the DE). Over pairs, IE is the mean,
+    IE/TE sum IE / sum TE, and positions count from the end as in `module_grid`; a finished run's average
+    over all its pairs is read from its neuron summary (one without, a run stopped by a full disk or
+    summarised by an older release, is aggregated live)."""
     x = _effect(effect)
     if pair is None and category is None and _summarised(store, run_id):
         return _summary_neurons(store, run_id, layer, method, limit, offset, x)

@@ -155,8 +155,21 @@ def test_a_run_stores_ie_and_de_side_by_side_and_exports_both(tmp_path):
         aggregated = export.table(store, exact, "layer", aggregated=True)
         neurons = export.table(store, atp, "neuron")
         te = {p["pair"]: p["te"] for p in store.pairs(exact)}
+        # the explorer's neuron pane, from the summary and live (one pair): DE ranked as IE is
+        from harmmed_tui.db import queries
+
+        summary = queries.top_neurons(store, atp, None, None, "atp", limit=3, effect="de")
+        one = queries.top_neurons(store, atp, None, 0, "atp", limit=3, effect="de")
         assert "de" not in export.table(store, plain, "layer")[0]
     assert all(r["de"] is not None for r in rows + neurons)
+    atp_de = {(r["pair"], r["layer"], r["neuron"]): r["de"] for r in neurons if r["method"] == "atp"}
+    mean_de = {
+        (layer, n): sum(v for (_, lay, m), v in atp_de.items() if (lay, m) == (layer, n)) / 2
+        for (_, layer, n) in atp_de
+    }
+    assert [r[3] for r in summary] == pytest.approx([mean_de[(r[0], r[1])] for r in summary])
+    assert [abs(r[3]) for r in summary] == sorted((abs(v) for v in mean_de.values()), reverse=True)[:3]
+    assert [r[3] for r in one] == pytest.approx([atp_de[(0, r[0], r[1])] for r in one])
     assert {r["method"] for r in neurons} == {"atp", "exact"} and sum(
         r["method"] == "exact" for r in neurons
     ) == 10

@@ -27,13 +27,14 @@ def cluster():
 
 
 def rows(db, run_id=1) -> dict:
-    """(pair, layer, module, position, neuron, method) -> IE, and each pair's TE, of a stored run."""
+    """(pair, layer, module, position, neuron, method, effect) -> IE or DE, and each pair's TE, of a stored
+    run."""
     with Store(db) as store:
         effects = export.effect_rows(store, run_id, "layer") + export.effect_rows(store, run_id, "neuron")
         te = {p["pair"]: p["te"] for p in store.pairs(run_id)}
     keys = ("pair", "layer", "module", "position", "neuron", "method")
-    keyed = {tuple(r.get(k) for k in keys): r["ie"] for r in effects}
-    assert len(keyed) == len(effects)
+    keyed = {(*(r.get(k) for k in keys), e): r[e] for r in effects for e in ("ie", "de") if e in r}
+    assert len(keyed) == len(effects) * (1 + ("de" in effects[0]))
     return {"effects": keyed, "te": te}
 
 
@@ -59,8 +60,16 @@ def single_process(tmp_path, spec) -> dict:
 
 
 SPECS = {
-    "default": RunSpec(max_pairs=5, modules=("resid", "attn", "mlp", "neuron", "head"), positions="last:3,*"),
-    "llama": RunSpec(max_pairs=3, modules=("resid", "mlp", "neuron", "head"), method="atp", verify_top=10),
+    "default": RunSpec(
+        max_pairs=5, modules=("resid", "attn", "mlp", "neuron", "head", "direction"), positions="last:3,*"
+    ),
+    "llama": RunSpec(
+        max_pairs=3,
+        modules=("resid", "mlp", "neuron", "head", "direction"),
+        method="atp",
+        verify_top=10,
+        effects=("ie", "de"),
+    ),
 }
 
 
@@ -76,6 +85,8 @@ def test_ray_rows_equal_single_process(cluster, tmp_path, tiny_dir, name):
     assert outcome.status == "done"
     assert prov["cluster"]["workers"] == 2 and prov["cluster"]["nodes"] == 1
     assert_same(rows(db), single_process(tmp_path, spec))
+    with Store(db) as store, Store(tmp_path / "local.db") as local:  # one direction, the replicas' own
+        assert (store.directions(1)[0] == local.directions(1)[0]).all()
 
 
 def test_a_killed_worker_is_restarted_and_redoes_only_its_missing_sites(cluster, tmp_path):
