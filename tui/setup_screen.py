@@ -53,6 +53,7 @@ class SetupScreen(Screen):
         ("positions", "positions"),
         ("neuron_positions", "neuron positions"),
         ("method", "method"),
+        ("effects", "effects"),
         ("verify_top", "atp: verify top K"),
         ("device", "device"),
         ("dtype", "dtype"),
@@ -67,7 +68,7 @@ class SetupScreen(Screen):
         "treatment": "a harmful prompt, typed in place of the pairs",
         "control": "its benign twin, of the same token length",
         "metric": "refusal | logit-diff:A,B | target-logprob",
-        "modules": "resid,attn,mlp,neuron",
+        "modules": "resid,attn,mlp,neuron,head,direction",
         "method": "exact | atp | block:N",
         "chat_template": "auto | none | chat",
         "align": "strict (an error) | skip (drop such pairs) | end (align from the last token)",
@@ -85,11 +86,13 @@ class SetupScreen(Screen):
         "device": ("auto", "cpu", "cuda"),
         "dtype": ("auto", "float32", "bfloat16", "float16"),
         "engine": ("replay", "hooks"),
+        "effects": ("ie", "ie,de"),  # IE; or IE and each site's direct effect (twice the patching)
     }
     # words that tie an error without a flag in it to its field
     KEYWORDS = (
         ("model", "model"),
         ("module", "modules"),
+        ("effect", "effects"),
         ("position", "positions"),
         ("layer", "layers"),
         ("metric", "metric"),
@@ -197,7 +200,8 @@ class SetupScreen(Screen):
         for name in ("harmful", "harmless", "treatment"):  # empty: the pairs source is used
             values[name] = values[name] or None
         values["control"] = values["control"] or None
-        values["modules"] = tuple(m.strip() for m in values["modules"].split(",") if m.strip())
+        for name in ("modules", "effects"):
+            values[name] = tuple(m.strip() for m in values[name].split(",") if m.strip())
         values["device_map"] = values["device_map"] or None
         return self.spec.replace(**values)
 

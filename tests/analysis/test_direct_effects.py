@@ -264,3 +264,26 @@ async def test_t_cycles_ie_and_de_in_the_explorer(tmp_path):
         assert "colour: DE/TE" in str(screen.query_one("#legend").render())
         cell = str(table.get_row_at(3)[3]).lstrip(" ░▒▓█")  # layer 3's mlp DE/TE
         assert float(cell) == pytest.approx(share[(3, "mlp")], abs=5e-4)
+
+
+async def test_setup_starts_a_run_with_direct_effects_and_direction_sites(tmp_path):
+    """The Setup form's effects select and modules field reach the run as --effects and --modules do."""
+    from harmmed_tui.tui.app import HarmmedApp
+    from harmmed_tui.tui.explore_screen import ExploreScreen
+    from harmmed_tui.tui.setup_screen import SetupScreen
+
+    spec = RunSpec(max_pairs=1, modules=("resid", "direction"), positions="last")
+    app = HarmmedApp(str(tmp_path / "runs.db"), spec)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("n")
+        assert isinstance(app.screen, SetupScreen)
+        app.screen.query_one("#effects").value = "ie,de"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, ExploreScreen)
+        run = app.store.run(app.screen.run_id)
+        assert RunSpec.from_json(run["spec"]).effects == ("ie", "de") and run["status"] == "done"
+        rows = export.table(app.store, run["id"], "layer")
+    assert {r["module"] for r in rows} == {"resid", "direction"} and all(r["de"] is not None for r in rows)
