@@ -93,7 +93,7 @@ class ReportScreen(Screen):
         self.query_one("#curve").display = (
             c.number >= 3
         )  # the gate curve is claims 3 and 4's; the others' text
-        lines = [c.finding, f"rule: {c.rule}."] + ([f"{c.direct}."] if c.direct else [])
+        lines = [c.finding, f"rule: {c.rule}."] + ([f"direct effects: {c.direct}."] if c.direct else [])
         lines.append(f"{len(c.pairs)} pairs behind it; enter opens its table")
         self.query_one("#finding", Static).update(literal("\n".join(lines), newlines=True))
 
