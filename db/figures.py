@@ -364,13 +364,12 @@ def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:
                     )
             for arm, style in (("top", "--"), ("random", ":")):
                 if direction is not None and direction[f"{arm}_{measure}"] is not None:
-                    label = "direction" if arm == "top" else "random direction"
                     ax.axhline(
                         direction[f"{arm}_{measure}"],
                         color=OKABE_ITO[2],
                         linestyle=style,
                         linewidth=0.8,
-                        label=label,
+                        label="direction" if arm == "top" else "random direction",
                     )
             ax.set_xscale("log")
             ks = sorted({r["k"] for r in mine})

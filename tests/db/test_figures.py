@@ -116,6 +116,10 @@ def test_neurons_and_gate_draw_the_exports_rows(db):
         levels = {line.get_label(): line.get_ydata()[0] for line in gate.figure.axes[col].get_lines()}
         assert levels["direction"] == pytest.approx(direction["top_removed"])
         assert levels["random direction"] == pytest.approx(direction["random_removed"])
+    assert [ax.get_ylabel() for ax in gate.figure.axes[:: len(groups)]] == [
+        "share of TE removed",
+        "refusals flipped",
+    ]
     assert "held-out pairs" in gate.title
 
 
