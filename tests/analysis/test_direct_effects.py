@@ -17,6 +17,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
+from tests.analysis.hooked import hooked_logits
 from tests.analysis.test_end_alignment import PAIRS as END_PAIRS
 from tests.analysis.test_end_alignment import sites_of as end_sites
 from tests.analysis.test_heads import PAIR
@@ -51,19 +52,8 @@ def reference_de(lm, tp, metric, site: Site) -> float:
         t = args[0] if on_input else first(out)
         t[:, [p + tp.shift for p in positions], units] = stored["c"][:, positions, units]
 
-    def run(ids, hook=None):
-        h = None
-        if hook:
-            h = mod.register_forward_pre_hook(hook) if on_input else mod.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                return lm.model(torch.tensor([ids]), use_cache=False).logits
-        finally:
-            if h:
-                h.remove()
-
-    clean_control = run(tp.control_ids, grab)
-    patched = run(tp.treatment_ids, put)
+    clean_control = hooked_logits(lm, tp.control_ids, mod, grab, on_input)
+    patched = hooked_logits(lm, tp.treatment_ids, mod, put, on_input)
     on_treatment = metric.shifted(tp.shift)
     return (
         on_treatment(patched[:, on_treatment.positions]) - metric(clean_control[:, metric.positions])
@@ -222,8 +212,8 @@ def test_the_claims_report_says_whether_direct_effects_agree(tmp_path):
     for c, n in zip(found, again, strict=False):
         assert c.direct.startswith(f"{'agree' if c.verdict == n.verdict else 'disagree'} with the indirect")
         assert f"the claim is {n.verdict}" in c.direct
-    assert found[3].direct == claims.GATE_IS_NECESSITY
-    assert text.count("*Direct effects:*") == 4
+    assert found[3].direct == found[4].direct == claims.GATE_IS_NECESSITY
+    assert text.count("*Direct effects:*") == 5
     # necessity = TE - DE, pair by pair (layer 0's resid at every position held: the whole TE lost)
     for p, q in zip(effects.pairs, necessity.pairs, strict=True):
         assert set(p.modules) == set(q.modules) and p.te == q.te

@@ -13,6 +13,7 @@ from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair, tokenize_pairs
 from harmmed_tui.analysis.patching import ActivationRecorder, DirectEffects, PairPatcher, prompt_metric
 from harmmed_tui.analysis.sites import ALL_POSITIONS, SUFFIX, Site, site_grid
+from tests.analysis.hooked import hooked_logits
 from tests.analysis.test_end_alignment import PAIRS as END_PAIRS
 from tests.analysis.test_heads import PAIR
 from tests.conftest import SMOLLM_TOKENIZER, TINY_CONFIGS
@@ -45,17 +46,8 @@ def reference_ie(lm, tp, metric, site: Site, r: torch.Tensor) -> float:
         c = x[0, positions]
         x[0, positions] = c + ((t - c) @ r)[:, None] * r
 
-    def run(ids, hook=None):
-        h = layer.register_forward_hook(hook) if hook else None
-        try:
-            with torch.no_grad():
-                return lm.model(torch.tensor([ids]), use_cache=False).logits
-        finally:
-            if h:
-                h.remove()
-
-    run(tp.treatment_ids, grab)
-    clean, patched = run(tp.control_ids), run(tp.control_ids, put)
+    hooked_logits(lm, tp.treatment_ids, layer, grab)
+    clean, patched = hooked_logits(lm, tp.control_ids), hooked_logits(lm, tp.control_ids, layer, put)
     return (metric(patched[:, metric.positions]) - metric(clean[:, metric.positions])).item()
 
 
@@ -82,14 +74,18 @@ def direction_sites(lm, tp):
     return site_grid(range(lm.anatomy.n_layers), ["direction"], [0, n - 2, n - 1, ALL_POSITIONS], 0)
 
 
-@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
-def test_direction_sites_equal_a_forward_hook_reference_in_both_engines(tiny_dir, family):
+def first_pair(tiny_dir, family):
+    """A tiny model, its first pair with the metric bound, the pairs' direction and the pair's sites."""
     lm = load_model(str(tiny_dir(family)), device="cpu", dtype="float32")
     tps = [tokenize_pair(lm.tokenizer, p, i) for i, p in enumerate(PAIRS)]
     units = mean_difference(lm, tps).units
-    tp = tps[0]
-    metric = parse_metric("logit-diff:#11,#12", lm.tokenizer).bind(tp)
-    sites = direction_sites(lm, tp)
+    metric = parse_metric("logit-diff:#11,#12", lm.tokenizer).bind(tps[0])
+    return lm, tps[0], metric, units, direction_sites(lm, tps[0])
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_direction_sites_equal_a_forward_hook_reference_in_both_engines(tiny_dir, family):
+    lm, tp, metric, units, sites = first_pair(tiny_dir, family)
     keys = {(s.layer, s.module) for s in sites}
     for engine in ("replay", "hooks"):
         patcher = PairPatcher(lm, tp, metric, keys, engine, directions=units)
@@ -130,12 +126,7 @@ def test_end_aligned_direction_sites_and_their_direct_effects(tiny_dir, family, 
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma2"])
 def test_atp_along_a_direction_is_the_projected_change_times_the_projected_gradient(tiny_dir, family):
-    lm = load_model(str(tiny_dir(family)), device="cpu", dtype="float32")
-    tps = [tokenize_pair(lm.tokenizer, p, i) for i, p in enumerate(PAIRS)]
-    units = mean_difference(lm, tps).units
-    tp = tps[0]
-    metric = parse_metric("logit-diff:#11,#12", lm.tokenizer).bind(tp)
-    sites = direction_sites(lm, tp)
+    lm, tp, metric, units, sites = first_pair(tiny_dir, family)
     got = dict(zip(sites, Attribution(lm, tp, metric, sites, units).effects(sites).tolist(), strict=True))
     for layer in range(lm.anatomy.n_layers):
         key = (layer, "resid")

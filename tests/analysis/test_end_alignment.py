@@ -10,6 +10,7 @@ from harmmed_tui.analysis.models import load_model
 from harmmed_tui.analysis.pairs import Pair, tokenize_pair
 from harmmed_tui.analysis.patching import PairPatcher
 from harmmed_tui.analysis.sites import SUFFIX, Site, parse_positions, site_grid
+from tests.analysis.hooked import hooked_logits
 from tests.analysis.test_attribution import patching_slope
 from tests.conftest import SMOLLM_TOKENIZER
 
@@ -40,15 +41,7 @@ def reference_ie(lm, tp, metric, site: Site) -> float:
     units = slice(site.neuron, site.neuron + site.width) if neuron else slice(None)
 
     def run(ids, hook=None):
-        h = None
-        if hook:
-            h = mod.register_forward_pre_hook(hook) if neuron else mod.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                return lm.model(torch.tensor([ids]), use_cache=False).logits
-        finally:
-            if h:
-                h.remove()
+        return hooked_logits(lm, ids, mod, hook, on_input=neuron)
 
     def grab(m, args, out=None):
         stored["t"] = (args[0] if neuron else first(out)).clone()

@@ -57,19 +57,24 @@ def _rows(screen, t: Table, rows, checks, with_layer: bool) -> None:
     )
 
 
-def draw(screen, t: Table, plt, te: float | None, checks) -> None:
-    first = screen.page * screen.PAGE
-    rows = queries.top_neurons(
+def _page(screen, layer: int | None) -> list[tuple]:
+    """The page of neurons in front, of one layer or (None) of every layer, by the effect in front."""
+    return queries.top_neurons(
         screen.app.store,
         screen.run_id,
-        screen.focus_layer,
+        layer,
         screen.pair,
         screen.method,
         screen.PAGE,
-        first,
+        screen.page * screen.PAGE,
         screen.category,
         screen.effect,
     )
+
+
+def draw(screen, t: Table, plt, te: float | None, checks) -> None:
+    first = screen.page * screen.PAGE
+    rows = _page(screen, screen.focus_layer)
     _rows(screen, t, rows, checks, with_layer=False)
     name = screen.effect.upper()
     if rows:
@@ -82,17 +87,7 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
 
 def draw_top(screen, t: Table, plt, te: float | None, checks) -> None:
     first = screen.page * screen.PAGE
-    rows = queries.top_neurons(
-        screen.app.store,
-        screen.run_id,
-        None,
-        screen.pair,
-        screen.method,
-        screen.PAGE,
-        first,
-        screen.category,
-        screen.effect,
-    )
+    rows = _page(screen, None)
     _rows(screen, t, rows, checks, with_layer=True)
     if rows:
         layers = sorted({r[0] for r in rows})
