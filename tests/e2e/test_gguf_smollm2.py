@@ -100,8 +100,9 @@ def test_gguf_atp_over_every_neuron_verified_then_gate_checked(tmp_path, capsys)
     heldout.write_text("".join(json.dumps(vars(p)) + "\n" for p in load_pairs("builtin")[10:12]))
     gate = ["gate", str(res["run_id"]), "--db", db, "--pairs", str(heldout), "--top", "10", "--seeds", "2"]
     assert main([*gate, "--groups", "all", "--max-new-tokens", "8", "--json"]) == 0
-    (point,) = json.loads(capsys.readouterr().out)["curve"]
+    point, direction = json.loads(capsys.readouterr().out)["curve"]
     assert point["pairs"] == 2 and point["seeds"] == 2 and point["units"] == 10
+    assert direction["group"] == "direction" and direction["seeds"] == 2  # the run's refusal direction
     neurons = store.gate_checks(res["run_id"])[0]["neurons"]["all"]
     assert len(neurons) == 10 and all(0 <= layer < 30 and 0 <= unit < 1536 for layer, unit in neurons)
     for kind in ("neurons", "gate"):  # the top neurons across 30 layers, and the curve
@@ -134,7 +135,8 @@ def test_gguf_report_says_refusals_are_rare(tmp_path, capsys):
 def test_gguf_study_completes_and_says_refusals_are_rare(tmp_path, capsys):
     """The study on SmolLM2 with AdvBench x Self-Instruct (kept small for CI: the README's command is the
     same with --max-pairs 12 and every position). The model refuses none of these treatments: the study
-    says so, keeps every pair with the default refusal openings, and its report judges every claim."""
+    says so, keeps every pair with the default refusal openings, and its report judges every claim (the
+    rival's too: its direction, of 30 layers, patched and ablated)."""
     db = str(tmp_path / "runs.db")
     args = ["study", "--model", str(smollm2_gguf()), "--device", "cpu", "--db", db, "--answer-tokens", "12"]
     args += ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "3"]
@@ -143,11 +145,12 @@ def test_gguf_study_completes_and_says_refusals_are_rare(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "the study keeps every pair" in " ".join(err.split())
     verdicts = [line.rsplit("**", 2)[1] for line in out.splitlines() if line.startswith("## Claim")]
-    assert len(verdicts) == 4 and verdicts[3] == "inconclusive"
+    assert len(verdicts) == 5 and verdicts[3] == verdicts[4] == "inconclusive"  # the gate's, and the rival's
     with Store(db) as store:
         study = store.study(1)
         assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
         assert len(store.pairs(study["modules_run"])) == 3
+        assert store.directions(study["modules_run"])[0].shape == (30, 576)
 
 
 def test_quit_while_the_gguf_loads_exits_at_once_and_stores_nothing(tmp_path):
