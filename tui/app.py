@@ -16,7 +16,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export, jobs
 from harmmed_tui.db.store import HOST, Store
 from harmmed_tui.themes import THEMES
-from harmmed_tui.tui import config
+from harmmed_tui.tui import config, engine
 from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
@@ -232,11 +232,12 @@ class HarmmedApp(App):
     @work(thread=True, exit_on_error=False, group="warm-up")
     def warm_up(self) -> None:
         """Import the engine (torch, transformers: seconds) while the user looks at the runs."""
-        import harmmed_tui.db.runner  # noqa: F401
+        engine.load()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_gate(self, run_id: int) -> None:
         """Gate-check a run's top neurons on held-out pairs, with `harmmed-tui gate`'s defaults."""
+        engine.load()
         from harmmed_tui.analysis.gate import GateSpec
         from harmmed_tui.db.runner import check_gate
 
@@ -302,9 +303,6 @@ class HarmmedApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def run_mediation(self, spec: RunSpec, run_id: int | None, ray: str | None = None) -> None:
-        from harmmed_tui.analysis.ray_cluster import RayExecutor
-        from harmmed_tui.db.runner import execute
-
         started: list[int] = []
 
         def on_prepared(rid, plan, provenance):
@@ -314,6 +312,10 @@ class HarmmedApp(App):
             self.call_from_thread(self._open_run, rid)
 
         try:
+            engine.load()
+            from harmmed_tui.analysis.ray_cluster import RayExecutor
+            from harmmed_tui.db.runner import execute
+
             with Store(self.store.path) as store:
                 outcome = execute(
                     spec, store, run_id, on_prepared=on_prepared, executor=RayExecutor(ray) if ray else None

@@ -18,6 +18,7 @@ from harmmed_tui.analysis.hub_cache import cached_hub_models
 from harmmed_tui.analysis.sites import SiteError
 from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
 from harmmed_tui.db import queries
+from harmmed_tui.tui import engine
 from harmmed_tui.tui.dialogs import ModelPicker
 from harmmed_tui.tui.safe_text import literal
 
@@ -212,7 +213,7 @@ class SetupScreen(Screen):
         if get_current_worker().is_cancelled:  # a newer edit supersedes this one
             return
         # torch and transformers load here, off the UI thread (tui.runner also quiets transformers' logging)
-        import harmmed_tui.db.runner  # noqa: F401
+        engine.load()
         from harmmed_tui.analysis.mediation import preview
         from harmmed_tui.analysis.models import load_tokenizer_and_config
 

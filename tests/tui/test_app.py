@@ -356,3 +356,29 @@ async def test_setup_names_the_field_of_each_problem_and_checks_what_the_cli_che
         await pilot.press("enter")  # moves on to the next field; starts nothing
         await pilot.pause(0.5)
         assert app.screen is screen and screen.focused.id == "pairs" and not app.store.runs()
+
+
+def test_worker_threads_import_the_engine_in_turn():
+    """The warm-up, a run started at once with x and the Setup check import the engine from threads of their
+    own; transformers' lazy module fails when two threads import it at once ("cannot import name"), and x
+    was lost: tui.engine.load makes them take turns (in a fresh interpreter: nothing imported yet)."""
+    import subprocess
+    import sys
+
+    code = """
+import threading
+from harmmed_tui.tui import engine
+errors = []
+def start():
+    try:
+        engine.load()
+        from harmmed_tui.db.runner import execute
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=start) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
