@@ -156,6 +156,11 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
             raise SiteError("--corrupt makes the control from the treatment: drop --control and --jailbreak")
         if not spec.noise_scale > 0 or spec.noise_samples < 1:
             raise SiteError("--noise-scale must be more than 0 and --noise-samples at least 1")
+        if "direction" in spec.modules:
+            raise SiteError(
+                "direction sites patch along the difference of the treatment and control prompts' "
+                "activations: --corrupt runs have no control prompt; drop direction or --corrupt"
+            )
     _check_sources(spec)
     parse_modules(",".join(spec.modules))
     check_effects(spec)
@@ -169,11 +174,6 @@ def check_effects(spec: RunSpec) -> None:
     """IE always; DE beside it where asked (the reverse patch of every site: twice the cost)."""
     if not set(spec.effects) <= set(EFFECTS) or "ie" not in spec.effects:
         raise SiteError(f"--effects {','.join(spec.effects)}: give ie, or ie,de (IE is always computed)")
-    if "direction" in spec.modules and spec.corrupt is not None:
-        raise SiteError(
-            "direction sites patch along the difference of the treatment and control prompts' activations: "
-            "--corrupt runs have no control prompt; drop direction or --corrupt"
-        )
     if "de" in spec.effects and spec.corrupt is not None:
         raise SiteError(
             "--effects de holds a site of the clean run at its noised value, which --corrupt runs do not "
@@ -512,7 +512,9 @@ def _verify_generation(prep: Prepared, tp: TokenizedPair, ie: dict[Site, float])
     top = sorted(candidates, key=lambda s: -abs(ie[s]))[: spec.verify_generation]
     if not top:
         return []
-    patcher = PairPatcher(prep.lm, tp, prep.metric.bind(tp), {(s.layer, s.module) for s in top}, "hooks")
+    keys = {(s.layer, s.module) for s in top}
+    units = prep.directions.units if prep.directions else None
+    patcher = PairPatcher(prep.lm, tp, prep.metric.bind(tp), keys, "hooks", directions=units)
     control = prep.behaviour[tp.index].refused_control
     rows = []
     for start in range(0, len(top), GENERATIONS_PER_BATCH):

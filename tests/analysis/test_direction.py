@@ -246,3 +246,23 @@ def test_the_gate_curve_ablates_the_direction_beside_the_neurons(tiny_dir):
         <= points["direction"].top_removed
         <= points["direction"].top_removed_high
     )
+
+
+def test_direction_sites_need_a_control_prompt_and_verify_their_generations(tmp_path):
+    """A noise contrast has no control prompt to take a direction from: refused before loading; a run's top
+    direction sites patched into the control prompt's answer (--verify-generation) move along it."""
+    from harmmed_tui.analysis.errors import SiteError
+    from harmmed_tui.analysis.mediation import check_choices
+    from harmmed_tui.analysis.spec import RunSpec
+    from harmmed_tui.db import export
+    from harmmed_tui.db.runner import execute
+    from harmmed_tui.db.store import Store
+
+    with pytest.raises(SiteError, match="--corrupt runs have no control prompt"):
+        check_choices(RunSpec(corrupt="bomb", modules=("direction",)))
+    with Store(tmp_path / "runs.db") as store:
+        spec = RunSpec(max_pairs=1, modules=("direction",), positions="last", verify_generation=2)
+        run = execute(spec, store).run_id
+        rows = export.table(store, run, "generation")
+    assert len(rows) == 2 and {r["module"] for r in rows} == {"direction"}
+    assert all(r["flips"] for r in rows)  # the organism's refusal, moved along its direction at layer 0 on
