@@ -27,12 +27,14 @@ def cluster():
 
 
 def rows(db, run_id=1) -> dict:
-    """(pair, layer, module, position, neuron, method, effect) -> IE or DE, and each pair's TE, of a stored
-    run."""
+    """(pair, layer, module, position, neuron, head, method, effect) -> IE or DE, and each pair's TE, of a
+    stored run: its layer, neuron and head rows."""
     with Store(db) as store:
-        effects = export.effect_rows(store, run_id, "layer") + export.effect_rows(store, run_id, "neuron")
+        effects = [
+            r for level in ("layer", "neuron", "head") for r in export.effect_rows(store, run_id, level)
+        ]
         te = {p["pair"]: p["te"] for p in store.pairs(run_id)}
-    keys = ("pair", "layer", "module", "position", "neuron", "method")
+    keys = ("pair", "layer", "module", "position", "neuron", "head", "method")
     keyed = {(*(r.get(k) for k in keys), e): r[e] for r in effects for e in ("ie", "de") if e in r}
     assert len(keyed) == len(effects) * (1 + ("de" in effects[0]))
     return {"effects": keyed, "te": te}
@@ -115,7 +117,7 @@ def test_a_killed_driver_leaves_the_run_interrupted_and_resume_finishes_it(clust
         "--max-pairs",
         "8",
         "--modules",
-        "resid,attn,mlp,neuron",
+        ",".join(spec.modules),
         "--positions",
         "last:3,*",
         "--neuron-positions",
