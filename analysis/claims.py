@@ -383,7 +383,7 @@ def claim_4(curve: list[Point] | None, heldout: list[str] | None = None, chosen:
     )
     removed = f"removes {percent(p.top_removed)} of the held-out TE"
     if p.top_removed_low is not None:
-        removed += f" (95% CI {percent(p.top_removed_low)}-{percent(p.top_removed_high)})"
+        removed += f" (95% CI {percent(p.top_removed_low)} to {percent(p.top_removed_high)})"
     baseline = (
         f"random directions remove {percent(p.random_removed, p.random_removed_sd)} and flip "
         f"{percent(p.random_flipped)}"
