@@ -31,14 +31,14 @@ class Directions:
     pairs: int
 
 
-def mean_difference(lm: LoadedModel, pairs: list[TokenizedPair]) -> Directions:
+def mean_difference(lm: LoadedModel, pairs: list[TokenizedPair], progress=None) -> Directions:
     """The difference of the mean layer outputs of the pairs' treatment and control prompts at their last
-    prompt position, per layer, normalised."""
+    prompt position, per layer, normalised. `progress(done, total)` hears of each pair."""
     a = lm.anatomy
     keys = [(layer, "resid") for layer in range(a.n_layers)]
     total = torch.zeros(a.n_layers, a.d_model, dtype=torch.float64)
     with torch.inference_mode():
-        for tp in pairs:
+        for i, tp in enumerate(pairs, 1):
             sides = (
                 (tp.treatment_ids, tp.treatment_prompt_len - 1, 1),
                 (tp.control_ids, tp.prompt_len - 1, -1),
@@ -48,6 +48,8 @@ def mean_difference(lm: LoadedModel, pairs: list[TokenizedPair]) -> Directions:
                     lm.model(torch.tensor([ids], device=lm.device), use_cache=False, logits_to_keep=1)
                 for (layer, _), act in acts.items():
                     total[layer] += sign * act[last].double().cpu()
+            if progress:
+                progress(i, len(pairs))
     diff = total / max(1, len(pairs))
     norms = diff.norm(dim=-1)
     if not len(pairs) or not bool((norms > 0).all()):
@@ -89,13 +91,14 @@ class DirectionAblation:
 
 
 def removed_by_layer(
-    lm: LoadedModel, metric: Metric, pairs: list[TokenizedPair], directions: torch.Tensor
+    lm: LoadedModel, metric: Metric, pairs: list[TokenizedPair], directions: torch.Tensor, progress=None
 ) -> list[float]:
     """For each layer's direction, the share of the mean TE of `pairs` that ablating it removes (Arditi et
-    al. choose the direction this way, on pairs they do not test on): one batch row per layer."""
+    al. choose the direction this way, on pairs they do not test on): one batch row per layer.
+    `progress(done, total)` hears of each pair."""
     shifts, tes = torch.zeros(len(directions), dtype=torch.float64), 0.0
     with torch.inference_mode():
-        for tp in pairs:
+        for i, tp in enumerate(pairs, 1):
             bound = metric.bind(tp)
             on_treatment = bound.shifted(tp.shift)
             m_control = rows_metric(lm, bound, tp.control_ids, 1)[0]
@@ -104,6 +107,8 @@ def removed_by_layer(
                 after = rows_metric(lm, on_treatment, tp.treatment_ids, len(directions))
             shifts += (after - m_before).double().cpu()
             tes += (m_before - m_control).item()
+            if progress:
+                progress(i, len(pairs))
     if not tes:
         return [0.0] * len(directions)
     return (-shifts / tes).tolist()

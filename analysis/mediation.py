@@ -346,8 +346,10 @@ def prepare(
             stages.progress(i + 1, len(checked.pairs))
     checked = with_behaviour(checked, behaviour, stored)
     if "direction" in spec.modules:  # from the pairs the run patches (a resume: the one it patched along)
-        stages.stage("the refusal direction")
-        directions = stored.directions if stored and stored.directions else mean_difference(lm, checked.pairs)
+        directions = stored.directions if stored else None
+        if directions is None:
+            stages.stage("the refusal direction: pairs", len(checked.pairs))
+            directions = mean_difference(lm, checked.pairs, stages.progress)
         checked = replace(checked, directions=directions)
     return Prepared(**vars(checked), lm=lm, judge=judge)
 

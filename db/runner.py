@@ -334,10 +334,10 @@ def _direction(store: Store, run: dict, run_spec: RunSpec, lm, metric, job: Job)
     )
     directions = stored.directions
     if directions is None:
-        job.stage("the refusal direction")
-        directions = mean_difference(lm, own)
+        job.stage("the refusal direction: pairs", len(own))
+        directions = mean_difference(lm, own, job.progress)
         store.set_directions(run["id"], directions.units.numpy(), directions.norms.numpy(), directions.pairs)
-    job.stage("the refusal direction: choosing its layer")
-    removed = removed_by_layer(lm, metric, own, directions.units)
+    job.stage("the refusal direction: choosing its layer, pairs", len(own))
+    removed = removed_by_layer(lm, metric, own, directions.units, job.progress)
     layer = max(range(len(removed)), key=removed.__getitem__)
     return directions.units[layer], {"layer": layer, "removed_own": removed, "own_pairs": len(own)}

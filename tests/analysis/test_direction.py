@@ -54,7 +54,9 @@ def reference_ie(lm, tp, metric, site: Site, r: torch.Tensor) -> float:
 def test_the_direction_is_the_normalised_mean_difference_of_the_last_hidden_states(tiny_dir):
     lm = load_model(str(tiny_dir("llama")), device="cpu", dtype="float32")
     tps = [tokenize_pair(lm.tokenizer, p, i) for i, p in enumerate(PAIRS)]
-    d = mean_difference(lm, tps)
+    heard = []
+    d = mean_difference(lm, tps, lambda done, total: heard.append((done, total)))
+    assert heard == [(1, 3), (2, 3), (3, 3)]  # (a job's countable stage: never silent on a slow model)
     assert d.units.shape == (lm.anatomy.n_layers, lm.anatomy.d_model) and d.pairs == 3
     diff = 0
     with torch.no_grad():
