@@ -213,10 +213,11 @@ def top_neurons(
     effect: str = "ie",
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
-    of every layer, one page at a time (with effect="de", the same of the DE). Over pairs, IE is the mean,
-    IE/TE sum IE / sum TE, and positions count from the end as in `module_grid`; a finished run's average
-    over all its pairs is read from its neuron summary (one without, a run stopped by a full disk or
-    summarised by an older release, is aggregated live)."""
+    of every layer, one page at a time (with effect="de", the same of the DE, ranked by |TE - DE|, what the
+    effect needs the neuron for). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions count
+    from the end as in `module_grid`; a finished run's average over all its pairs is read from its neuron
+    summary (one without, a run stopped by a full disk or summarised by an older release, is aggregated
+    live)."""
     x = _effect(effect)
     if pair is None and category is None and _summarised(store, run_id):
         return _summary_neurons(store, run_id, layer, method, limit, offset, x)
@@ -231,9 +232,10 @@ def top_neurons(
               FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(IE_SHARE)}
               WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron'
               {where} GROUP BY e.layer, pos, e.neuron HAVING mean_ie IS NOT NULL
-              ORDER BY ABS(mean_ie) DESC LIMIT ? OFFSET ?"""
-    args = [run_id, pair is None, method, method, method, method, run_id, method, *args, limit, offset]
-    return store.db.execute(sql, args).fetchall()
+              ORDER BY ABS({"mean_ie" if x == "ie" else "AVG(CASE WHEN e.method = ? THEN pp.te END) - mean_ie"})
+              DESC LIMIT ? OFFSET ?"""
+    args = [run_id, pair is None, method, method, method, method, run_id, method, *args]
+    return store.db.execute(sql, [*args, *([method] if x == "de" else []), limit, offset]).fetchall()
 
 
 def neuron_count(
@@ -268,6 +270,11 @@ def _summarised(store: Store, run_id: int) -> bool:
     return bool(run["summarised"])
 
 
+# how the neuron panes rank by each effect: IE by its size; DE by the effect the neuron is necessary for,
+# TE - DE (a DE near the whole TE is a neuron the effect does without)
+RANKED_BY = {"ie": "s.mean_ie", "de": "s.te_sum / s.n - s.mean_de"}
+
+
 def _summary_neurons(
     store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int, effect: str
 ):
@@ -277,7 +284,7 @@ def _summary_neurons(
                      THEN s.{mean} END), s.n, s.{mean} * s.n / NULLIF(s.te_sum, 0)
               FROM neuron_summary s LEFT JOIN neuron_summary x ON s.method != 'exact' AND x.method = 'exact'
                    AND x.run_id = s.run_id AND x.layer = s.layer AND x.pos IS s.pos AND x.neuron = s.neuron
-              WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS(s.{mean}) DESC LIMIT ? OFFSET ?"""
+              WHERE s.run_id = ? AND s.method = ? {where} ORDER BY ABS({RANKED_BY[effect]}) DESC LIMIT ? OFFSET ?"""
     return store.db.execute(sql, [run_id, method, *args, limit, offset]).fetchall()
 
 

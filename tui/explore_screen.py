@@ -343,7 +343,7 @@ class ExploreScreen(Screen):
     def check_action(self, action: str, parameters) -> bool:
         """Keys that would do nothing in the pane in front are left out of the footer and do nothing."""
         if action == "toggle_scale":  # (neurons show both IE and IE/TE: t there switches IE and DE)
-            return self.level in ("layers", "modules", "heads") or len(self._views()) > 2
+            return self.level in ("layers", "modules", "heads") or len(self.spec.effects) > 1
         if action == "page":
             return self.level in ("neurons", "top")
         return True
@@ -415,9 +415,11 @@ class ExploreScreen(Screen):
         self.notify(f"copied: {text[:60]}")
 
     def _views(self) -> list[tuple[str, bool]]:
-        """What `t` cycles through: (effect, by TE); the direct effect where the run stored it."""
+        """What `t` cycles through: (effect, by TE); the direct effect where the run stored it. The neuron
+        panes show both scales at once: there it switches the effect only."""
         effects = [e for e in queries.EFFECTS if e in self.spec.effects]
-        return [(e, by_te) for e in effects for by_te in (True, False)]
+        scales = (self.by_te,) if self.level in ("neurons", "top") else (True, False)
+        return [(e, by_te) for e in effects for by_te in scales]
 
     def action_toggle_scale(self) -> None:
         views = self._views()

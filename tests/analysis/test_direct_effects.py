@@ -157,9 +157,15 @@ def test_a_run_stores_ie_and_de_side_by_side_and_exports_both(tmp_path):
         (layer, n): sum(v for (_, lay, m), v in atp_de.items() if (lay, m) == (layer, n)) / 2
         for (_, layer, n) in atp_de
     }
+    # ranked by what the effect needs each neuron for, |TE - DE| (a DE near TE: one it does without)
+    mean_te = sum(te.values()) / 2
     assert [r[3] for r in summary] == pytest.approx([mean_de[(r[0], r[1])] for r in summary])
-    assert [abs(r[3]) for r in summary] == sorted((abs(v) for v in mean_de.values()), reverse=True)[:3]
+    need = sorted((abs(mean_te - v) for v in mean_de.values()), reverse=True)[:3]
+    assert [abs(mean_te - r[3]) for r in summary] == pytest.approx(need)
     assert [r[3] for r in one] == pytest.approx([atp_de[(0, r[0], r[1])] for r in one])
+    assert [abs(te[0] - r[3]) for r in one] == pytest.approx(
+        sorted((abs(te[0] - v) for (p, _, _), v in atp_de.items() if p == 0), reverse=True)[:3]
+    )
     assert {r["method"] for r in neurons} == {"atp", "exact"} and sum(
         r["method"] == "exact" for r in neurons
     ) == 10
@@ -226,7 +232,8 @@ async def test_t_cycles_ie_and_de_in_the_explorer(tmp_path):
 
     db = tmp_path / "runs.db"
     with Store(db) as store:
-        execute(RunSpec(max_pairs=2, positions="last,*", effects=("ie", "de")), store)
+        spec = RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "neuron"), positions="last,*")
+        execute(spec.replace(effects=("ie", "de")), store)
         share = {
             (r["layer"], r["module"]): r["de_share"]
             for r in export.table(store, 1, "layer", aggregated=True)
@@ -254,6 +261,12 @@ async def test_t_cycles_ie_and_de_in_the_explorer(tmp_path):
         assert "colour: DE/TE" in str(screen.query_one("#legend").render())
         cell = str(table.get_row_at(3)[3]).lstrip(" ░▒▓█")  # layer 3's mlp DE/TE
         assert float(cell) == pytest.approx(share[(3, "mlp")], abs=5e-4)
+        await pilot.press("N")  # the top neurons show IE and IE/TE at once: t switches IE and DE
+        assert screen.level == "top" and labels()[4:6] == ["DE (exact)", "DE/TE"]
+        await pilot.press("t")
+        assert labels()[4:6] == ["IE (exact)", "IE/TE"]
+        await pilot.press("t")
+        assert labels()[4:6] == ["DE (exact)", "DE/TE"]
 
 
 async def test_setup_starts_a_run_with_direct_effects_and_direction_sites(tmp_path):
