@@ -50,9 +50,7 @@ class Attribution:
             a_t, a_c, g = (x.double() for x in (treatment[key], control[key][0].detach(), grad[0]))
             diff = _aligned(a_t, pair.shift, n) - a_c
             delta = diff * g
-            if (
-                key[1] == "head"
-            ):  # a head's contribution: the sum over its slice of the output projection's input
+            if key[1] == "head":  # the sum over the head's slice of the output projection's input
                 per_pos = delta.unflatten(-1, (lm.anatomy.n_heads, lm.anatomy.d_head)).sum(-1)
             elif key[1] == "neuron":
                 per_pos = delta

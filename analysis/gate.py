@@ -192,7 +192,6 @@ def check(
         answering = (spec.max_new_tokens, stop) if generate else None
         scored = (bound.shifted(tp.shift), tp.treatment_ids, prompt, answering)
         done = 0
-
         for chunk in chunks:
             after.update(
                 zip(

@@ -185,10 +185,8 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
         groups[tuple(r[k] for k in keys)].append(r)
     out = []
     for key, group in groups.items():
-        ies = [r["ie"] for r in group]
         norms = [r["ie_norm"] for r in group if r["ie_norm"] is not None]
-        judged = [r for r in group if r["te"] is not None]
-        lo, hi = bootstrap_ci(ies)
+        mean, lo, hi, share = _over_pairs(group, "ie")
         out.append(
             {
                 "run_id": group[0]["run_id"],
@@ -197,27 +195,31 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
                 "control_token": group[0]["control_token"]
                 if len({r["control_token"] for r in group}) == 1
                 else "",
-                "ie_mean": sum(ies) / len(ies),
+                "ie_mean": mean,
                 "ci_low": lo,
                 "ci_high": hi,
-                "ie_share": ie_share([r["ie"] for r in judged], [r["te"] for r in judged])
-                if judged
-                else None,
+                "ie_share": share,
                 "ie_norm_mean_of_pairs": sum(norms) / len(norms) if norms else None,
-                **(_direct(group, judged) if "de" in group[0] else {}),
-                "n": len(ies),
+                **(_direct(group) if "de" in group[0] else {}),
+                "n": len(group),
             }
         )
     return out
 
 
-def _direct(group: list[dict], judged: list[dict]) -> dict:
-    """A site's direct effect over pairs, defined as its IE is: the mean with a 95% bootstrap CI, and its
-    share of the effect, sum DE / sum TE."""
-    des = [r["de"] for r in group]
-    lo, hi = bootstrap_ci(des)
-    share = ie_share([r["de"] for r in judged], [r["te"] for r in judged]) if judged else None
-    return {"de_mean": sum(des) / len(des), "de_ci_low": lo, "de_ci_high": hi, "de_share": share}
+def _over_pairs(group: list[dict], effect: str) -> tuple[float, float, float, float | None]:
+    """One site's effect (ie or de) over its pairs: the mean, its 95% bootstrap CI, and its share of the
+    effect, sum of the effect / sum TE over the pairs that have a TE (None without any)."""
+    values = [r[effect] for r in group]
+    judged = [r for r in group if r["te"] is not None]
+    share = ie_share([r[effect] for r in judged], [r["te"] for r in judged]) if judged else None
+    return sum(values) / len(values), *bootstrap_ci(values), share
+
+
+def _direct(group: list[dict]) -> dict:
+    """A site's direct effect over pairs, aggregated as its IE is."""
+    mean, lo, hi, share = _over_pairs(group, "de")
+    return {"de_mean": mean, "de_ci_low": lo, "de_ci_high": hi, "de_share": share}
 
 
 def table(

@@ -184,6 +184,10 @@ def stored_pairs(store: Store, run_id: int, provenance: dict) -> mediation.Store
     )
 
 
+def keep_directions(store: Store, run_id: int, d: Directions) -> None:
+    store.set_directions(run_id, d.units.numpy(), d.norms.numpy(), d.pairs)
+
+
 def stored_directions(store: Store, run_id: int) -> Directions | None:
     found = store.directions(run_id)
     if found is None:
@@ -211,8 +215,7 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
             plan.n_sites,
         )
         if plan.directions is not None:
-            d = plan.directions
-            store.set_directions(run_id, d.units.numpy(), d.norms.numpy(), d.pairs)
+            keep_directions(store, run_id, plan.directions)
         if on_prepared:
             on_prepared(run_id, plan, provenance)
         for result, seconds in mediation.timed(executor.run(plan, progress, cancelled, done)):
@@ -336,7 +339,7 @@ def _direction(store: Store, run: dict, run_spec: RunSpec, lm, metric, job: Job)
     if directions is None:
         job.stage("the refusal direction: pairs", len(own))
         directions = mean_difference(lm, own, job.progress)
-        store.set_directions(run["id"], directions.units.numpy(), directions.norms.numpy(), directions.pairs)
+        keep_directions(store, run["id"], directions)
     job.stage("the refusal direction: choosing its layer, pairs", len(own))
     removed = removed_by_layer(lm, metric, own, directions.units, job.progress)
     layer = max(range(len(removed)), key=removed.__getitem__)
