@@ -111,20 +111,21 @@ def record(spec: RunSpec) -> dict[str, dict]:
     return out
 
 
-def check_unchanged(run_id: int, recorded: dict[str, dict]) -> None:
-    """Refuse a resume whose model, judge or judge files are not the ones the run started with."""
-    for field in RESUME_NEEDS:
+def check_unchanged(what: str, recorded: dict[str, dict], fields: tuple[str, ...] = RESUME_NEEDS) -> None:
+    """Refuse a resume (of `what`: `run 3`, `study 1`) whose files among `fields` (by default the model, judge
+    and judge files) are not the ones it started with."""
+    for field in fields:
         if field not in recorded:
             continue
         path = Path(recorded[field]["path"])
         flag = "--" + field.replace("_", "-")
         if not path.exists():
             raise InputChangedError(
-                f"run {run_id} cannot resume: its {flag} {path} is gone (a resume needs the same file)"
+                f"{what} cannot resume: its {flag} {path} is gone (a resume needs the same file)"
             )
         if (now := fingerprint(path)) != recorded[field]["sha256"]:
             raise InputChangedError(
-                f"run {run_id} cannot resume: its {flag} {path} changed since the run started (sha256 "
-                f"{recorded[field]['sha256'][:12]}, now {now[:12]}); rows of two different "
-                "inputs would mix: start a new run"
+                f"{what} cannot resume: its {flag} {path} changed since it started (sha256 "
+                f"{recorded[field]['sha256'][:12]}, now {now[:12]}); results of two different "
+                "inputs would mix: start a new one"
             )

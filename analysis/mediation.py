@@ -268,7 +268,7 @@ def plan(
         indices=list(stored.pairs) if stored else None,
     )
     if stored:
-        _check_stored_tokens(tokenized, stored)
+        check_stored_tokens(tokenized, stored)
     if spec.corrupt is not None:
         tokenized = [
             replace(
@@ -294,16 +294,16 @@ def plan(
     return Plan(spec, metric, tokenized, skipped, sites, method)
 
 
-def _check_stored_tokens(tokenized: list[TokenizedPair], stored: Stored) -> None:
-    """A resumed pair must read to the model as it did when its rows were computed."""
+def check_stored_tokens(tokenized: list[TokenizedPair], stored: Stored, what: str = "the run") -> None:
+    """A resumed pair must read to the model as it did when its rows were computed (or `what` stored it)."""
     for tp in tokenized:
         if (tp.treatment_tokens, tp.control_tokens) != tuple(stored.tokens[tp.index]):
             raise PairsError(
-                f"pair {tp.index} ({tp.pair.id!r}) tokenizes differently than when the run started (the "
-                "tokenizer or its chat template changed): its rows would mix two inputs; start a new run"
+                f"pair {tp.index} ({tp.pair.id!r}) tokenizes differently than when {what} started (the "
+                "tokenizer or its chat template changed): its rows would mix two inputs; start a new one"
             )
     if missing := sorted(set(stored.pairs) - {tp.index for tp in tokenized}):
-        raise PairsError(f"stored pair {missing[0]} is no longer usable with this tokenizer: start a new run")
+        raise PairsError(f"stored pair {missing[0]} is no longer usable with this tokenizer: start a new one")
 
 
 def preview(spec: RunSpec) -> Plan:

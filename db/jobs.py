@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import contextmanager
 
-from harmmed_tui.db.store import HOST, Store, writer_alive
+from harmmed_tui.db.store import HOST, Store
 
 WRITE_EVERY_S = 0.5  # progress is written, and the cancel flag read, at most this often
 
@@ -23,7 +23,11 @@ class Job:
         self.store, self.id = store, job_id
         self._written = self._read = 0.0
         self._cancel = False
+        self.cancelled_by: str | None = None  # who asked it to stop: `process 123 on host`, or this one
         self._first: int | None = None  # done at this stage's first report
+        self._text = "starting"
+        # this process's own listeners (the CLI's progress line): (stage, done, total) at each stage and report
+        self.heard: list = []
 
     @classmethod
     @contextmanager
@@ -32,9 +36,9 @@ class Job:
         now = time.time()
         with store.db.conn:
             cur = store.db.execute(
-                "INSERT INTO jobs (kind, model, run_id, pid, host, heartbeat, stage, stage_started) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'starting', ?)",
-                [kind, model, run_id, os.getpid(), HOST, now, now],
+                "INSERT INTO jobs (kind, model, run_id, pid, host, heartbeat, stage, stage_started, db_file) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'starting', ?, ?)",
+                [kind, model, run_id, os.getpid(), HOST, now, now, store.file_id],
             )
         job = cls(store, cur.lastrowid)
         try:
@@ -48,7 +52,8 @@ class Job:
 
     def stage(self, text: str, total: int | None = None) -> None:
         """A new stage: `total` where its work is countable (then `progress` counts it)."""
-        self._first = None
+        self._first, self._text = None, text
+        self._tell(0 if total else None, total)
         self._write(
             "stage = ?, done = ?, total = ?, first_done = NULL, stage_started = ?",
             text,
@@ -58,11 +63,16 @@ class Job:
         )
 
     def progress(self, done: int, total: int) -> None:
+        self._tell(done, total)
         if self._first is None:
             self._first = done
             self._write("done = ?, total = ?, first_done = ?", done, total, done)
         elif done >= total or time.monotonic() - self._written >= WRITE_EVERY_S:
             self._write("done = ?, total = ?", done, total)
+
+    def _tell(self, done: int | None, total: int | None) -> None:
+        for listener in self.heard:
+            listener(self._text, done, total)
 
     def attach(self, run_id: int) -> None:
         """The job's run exists now (a new run, once its model loaded and its plan checked)."""
@@ -73,8 +83,10 @@ class Job:
         now = time.monotonic()
         if not self._cancel and now - self._read >= WRITE_EVERY_S:
             self._read = now
-            row = self.store.db.execute("SELECT cancel FROM jobs WHERE id = ?", [self.id]).fetchone()
+            sql = "SELECT cancel, cancelled_by FROM jobs WHERE id = ?"
+            row = self.store.db.execute(sql, [self.id]).fetchone()
             self._cancel = bool(row and row[0])
+            self.cancelled_by = row and row[1]
         return self._cancel
 
     def _write(self, assignments: str, *values) -> None:
@@ -86,7 +98,7 @@ class Job:
 def live(store: Store) -> list[dict]:
     """Every job in progress whose process is alive, newest first, each with `text`: what it is doing."""
     rows = store.db.query("SELECT * FROM jobs ORDER BY id DESC")
-    return [{**job, "text": describe(job)} for job in rows if writer_alive(job)]
+    return [{**job, "text": describe(job)} for job in rows if store.alive(job)]
 
 
 def of_run(store: Store, run_id: int) -> dict | None:
@@ -110,9 +122,13 @@ def describe(job: dict, now: float | None = None) -> str:
 
 
 def request_cancel(store: Store, job_id: int) -> None:
-    """Ask a job (of any process) to stop after its current batch; what it stored stays and resumes."""
+    """Ask a job (of any process) to stop after its current batch; what it stored stays and resumes. The job
+    learns who asked (this process)."""
     with store.db.conn:
-        store.db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", [job_id])
+        store.db.execute(
+            "UPDATE jobs SET cancel = 1, cancelled_by = ? WHERE id = ?",
+            [f"process {os.getpid()} on {HOST}", job_id],
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -13,7 +13,7 @@ from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import jobs
-from harmmed_tui.db.store import Store, StoreError, writer_alive
+from harmmed_tui.db.store import Store, StoreError
 
 RUN_COLUMNS = (
     "id", "status", "model", "started", "mean TE", "pairs", "rows", "modules", "method", "metric", "compute"
@@ -260,7 +260,7 @@ def _summarised(store: Store, run_id: int) -> bool:
     writer is gone (a summary from an older release), where the store can be written; else (a run its writer
     is about to summarise, a full disk, a read-only file) the live aggregate serves."""
     run = store.run(run_id)
-    idle = run["status"] != "running" and not writer_alive(run)
+    idle = run["status"] != "running" and not store.alive(run)
     if not run["summarised"] and idle and not store.read_only:
         try:
             store.summarise(run_id)

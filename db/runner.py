@@ -37,6 +37,15 @@ class RunOutcome:
     sites: int
     elapsed_s: float  # compute time of the mediation, excluding model loading
     te: list[float]
+    done: int = 0  # sites stored when it stopped (all of them when done)
+    cancelled_by: str | None = None  # who stopped a cancelled run: another process, or this one
+
+    def stopped_message(self) -> str:
+        """What a cancelled run says (on stderr, with or without a terminal)."""
+        return (
+            f"run {self.run_id} cancelled by {self.cancelled_by or 'this process'} after {self.done:,} of "
+            f"{self.sites:,} sites: resume it with harmmed-tui resume {self.run_id}"
+        )
 
 
 def _pair_record(tp, behaviour) -> dict:
@@ -74,6 +83,7 @@ def execute(
     on_prepared=None,
     executor=None,
     job: Job | None = None,
+    on_stage=None,
 ) -> RunOutcome:
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
@@ -83,10 +93,13 @@ def execute(
     files it started with. `on_prepared(run_id, plan, provenance)` is called once the run exists. The run is
     a job (db.jobs: its stage seen by every process, `job` where the caller holds one) that `cancelled` or
     any process can stop between batches: before the run exists, nothing is stored (JobCancelled).
+    `on_stage(stage, done, total)` hears each stage (loading, judging answers N/M, patching sites N/M).
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
     store.check_writable()
     executor = executor or mediation.InProcess(lm)
     with _held(store, job, "run" if run_id is None else "resume", spec.model, run_id) as job:
+        if on_stage:
+            job.heard.append(on_stage)
 
         def stop() -> bool:
             return job.cancelled() or bool(cancelled and cancelled())
@@ -110,9 +123,12 @@ def execute(
                 plan, provenance, kept = _resume(spec, store, run_id, executor, job, stop)
             job.stage("patching sites", plan.n_sites)
             with store.keep_alive(run_id):
-                return _stream(
+                outcome = _stream(
                     spec, store, run_id, executor, plan, {**provenance, **kept}, counted, stop, on_prepared
                 )
+            if outcome.status == "cancelled" and job.cancelled():
+                outcome.cancelled_by = job.cancelled_by
+            return outcome
         finally:
             executor.close()
 
@@ -140,7 +156,7 @@ def _resume(
     try:
         with store.keep_alive(run_id):
             old = before["provenance"]
-            inputs.check_unchanged(run_id, old.get("inputs", {}))
+            inputs.check_unchanged(f"run {run_id}", old.get("inputs", {}))
             plan, provenance = executor.prepare(spec, stored_pairs(store, run_id, old), stages=job)
             if old.get("revision") != provenance.get("revision"):
                 raise inputs.InputChangedError(
@@ -231,9 +247,8 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
                     run_id, result.pair.index, result.m_treatment, result.m_control, result.te
                 )
         # a cancel that came after the last batch leaves a complete run: done
-        stopped = (
-            cancelled and cancelled() and any(mediation.remaining(plan, store.done_keys(run_id))[0].values())
-        )
+        todo, finished = mediation.remaining(plan, store.done_keys(run_id))
+        stopped = cancelled and cancelled() and any(todo.values())
         status = "cancelled" if stopped else "done"
         store.set_status(run_id, status, compute_s=compute)
     except BaseException as e:
@@ -245,7 +260,7 @@ def _stream(spec, store, run_id, executor, plan, provenance, progress, cancelled
         raise
     # every pair's TE, those a resume did not recompute too
     stored_te = [p["te"] for p in store.pairs(run_id) if p["te"] is not None]
-    return RunOutcome(run_id, status, len(plan.pairs), plan.n_sites, compute, stored_te)
+    return RunOutcome(run_id, status, len(plan.pairs), plan.n_sites, compute, stored_te, finished)
 
 
 def check_gate(

@@ -229,6 +229,17 @@ MIGRATIONS = [
         PRIMARY KEY (run_id, layer)
     ) WITHOUT ROWID;
     """,
+    # trust: a writer is the process at pid on host *writing this file* (a copy of the database taken while it
+    # lived is not written by it); who asked a job to stop; a study's held-out pairs as it started (a resume
+    # never reads them from the files again) and the fingerprints of the files it read
+    """
+    ALTER TABLE runs ADD COLUMN db_file TEXT;
+    ALTER TABLE studies ADD COLUMN db_file TEXT;
+    ALTER TABLE jobs ADD COLUMN db_file TEXT;
+    ALTER TABLE jobs ADD COLUMN cancelled_by TEXT;
+    ALTER TABLE studies ADD COLUMN held_out TEXT;  -- JSON list of pairs, tokens included
+    ALTER TABLE studies ADD COLUMN inputs TEXT;    -- JSON {field: {path, sha256}} (analysis.inputs.record)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -22,6 +22,9 @@ from harmmed_tui.analysis.errors import StoreError
 from harmmed_tui.db.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 STATUSES = ("running", "done", "cancelled", "failed", "interrupted")
+# checked whole by every read-only command (store.reading); effects, gate_rows and neuron_summary are checked
+# where read
+SMALL_TABLES = ("schema_version", "runs", "pairs", "studies", "jobs", "gate_checks", "directions")
 
 # a check's rows in the order it ran them: layer group (its direction arms last), K, pair, then the top set
 # before the random ones
@@ -39,6 +42,9 @@ GENERATION_KEY = ("run_id", "pair", "layer", "module", "position", "neuron")
 EFFECT_COLUMNS = (
     "run_id", "pair", "module", "layer", "position", "neuron", "method", "width", "token", "ie", "de"
 )  # fmt: skip
+
+
+DEAD_WRITER = "the process running it ended before it finished"
 
 
 def damaged(path: Path, problem: str) -> str:
@@ -81,12 +87,26 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
-def writer_alive(run: dict) -> bool:
-    """Whether the process that holds a running run still does: on this host, its pid is alive; on another
-    (runs without a host are this one's, from before hosts were kept), its heartbeat is recent."""
-    if run.get("host") in (None, HOST):
-        return _pid_alive(run.get("pid"))
-    return time.time() - (run.get("heartbeat") or 0) < LEASE_EXPIRES_S
+def file_id(path: Path) -> str | None:
+    """The identity of a database file (device and inode): a copy of it is another file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def writer_alive(row: dict, db_file: str | None = None) -> bool:
+    """Whether the process that holds a running run (a job, a study) still does: on this host, its pid is alive
+    and it writes this very file (`db_file`: a copy of the database taken while the writer lived is written by
+    no one); on another host (rows without a host are this one's, from before hosts were kept), its heartbeat
+    is recent."""
+    if row.get("host") in (None, HOST):
+        recorded = row.get("db_file")
+        if recorded and db_file and recorded != db_file:
+            return False
+        return _pid_alive(row.get("pid"))
+    return time.time() - (row.get("heartbeat") or 0) < LEASE_EXPIRES_S
 
 
 def describe_writer(run: dict) -> str:
@@ -111,10 +131,13 @@ def _writes(method):
 class Store:
     """One connection; create one per thread. Opening migrates the schema and marks dead runs interrupted.
 
-    `create=False` (the read-only commands) never creates a file or directory. A database we may not write
+    `create=False` (the read-only commands) never creates a file or directory, and never writes: an empty file
+    stays empty, a dead writer's run reads `interrupted` without being marked so. A database we may not write
     (the file, or its directory: WAL keeps files beside it) is opened read-only, and immutable where not even
-    SQLite's shared-memory file can be made. Every open runs quick_check (0.2 s on 10^6 rows): a damaged
-    file is one clear error, and nothing is ever written into it."""
+    SQLite's shared-memory file can be made; one whose write-ahead log still holds rows an immutable open
+    would not see is refused, never shown in part. A writable open runs quick_check before anything writes
+    (seconds on a store of millions of rows, so the read-only commands skip it; `check_integrity` runs it on
+    demand): a damaged file is one clear error, and nothing is ever written into it."""
 
     def __init__(self, path: str | Path | None = None, create: bool = True):
         self.path = Path(path) if path else default_db_path()
@@ -125,6 +148,9 @@ class Store:
                 f"no database at {self.path}: nothing has been run there yet (runs are stored by "
                 "harmmed-tui run or the explorer; --db or HARMMED_DB choose another)"
             )
+        if not create and self.path.stat().st_size == 0:
+            raise StoreError(f"{self.path} is an empty file: no runs are stored in it (nothing was written)")
+        self.writes = create  # the read-only commands' opens write nothing, even to a writable file
         directory_writable = os.access(self.path.parent, os.W_OK) if self.path.parent.exists() else True
         self.read_only = self.path.exists() and not (os.access(self.path, os.W_OK) and directory_writable)
         if not self.read_only:
@@ -133,6 +159,8 @@ class Store:
             # timeout= is sqlite's busy timeout: a reader waits for the writer instead of failing
             if self.read_only:
                 mode = "mode=ro" if directory_writable else "immutable=1"
+                if mode == "immutable=1":
+                    self._refuse_unapplied_log()
                 target, uri = f"{self.path.resolve().as_uri()}?{mode}", True
             else:
                 target, uri = self.path, False
@@ -143,21 +171,58 @@ class Store:
             # WAL with synchronous=NORMAL: a killed process loses nothing committed; only a power cut can
             # drop the last transactions, never corrupt the file
             self.db.execute("PRAGMA synchronous = NORMAL")
-            self._check_integrity()
+            self._checked = False
             self._migrate()
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
+        self.file_id = file_id(self.path)
 
-    def _check_integrity(self) -> None:
-        problems = [r[0] for r in self.db.execute("PRAGMA quick_check(3)").fetchall()]
+    def _refuse_unapplied_log(self) -> None:
+        """An immutable open reads the main file only: committed rows still in a killed writer's write-ahead
+        log (or a hot rollback journal) would be missing without a word."""
+        for suffix in ("-wal", "-journal"):
+            log = self.path.with_name(self.path.name + suffix)
+            if log.is_file() and log.stat().st_size > 0:
+                raise StoreError(
+                    f"{self.path} has changes in {log.name} that cannot be applied in a read-only directory "
+                    "(its writer ended before folding them in): the store would show only part of its runs. "
+                    f"Copy {self.path.name} and {log.name} together to a writable directory and open the copy"
+                )
+
+    def check_integrity(self, table: str | None = None) -> None:
+        """quick_check of the whole file, or of one table and its indexes."""
+        pragma = f"PRAGMA quick_check({table})" if table else "PRAGMA quick_check(3)"
+        try:
+            problems = [r[0] for r in self.db.execute(pragma).fetchall()]
+        except sqlite3.DatabaseError as e:  # (a page too damaged to walk)
+            problems = [str(e)]
         if problems != ["ok"]:
             first = " ".join(problems[0].replace("*** in database main ***", "").split())
             raise StoreError(damaged(self.path, first[:120]))
+        self._checked = self._checked or table is None
 
     def check_writable(self) -> None:
+        """Refuse a write to a read-only database, and to a damaged one: the whole file is checked before this
+        store's first write (a store only read is checked where it is read: `reading`)."""
         if self.read_only:
             raise StoreError(f"{self.path} is read-only: its runs can be listed, shown and exported only")
+        if not self._checked:
+            self.check_integrity()
+
+    def check_tables(self) -> None:
+        for table in SMALL_TABLES:
+            self.check_integrity(table)
+
+    @contextmanager
+    def reading(self):
+        """A read-only command's reads: the small tables checked at once, and a damaged page met on the way in
+        the large ones (effects: millions of rows, seconds to check whole) is the same one-line error."""
+        self.check_tables()
+        try:
+            yield self
+        except sqlite3.DatabaseError as e:
+            raise StoreError(damaged(self.path, str(e)[:120])) from None
 
     # --- schema -------------------------------------------------------------------------------
     def _version(self) -> int:
@@ -186,6 +251,7 @@ class Store:
             raise StoreError(
                 f"{self.path} is read-only and has an older schema: make it writable to upgrade it"
             )
+        self.check_writable()
         if self.db.journal_mode != "wal":
             self.db.enable_wal()
         # One transaction, taken before reading the version: a crash leaves the old schema intact, and
@@ -217,14 +283,21 @@ class Store:
             conn.rollback()
             raise
 
+    def alive(self, row: dict) -> bool:
+        """Whether a run's, job's or study's writer still writes this database (store.writer_alive)."""
+        return writer_alive(row, self.file_id)
+
     def _mark_interrupted(self) -> None:
-        if self.read_only:
+        if self.read_only or not self.writes:
             return
-        rows = self.db.query("SELECT id, pid, host, heartbeat FROM runs WHERE status = 'running'")
-        for run_id in [r["id"] for r in rows if not writer_alive(r)]:
-            self.set_status(run_id, "interrupted", error="the process running it ended before it finished")
+        self.file_id = file_id(self.path)
+        rows = self.db.query("SELECT id, pid, host, heartbeat, db_file FROM runs WHERE status = 'running'")
+        for run_id in [r["id"] for r in rows if not self.alive(r)]:
+            self.set_status(run_id, "interrupted", error=DEAD_WRITER)
         dead = [
-            r["id"] for r in self.db.query("SELECT id, pid, host, heartbeat FROM jobs") if not writer_alive(r)
+            r["id"]
+            for r in self.db.query("SELECT id, pid, host, heartbeat, db_file FROM jobs")
+            if not self.alive(r)
         ]
         if dead:
             with self.db.conn:
@@ -235,9 +308,9 @@ class Store:
     def create_run(self, model: str, spec_json: str) -> int:
         with self.db.conn:
             cur = self.db.execute(
-                "INSERT INTO runs (status, model, spec, started, pid, host, heartbeat) "
-                "VALUES ('running', ?, ?, ?, ?, ?, ?)",
-                [model, spec_json, now(), os.getpid(), HOST, time.time()],
+                "INSERT INTO runs (status, model, spec, started, pid, host, heartbeat, db_file) "
+                "VALUES ('running', ?, ?, ?, ?, ?, ?, ?)",
+                [model, spec_json, now(), os.getpid(), HOST, time.time(), self.file_id],
             )
         return cur.lastrowid
 
@@ -250,15 +323,15 @@ class Store:
             run = self.run(run_id)
             if run["status"] == "done":
                 raise StoreError(f"run {run_id} is already done")
-            if run["status"] == "running" and writer_alive(run) and run["pid"] != os.getpid():
+            if run["status"] == "running" and run["pid"] != os.getpid():
                 raise StoreError(
                     f"run {run_id} is being written by {describe_writer(run)}: wait for it to end, or cancel "
                     "it there, then resume"
                 )
             conn.execute(
-                "UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, error = NULL, "
-                "finished = NULL WHERE id = ?",
-                [os.getpid(), HOST, time.time(), run_id],
+                "UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat = ?, db_file = ?, "
+                "error = NULL, finished = NULL WHERE id = ?",
+                [os.getpid(), HOST, time.time(), self.file_id, run_id],
             )
         return run["status"]
 
@@ -308,8 +381,8 @@ class Store:
         with self.db.conn:
             self.db.execute(
                 "UPDATE runs SET provenance = ?, n_pairs = ?, n_sites = ?, status = 'running', pid = ?, "
-                "host = ?, finished = NULL, error = NULL WHERE id = ?",
-                [json.dumps(provenance), len(pairs), n_sites, os.getpid(), HOST, run_id],
+                "host = ?, db_file = ?, finished = NULL, error = NULL WHERE id = ?",
+                [json.dumps(provenance), len(pairs), n_sites, os.getpid(), HOST, self.file_id, run_id],
             )
             self.db["pairs"].upsert_all([{"run_id": run_id, **p} for p in pairs], pk=("run_id", "pair"))
 
@@ -391,11 +464,18 @@ class Store:
         return self.db.execute(sql, [check_id]).fetchall()
 
     def run(self, run_id: int) -> dict:
+        """A run, its status as it stands: `running` only while its writer lives (one killed with -9 after
+        this store opened reads `interrupted`)."""
         run = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
         if run is None:
             raise StoreError(f"no run {run_id} in {self.path}")
         run["provenance"] = json.loads(run["provenance"] or "{}")
-        return run
+        return self._as_it_stands(run)
+
+    def _as_it_stands(self, row: dict) -> dict:
+        if row["status"] == "running" and not self.alive(row):
+            row["status"], row["error"] = "interrupted", DEAD_WRITER
+        return row
 
     def run_method(self, run_id: int) -> str:
         """The method a run patched with (exact, block or atp); an atp run's verified rows say exact."""
@@ -404,12 +484,13 @@ class Store:
     def runs(self) -> list[dict]:
         sql = """
             SELECT r.id, r.status, r.model, r.n_pairs, r.n_sites, r.started, r.finished, r.compute_s, r.spec,
+                   r.pid, r.host, r.heartbeat, r.db_file, r.error,
                    json_extract(r.provenance, '$.method') AS method,
                    (SELECT AVG(te) FROM pairs p WHERE p.run_id = r.id) AS mean_te,
                    CASE WHEN r.status = 'running' THEN (SELECT COUNT(*) FROM effects e WHERE e.run_id = r.id)
                         ELSE r.n_rows END AS n_rows
             FROM runs r ORDER BY r.id DESC"""
-        return list(self.db.query(sql))
+        return [self._as_it_stands(r) for r in self.db.query(sql)]
 
     def pairs(self, run_id: int) -> list[dict]:
         rows = list(self.db.query("SELECT * FROM pairs WHERE run_id = ? ORDER BY pair", [run_id]))
@@ -447,11 +528,23 @@ class Store:
 
     # --- studies ----------------------------------------------------------------------------------
     @_writes
-    def create_study(self, model: str, spec_json: str) -> int:
+    def create_study(self, model: str, spec_json: str, held_out: list[dict], inputs: dict) -> int:
+        """A study, with its held-out pairs (tokens included) and its input files' fingerprints as it starts:
+        what its resume computes from, and checks."""
         with self.db.conn:
             cur = self.db.execute(
-                "INSERT INTO studies (created, model, spec, status, pid, host) VALUES (?, ?, ?, 'running', ?, ?)",
-                [now(), model, spec_json, os.getpid(), HOST],
+                "INSERT INTO studies (created, model, spec, status, pid, host, db_file, held_out, inputs) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                [
+                    now(),
+                    model,
+                    spec_json,
+                    os.getpid(),
+                    HOST,
+                    self.file_id,
+                    json.dumps(held_out),
+                    json.dumps(inputs),
+                ],
             )
         return cur.lastrowid
 
@@ -460,7 +553,9 @@ class Store:
         if study is None:
             raise StoreError(f"no study {study_id} in {self.path}")
         study["stage_s"] = json.loads(study["stage_s"])
-        if study["status"] == "running" and not writer_alive(study):
+        study["held_out"] = json.loads(study["held_out"] or "null")
+        study["inputs"] = json.loads(study["inputs"] or "{}")
+        if study["status"] == "running" and not self.alive(study):
             study["status"] = "interrupted"
         return study
 
@@ -487,14 +582,14 @@ class Store:
                     f"study {study_id} is being run by {describe_writer(study)}: wait for it to end"
                 )
             conn.execute(
-                "UPDATE studies SET status = 'running', error = NULL, pid = ?, host = ? WHERE id = ?",
-                [os.getpid(), HOST, study_id],
+                "UPDATE studies SET status = 'running', error = NULL, pid = ?, host = ?, db_file = ? WHERE id = ?",
+                [os.getpid(), HOST, self.file_id, study_id],
             )
 
     @_writes
     def delete_run(self, run_id: int) -> None:
         run = self.run(run_id)
-        if run["status"] == "running" and writer_alive(run):
+        if run["status"] == "running":
             raise StoreError(
                 f"run {run_id} is running ({describe_writer(run)} writes it): cancel it first, then delete it"
             )

@@ -6,13 +6,15 @@ first stage that needs it starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from harmmed_tui.analysis import mediation
+from harmmed_tui.analysis import inputs, mediation
 from harmmed_tui.analysis.errors import GateError, JobCancelled, NoRefusalsError
 from harmmed_tui.analysis.metrics import AUTO
+from harmmed_tui.analysis.pairs import Pair, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.study import STAGES, StudySpec
 from harmmed_tui.db.jobs import Job
@@ -51,17 +53,26 @@ def _study(store: Store, spec: StudySpec | None, study_id: int | None, say, note
         return lm
 
     if study_id is None:
-        # as for runs: a study is stored only once its model has loaded and both runs' plans check
+        # as for runs: a study is stored only once its model has loaded and both runs' plans check; it keeps
+        # its held-out pairs and its files' fingerprints (a resume reads neither from the files again)
         spec.check()
+        spec = replace(spec, base=inputs.resolved(spec.base))
         for run_spec in (spec.modules_spec(), spec.neurons_spec()):
             mediation.check_choices(run_spec)
         for run_spec in (spec.modules_spec(), spec.neurons_spec()):
             a = model().anatomy
             mediation.plan(run_spec, lm.tokenizer, a.n_layers, a.d_mlp, a.n_heads)
-        study_id = store.create_study(spec.base.model, spec.to_json())
+        held = _held_out(spec, lm, note)
+        study_id = store.create_study(spec.base.model, spec.to_json(), held, inputs.record(spec.base))
     else:
         store.claim_study(study_id)
-        spec = StudySpec.from_json(store.study(study_id)["spec"])
+        study = store.study(study_id)
+        try:
+            inputs.check_unchanged(f"study {study_id}", study["inputs"], inputs.FILE_FIELDS)
+        except BaseException:
+            store.update_study(study_id, status="interrupted")
+            raise
+        spec = StudySpec.from_json(study["spec"])
 
     try:
         for stage in STAGES:
@@ -124,15 +135,52 @@ def _run_stage(
         _run_stage(store, wider, study_id, stage, None, model, say, note, job)
 
 
-def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note, job: Job) -> int:
-    """The gate curve of the neuron run's top neurons on the held-out pairs (the source's next ones)."""
+def _held_out(spec: StudySpec, lm, note) -> list[dict]:
+    """The held-out pairs (the source's next ones after the study's own) as the gate curve will read them,
+    tokens included, as the study stores them when it starts."""
     first = spec.base.max_pairs
     held = mediation.spec_pairs(spec.held_out_spec())[first:]
     if not held:
         raise GateError(
             f"the study's source has no pairs after its first {first} to hold out: lower --max-pairs"
         )
-    label = f"pairs {first + 1}-{first + len(held)} of the study's source (held out)"
+    tokenized, skipped = _tokenized(spec, lm, held, list(range(first, first + len(held))))
+    for message in skipped:
+        if note:
+            note(f"held-out pair left out: {message}")
+    return [
+        dict(
+            pair=tp.index,
+            **dataclasses.asdict(tp.pair),
+            treatment_tokens=tp.treatment_tokens,
+            control_tokens=tp.control_tokens,
+        )
+        for tp in tokenized
+    ]
+
+
+def _tokenized(spec: StudySpec, lm, pairs: list[Pair], indices: list[int]):
+    # as the gate curve tokenizes held-out pairs: aligned from the end
+    base = spec.base
+    return tokenize_pairs(
+        lm.tokenizer, pairs, base.chat_template, "end", base.metric == "target-logprob", indices=indices
+    )
+
+
+def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note, job: Job) -> int:
+    """The gate curve of the neuron run's top neurons on the held-out pairs the study stored when it started
+    (checked to read to the model as they did then)."""
+    rows = study["held_out"] or _held_out(spec, lm, note)  # (a study from before studies kept them)
+    held = [Pair(r["treatment"], r["control"], r["id"], r["category"], r["target"]) for r in rows]
+    stored = mediation.Stored(
+        pairs={r["pair"]: p for r, p in zip(rows, held, strict=True)},
+        tokens={r["pair"]: (r["treatment_tokens"], r["control_tokens"]) for r in rows},
+        behaviour={},
+    )
+    tokenized, _ = _tokenized(spec, lm, held, list(stored.pairs))
+    mediation.check_stored_tokens(tokenized, stored, f"study {study['id']}")
+    first, last = rows[0]["pair"] + 1, rows[-1]["pair"] + 1
+    label = f"pairs {first}-{last} of the study's source (held out)"
     return check_gate(
         store,
         study["neurons_run"],

@@ -66,6 +66,7 @@ class HarmmedApp(App):
     def __init__(self, db: str | None = None, spec: RunSpec | None = None):
         super().__init__()
         self.store = Store(db)
+        self.store.check_tables()  # (the whole file is checked before this app's first write)
         self.spec = spec or DEFAULT_SPEC
         self._quitting = False  # the user chose to cancel the running job and quit
         self.quit_while_loading = False  # ... before its run existed: launch() need not wait for the load

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import platformdirs
 
-from harmmed_tui.analysis.errors import HarmmedError
+from harmmed_tui.analysis.errors import HarmmedError, JobCancelled
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
 from harmmed_tui.analysis.sites import LAYER_MODULES, MODULES
 from harmmed_tui.tui.safe_text import plain
+
+# exit codes (README): 0 done, 1 a bug (traceback file), 2 an error the user can act on, 3 cancelled or
+# interrupted before it finished (what it stored resumes), 130 Ctrl-C
+EXIT_CANCELLED = 3
 
 MODEL_COMMANDS = {
     "run",
@@ -573,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `harmmed-tui runs | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
         return 0
+    except JobCancelled as e:
+        print(f"harmmed-tui: {plain(e, newlines=False)}", file=sys.stderr)
+        return EXIT_CANCELLED
     except HarmmedError as e:  # (messages quote the user's text: shown on one line, controls visible)
         print(f"harmmed-tui: error: {plain(e, newlines=False)}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.db.study_runner import run_study
 from harmmed_tui.tui import store_commands
-from harmmed_tui.tui.safe_text import literal, markup
+from harmmed_tui.tui.cli import EXIT_CANCELLED
+from harmmed_tui.tui.safe_text import literal, markup, plain
 
 
 def spec_from_args(a) -> RunSpec:
@@ -88,16 +89,20 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
     err = Console(stderr=True)
     interactive = err.is_terminal and not as_json
     bar = Progress(
-        TextColumn("[bold]patching"),
+        TextColumn("[bold]{task.description}"),  # the job's stage: loading, judging answers, patching sites
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("sites"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
         disable=not interactive,
     )
-    task = bar.add_task("sites", total=None)
+    task = bar.add_task("starting", total=None)
+
+    def on_stage(stage: str, done: int | None, total: int | None) -> None:
+        if markup(stage) != bar.tasks[0].description:  # a new stage: its own clock and count
+            bar.reset(task, description=markup(stage), total=total)
+        bar.update(task, completed=done or 0, total=total)
 
     def on_prepared(rid, plan, provenance):
         for message in plan.skipped:
@@ -116,10 +121,13 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
             spec,
             store,
             run_id,
-            progress=lambda d, t: bar.update(task, completed=d, total=t),
             on_prepared=on_prepared,
+            on_stage=on_stage,
             executor=executor_from_args(a),
         )
+    cancelled = outcome.status == "cancelled"
+    if cancelled:  # scripts that chain `run && export` must not export part of a run
+        print(f"harmmed-tui: {plain(outcome.stopped_message(), newlines=False)}", file=sys.stderr)
     if as_json:
         print(
             json.dumps(
@@ -129,16 +137,19 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
                     "status": outcome.status,
                     "pairs": outcome.pairs,
                     "sites": outcome.sites,
+                    "sites_done": outcome.done,
                     "elapsed_s": round(outcome.elapsed_s, 4),
                     "te": outcome.te,
                 }
             )
         )
+    elif cancelled:
+        return EXIT_CANCELLED
     elif interactive:
         store_commands.print_summary(store, outcome.run_id, Console())
     else:
         print(outcome.run_id)
-    return 0
+    return EXIT_CANCELLED if cancelled else 0
 
 
 def cmd_gate(store: Store, a) -> int:

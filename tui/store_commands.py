@@ -240,7 +240,7 @@ def cmd_delete(store: Store, run_id: int) -> int:
 
 
 def dispatch(a) -> int:
-    with Store(a.db, create=False) as store:
+    with Store(a.db, create=False) as opened, opened.reading() as store:
         if store.read_only and a.command != "delete":
             print(f"note: {store.path} is read-only here: opened for reading only", file=sys.stderr)
         if a.command == "runs":

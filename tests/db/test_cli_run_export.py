@@ -41,7 +41,8 @@ def test_run_json_then_export_rows_match_store(capsys, db_path, llama_dir):
     )
     assert code == 0, err
     res = json.loads(out)
-    assert set(res) == {"run_id", "db", "status", "pairs", "sites", "elapsed_s", "te"}
+    assert set(res) == {"run_id", "db", "status", "pairs", "sites", "sites_done", "elapsed_s", "te"}
+    assert res["sites_done"] == res["sites"]
     assert (
         res["status"] == "done"
         and res["pairs"] == 2

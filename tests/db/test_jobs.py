@@ -15,7 +15,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import jobs, queries
 from harmmed_tui.db.jobs import Job
 from harmmed_tui.db.runner import check_gate, execute
-from harmmed_tui.db.store import Store
+from harmmed_tui.db.store import HOST, Store
 
 SCRIPT = Path(sys.executable).parent / "harmmed-tui"
 # a run of the embedded model long enough (about a minute on 2 cores) to be seen and cancelled part-way
@@ -67,12 +67,17 @@ def test_a_cli_run_is_listed_while_loading_then_cancelled_part_way_by_another_pr
             assert cells[0] == str(patching["run_id"]) and cells[1].startswith("patching sites ")
             assert " left" in cells[1]  # an ETA, once the work is countable
             jobs.request_cancel(store, patching["id"])
-        assert process.wait(timeout=120) == 0
+        out, err = process.communicate(timeout=120)
     finally:
         process.kill()
+    # not 0, no summary: `run && export` must not export part of a run; stderr says who stopped it and where
+    assert process.returncode == 3 and out == b""
+    err = " ".join(err.decode().split())
     with Store(db) as store:
         run = store.run(patching["run_id"])
         assert run["status"] == "cancelled" and 0 < run["n_rows"] < run["n_sites"]
+        said = f"run {run['id']} cancelled by process {os.getpid()} on {HOST} after {run['n_rows']:,} of {run['n_sites']:,} sites"
+        assert said in err, err
         assert jobs.live(store) == [] and store.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
 
 
@@ -86,7 +91,7 @@ def test_cancel_while_the_model_loads_stores_nothing(tmp_path):
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 2
+    assert process.returncode == 3
     assert "cancelled before the run started computing: nothing was stored" in " ".join(err.decode().split())
     with Store(db) as store:
         assert store.runs() == [] and jobs.live(store) == []
@@ -152,3 +157,17 @@ def test_what_a_job_says():
     assert jobs.describe(job, now=120.0) == "patching sites 300/1,200, 1:30 left"
     assert jobs.describe({**job, "done": 1200}, now=120.0) == "patching sites 1,200/1,200"
     assert jobs.describe({**job, "cancel": 1}, now=120.0) == "cancelling"
+
+
+def test_the_cli_hears_every_stage_with_its_count_not_patching_0_of_unknown(tmp_path):
+    """While a run judges its pairs' answers, its progress line says so, with a count: the stages heard in
+    order, each counted where its work is."""
+    heard: list[tuple] = []
+    with Store(tmp_path / "runs.db") as store:
+        outcome = execute(
+            RunSpec(max_pairs=3, layers="-1", positions="last"), store, on_stage=lambda *s: heard.append(s)
+        )
+    stages = list(dict.fromkeys(stage for stage, _, _ in heard))
+    assert stages == ["loading the model", "loading the judge", "judging answers", "patching sites"]
+    assert ("judging answers", 3, 3) in heard
+    assert heard[-1] == ("patching sites", outcome.sites, outcome.sites)

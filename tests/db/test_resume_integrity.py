@@ -112,7 +112,7 @@ def test_a_changed_model_or_phrase_file_refuses_the_resume_and_leaves_the_run(tm
     phrases.write_text("I cannot\n")
     assert main(["resume", "1", "--db", db]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"its --refusal-phrases {phrases} changed since the run started" in err
+    assert err.count("\n") == 1 and f"its --refusal-phrases {phrases} changed since it started" in err
     phrases.write_text("I cannot\nI can't\n")
 
     model = T.AutoModelForCausalLM.from_pretrained(llama_copy)
@@ -121,7 +121,7 @@ def test_a_changed_model_or_phrase_file_refuses_the_resume_and_leaves_the_run(tm
     model.save_pretrained(llama_copy)
     assert main(["resume", "1", "--db", db]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"its --model {llama_copy} changed since the run started" in err
+    assert err.count("\n") == 1 and f"its --model {llama_copy} changed since it started" in err
     with Store(db) as store:  # the refusals left the run as it was, resumable
         run = store.run(1)
         assert run["status"] == "cancelled" and run["n_rows"] < run["n_sites"]

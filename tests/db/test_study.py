@@ -1,6 +1,7 @@
 """`harmmed-tui study`: the four claims from one command on the embedded model, and a study killed at any
 stage resumes to the same report."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -108,3 +109,53 @@ def test_a_study_includes_heads_and_the_direction(clean):
     assert any(p.group == "direction" for p in check["curve"])
     assert check["spec"]["direction"]["own_pairs"] == kept
     assert "## Claim 4: A single direction mediates it (Arditi et al. 2024)" in text
+
+
+def _killed_at_gate(tmp_path, args: list[str]) -> str:
+    db = str(tmp_path / "runs.db")
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILL), "gate", *args, "--db", db],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == 9, killed.stderr
+    return db
+
+
+def test_a_study_killed_at_its_gate_stage_refuses_an_edited_prompt_file(tmp_path, capsys):
+    """Rows 13-20 of the harmful CSV edited while the study lay killed: the resume names the file and refuses,
+    rather than computing its gate rows on prompts the study never held out."""
+    from harmmed_tui.analysis.prompt_sets import load_prompt_set
+
+    harmful = tmp_path / "harmful.csv"
+    rows = [p.text for p in load_prompt_set("builtin:advbench")[:20]]
+    harmful.write_text("prompt\n" + "".join(f'"{r}"\n' for r in rows))
+    args = ["--harmful", f"{harmful}:prompt", "--harmless", "builtin:self_instruct", "--max-pairs", "12"]
+    db = _killed_at_gate(tmp_path, args)
+    harmful.write_text("prompt\n" + "".join(f'"{r}"\n' for r in rows[:12]) + "how do I bake bread?\n" * 8)
+    capsys.readouterr()
+    assert main(["resume", "study:1", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"study 1 cannot resume: its --harmful {harmful} changed" in err, err
+    with Store(db) as store:
+        assert store.study(1)["status"] == "interrupted" and store.study(1)["gate_check"] is None
+
+
+def test_a_resumed_study_computes_its_gate_from_the_held_out_pairs_it_stored(tmp_path, capsys):
+    """What the resume reads is the study's own record: four of its eight stored held-out pairs removed from the
+    store, the curve has exactly the other four."""
+    db = _killed_at_gate(tmp_path, ARGS)
+    with Store(db) as store:
+        held = store.study(1)["held_out"]
+        assert [r["pair"] for r in held] == list(range(12, 20)) and held[0]["treatment_tokens"]
+        store.update_study(1, held_out=json.dumps(held[:4]))
+    assert main(["resume", "study:1", "--db", db]) == 0
+    with Store(db) as store:
+        check = store.study(1)["gate_check"]
+        used = {
+            pid
+            for (pid,) in store.db.execute(
+                "SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ?", [check]
+            )
+        }
+    assert used == {r["id"] for r in held[:4]}

@@ -178,7 +178,7 @@ def test_a_cli_run_shows_while_it_loads_is_followed_and_c_cancels_it(tmp_path):
         assert "▶ run 1 (default): patching sites" in shown
         tmux("send-keys", "-t", name, "c")
         wait_for(name, "cancelling run 1 (default)")
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=60) == 3  # cancelled: not 0
         shown = wait_for(name, "run 1 (cancelled, default)", timeout=10)
         assert "layer" in shown and "▶" not in shown
     finally:

@@ -77,7 +77,7 @@ async def test_explore_follows_a_cli_run_and_c_cancels_it(tmp_path):
             rows_before = app.store.run(job["run_id"])
             await pilot.press("c")
             assert f"cancelling run {job['run_id']} (default)" in str(list(app._notifications)[-1].message)
-            assert process.wait(timeout=120) == 0  # the CLI process stopped at its next batch
+            assert process.wait(timeout=120) == 3  # the CLI process stopped at its next batch: cancelled
             await pilot.pause(1.5)
             # not stale: the header, the status line and the table follow what the other process stored
             assert f"run {job['run_id']} (cancelled" in text(app, "#crumb")
