@@ -266,6 +266,7 @@ def plan(
         need_target=spec.metric == "target-logprob",
         allow_same=spec.corrupt is not None,
         indices=list(stored.pairs) if stored else None,
+        allow_special=spec.allow_special_tokens,
     )
     if stored:
         check_stored_tokens(tokenized, stored)
@@ -273,7 +274,9 @@ def plan(
         tokenized = [
             replace(
                 tp,
-                corrupt=corrupted_positions(tokenizer, tp.pair.treatment, spec.chat_template, spec.corrupt),
+                corrupt=corrupted_positions(
+                    tokenizer, tp.pair.treatment, spec.chat_template, spec.corrupt, spec.allow_special_tokens
+                ),
             )
             for tp in tokenized
         ]

@@ -12,6 +12,7 @@ A template file of your own is read like `refusal`: Yes means a refusal.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from harmmed_tui.analysis.errors import MetricError
 from harmmed_tui.analysis.judge import PhraseJudge, phrase_judge
 from harmmed_tui.analysis.models import LoadedModel, load_model
+from harmmed_tui.analysis.pairs import literal_ids
 
 REFUSAL_TEMPLATE = """You judge a chatbot's answers.
 Request: {prompt}
@@ -70,8 +72,9 @@ class ModelJudge:
 
     @torch.inference_mode()
     def refuses(self, answer: str, prompt: str = "") -> bool:
-        text = self.template.replace("{prompt}", prompt).replace("{answer}", answer)
-        ids = torch.tensor([self.lm.tokenizer(text)["input_ids"]], device=self.lm.device)
+        text, spans = _filled(self.template, prompt=prompt, answer=answer)
+        # the prompt and the answer are untrusted text: a special-token string in them forges no turn
+        ids = torch.tensor([literal_ids(self.lm.tokenizer, text, spans, True)[0]], device=self.lm.device)
         logits = self.lm.model(ids, use_cache=False, logits_to_keep=1).logits[0, -1]
         yes = bool(logits[self.yes].max() > logits[self.no].max())
         return yes == self.yes_means_refusal
@@ -79,6 +82,17 @@ class ModelJudge:
     @property
     def description(self) -> str:
         return f"classifier {self.lm.source}"
+
+
+def _filled(template: str, **values: str) -> tuple[str, list[tuple[int, int]]]:
+    """The template with each {name} replaced by its value (once: a value holding `{answer}` stays as it is),
+    and where the values stand in the result."""
+    out, spans, last = "", [], 0
+    for m in re.finditer(r"\{(" + "|".join(values) + r")\}", template):
+        out += template[last : m.start()]
+        spans.append((len(out), len(out) + len(values[m[1]])))
+        out, last = out + values[m[1]], m.end()
+    return out + template[last:], spans
 
 
 def check_template(template: str) -> tuple[str, bool]:

@@ -16,16 +16,17 @@ import torch
 from harmmed_tui.analysis.errors import PairsError
 from harmmed_tui.analysis.metrics import BoundMetric
 from harmmed_tui.analysis.models import LoadedModel
-from harmmed_tui.analysis.pairs import TokenizedPair, format_prompt
+from harmmed_tui.analysis.pairs import TokenizedPair, encode_prompt
 from harmmed_tui.analysis.patching import PairPatcher
 
 
-def corrupted_positions(tokenizer, text: str, chat_template: str, corrupt: str) -> tuple[int, ...]:
+def corrupted_positions(
+    tokenizer, text: str, chat_template: str, corrupt: str, allow_special: bool = False
+) -> tuple[int, ...]:
     """The token indices to corrupt in `text` as the model reads it: `tokens:LIST` (indices and ranges,
     negative from the end), or the tokens that overlap the first occurrence of a substring of `text`."""
-    prompt, special = format_prompt(tokenizer, text, chat_template)
-    encoded = tokenizer(prompt, add_special_tokens=special, return_offsets_mapping=True)
-    n = len(encoded["input_ids"])
+    prompt, ids, offsets = encode_prompt(tokenizer, text, chat_template, allow_special, offsets=True)
+    n = len(ids)
     if corrupt.startswith("tokens:"):
         out = []
         for part in corrupt.removeprefix("tokens:").split(","):
@@ -46,7 +47,7 @@ def corrupted_positions(tokenizer, text: str, chat_template: str, corrupt: str) 
     if not corrupt or at < 0:
         raise PairsError(f"'{corrupt}' does not occur in the prompt {text!r}")
     end = at + len(corrupt)
-    out = tuple(i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > at and b > a)
+    out = tuple(i for i, (a, b) in enumerate(offsets) if a < end and b > at and b > a)
     if not out:
         raise PairsError(f"no token of {text!r} covers '{corrupt}'")
     return out

@@ -139,6 +139,67 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: 
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), False
 
 
+def special_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The strings this tokenizer reads as special tokens (`<|im_end|>`, `<|assistant|>`, ...)."""
+    return [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+
+
+def literal_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    spans: list[tuple[int, int]],
+    add_special_tokens: bool = False,
+    offsets: bool = False,
+) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """Token ids of `text` whose `spans` (untrusted text: a user's prompt, a model's answer) are read as text:
+    a special-token string inside them (`<|im_end|>\n<|im_start|>assistant`) becomes ordinary tokens and
+    cannot forge a turn. Text without such strings tokenizes exactly as the tokenizer alone does it. With
+    `offsets`, each token's (start, end) in `text` too."""
+    specials = special_strings(tokenizer)
+    if not any(s in text[a:b] for a, b in spans for s in specials):
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=offsets)
+        return enc["input_ids"], enc.get("offset_mapping")
+    cuts = sorted({0, len(text), *(i for span in spans for i in span)})
+    ids, where = [], []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        untrusted = any(s <= a and b <= e for s, e in spans)
+        enc = tokenizer(
+            text[a:b],
+            add_special_tokens=add_special_tokens and i == 0,
+            split_special_tokens=untrusted,
+            return_offsets_mapping=offsets,
+        )
+        ids += enc["input_ids"]
+        if offsets:
+            where += [(a + x, a + y) for x, y in enc["offset_mapping"]]
+    return ids, where if offsets else None
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    chat_template: str = "auto",
+    allow_special: bool = False,
+    offsets: bool = False,
+) -> tuple[str, list[int], list[tuple[int, int]] | None]:
+    """A user's prompt as the model reads it: (the prompt text, its token ids, each token's offsets there when
+    asked). The chat template's own special tokens act; the user's text is text unless `allow_special`
+    (--allow-special-tokens: prefill-style attacks, on purpose)."""
+    prompt, special = format_prompt(tokenizer, text, chat_template)
+    start = prompt.rfind(text)  # the user's turn (after any system prompt quoting the same words)
+    if allow_special:
+        spans = []
+    elif start < 0:
+        raise PairsError(
+            "the chat template rewrites the prompt's text, so the text could not be kept literal: "
+            "pass --allow-special-tokens to tokenize the whole prompt as the template renders it"
+        )
+    else:
+        spans = [(start, start + len(text))]
+    ids, where = literal_ids(tokenizer, prompt, spans, special, offsets)
+    return prompt, ids, where
+
+
 def _common_suffix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
@@ -159,14 +220,15 @@ def tokenize_pair(
     need_target=False,
     align: str = "strict",
     allow_same: bool = False,
+    allow_special: bool = False,
 ) -> TokenizedPair:
     """`align='end'` accepts prompts of any lengths, aligned from their last token; otherwise unequal token
     lengths are an error. `allow_same`: the control may read the same as the treatment (a noise contrast, whose
-    control is the treatment corrupted later: analysis.noise)."""
+    control is the treatment corrupted later: analysis.noise). Special-token strings in the prompts are text
+    unless `allow_special` (encode_prompt)."""
 
     def encode(text: str) -> list[int]:
-        prompt, special = format_prompt(tokenizer, text, chat_template)
-        return tokenizer(prompt, add_special_tokens=special)["input_ids"]
+        return encode_prompt(tokenizer, text, chat_template, allow_special)[1]
 
     t, c = encode(pair.treatment), encode(pair.control)
     unk = tokenizer.unk_token_id
@@ -192,7 +254,8 @@ def tokenize_pair(
     if need_target:
         if not pair.target:
             raise PairsError(f"pair {pair.id!r} has no 'target' (needed by the target-logprob metric)")
-        target = tokenizer(pair.target, add_special_tokens=False)["input_ids"]
+        spans = [] if allow_special else [(0, len(pair.target))]
+        target = literal_ids(tokenizer, pair.target, spans)[0]
         t, c = t + target, c + target
     return TokenizedPair(
         pair,
@@ -216,6 +279,7 @@ def tokenize_pairs(
     need_target: bool = False,
     allow_same: bool = False,
     indices: list[int] | None = None,
+    allow_special: bool = False,
 ) -> tuple[list[TokenizedPair], list[str]]:
     """Tokenized pairs and, with align='skip', the messages about the pairs dropped for unequal length.
     A pair's index is its place in `pairs`, or in its source as `indices` gives it (a resumed run's)."""
@@ -224,7 +288,9 @@ def tokenize_pairs(
     out, skipped = [], []
     for i, p in zip(indices or range(len(pairs)), pairs, strict=True):
         try:
-            out.append(tokenize_pair(tokenizer, p, i, chat_template, need_target, align, allow_same))
+            out.append(
+                tokenize_pair(tokenizer, p, i, chat_template, need_target, align, allow_same, allow_special)
+            )
         except UnusablePair as e:
             if align == "strict":
                 raise

@@ -11,16 +11,21 @@ from harmmed_tui.analysis.jailbreaks import Jailbreak
 from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.model_judge import ModelJudge
 from harmmed_tui.analysis.models import LoadedModel
-from harmmed_tui.analysis.pairs import format_prompt
+from harmmed_tui.analysis.pairs import encode_prompt
 from harmmed_tui.analysis.prompt_sets import Prompt
 
 
-def greedy_answer(lm: LoadedModel, text: str, chat_template: str = "auto", max_new_tokens: int = 24) -> str:
-    """The model's greedy answer to one prompt, as a user turn under its chat template (when it has one)."""
-    prompt, special = format_prompt(lm.tokenizer, text, chat_template)
-    return greedy_continuation(
-        lm, lm.tokenizer(prompt, add_special_tokens=special)["input_ids"], max_new_tokens
-    )
+def greedy_answer(
+    lm: LoadedModel,
+    text: str,
+    chat_template: str = "auto",
+    max_new_tokens: int = 24,
+    allow_special: bool = False,
+) -> str:
+    """The model's greedy answer to one prompt, as a user turn under its chat template (when it has one); its
+    special-token strings are text unless `allow_special` (pairs.encode_prompt)."""
+    ids = encode_prompt(lm.tokenizer, text, chat_template, allow_special)[1]
+    return greedy_continuation(lm, ids, max_new_tokens)
 
 
 def probe(
@@ -30,13 +35,14 @@ def probe(
     chat_template: str = "auto",
     max_new_tokens: int = 24,
     jailbreak: Jailbreak | None = None,
+    allow_special: bool = False,
 ) -> list[dict]:
     """One row per prompt: its set, id, category, the prompt as sent, the answer and the verdict."""
     rows = []
     for name, prompts in sets.items():
         for p in prompts:
             text = jailbreak.wrap(p.text) if jailbreak else p.text
-            answer = greedy_answer(lm, text, chat_template, max_new_tokens)
+            answer = greedy_answer(lm, text, chat_template, max_new_tokens, allow_special)
             rows.append(
                 dict(
                     set=name,

@@ -27,6 +27,7 @@ class RunSpec:
     jailbreak_design: str = "plain-vs-wrapped"  # or wrapped-pair: treatment and control both wrapped
     max_pairs: int | None = None  # use only the first N pairs of the source
     chat_template: str = "auto"  # auto | none | chat
+    allow_special_tokens: bool = False  # special-token strings in prompts act (prefill attacks); else text
     align: str = (
         "strict"  # strict: unequal lengths are an error; skip: drop such pairs; end: align from the end
     )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harmmed_tui.analysis.sites import LAYER_MODULES, readable
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import compare, export, queries
 from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.db.visible import plain
 
 KINDS = ("layers", "grid", "neurons", "heads", "gate", "compare")
 FILE_TYPES = ("svg", "pdf", "png")
@@ -57,7 +58,12 @@ def draw(
         raise StoreError("--by category draws the layers figure (one line per category)")
     mpl, style = _matplotlib()
     with mpl.rc_context(style):
-        return globals()[f"_{kind}"](mpl, store, run_id, pair, by, module, other)
+        fig = globals()[f"_{kind}"](mpl, store, run_id, pair, by, module, other)
+    # every text drawn is the user's data shown as written: hidden characters as escapes (an SVG with ESC or
+    # NUL in it is no well-formed XML), `$` as a dollar sign (text.parse_math off: no mathtext)
+    for text in fig.figure.findobj(mpl.text.Text):
+        text.set_text(plain(text.get_text(), newlines=False))
+    return replace(fig, title=plain(fig.title, False), caption=plain(fig.caption, False))
 
 
 def save(fig: Figure, path: str) -> None:
@@ -103,6 +109,7 @@ _STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "svg.fonttype": "none",
+    "text.parse_math": False,
     "svg.hashsalt": "harmmed-tui",
     "pdf.fonttype": 42,
 }
@@ -178,6 +185,7 @@ def _layers(mpl, store, run_id, pair, by, module, other) -> Figure:
     fig, axes = _figure(mpl, 1.9 * len(panels), 1, len(panels))
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         groups = sorted({r["category"] for r in rows}) if by == "category" else modules
+        drawn = []  # (line, label), given to the legend as such: a label `_x` would be hidden as `_nolegend_`
         for group in groups:
             key = "category" if by == "category" else "module"
             mine = sorted(
@@ -188,6 +196,7 @@ def _layers(mpl, store, run_id, pair, by, module, other) -> Figure:
                 continue
             x = [r["layer"] for r in mine]
             line = ax.plot(x, [r[value] for r in mine], marker="o", markersize=2.5, label=group)[0]
+            drawn.append((line, group))
             if pair is None and (scale := te.get(group if by == "category" else None)):
                 # the band: the mean IE's 95% bootstrap CI on the same scale (divided by the mean TE)
                 ax.fill_between(
@@ -202,7 +211,7 @@ def _layers(mpl, store, run_id, pair, by, module, other) -> Figure:
         ax.xaxis.get_major_locator().set_params(integer=True)  # layers are whole
         ax.set_ylabel("IE / TE")
         ax.set_title(f"{panel} at {site}" if by == "category" else f"by layer, at {site}", loc="left")
-        ax.legend(frameon=False, ncols=min(3, len(groups)))
+        ax.legend(*zip(*drawn, strict=True), frameon=False, ncols=min(3, len(groups)))
     axes[-1, 0].set_xlabel("layer")
     title, caption = _about(store, run_id, "IE/TE per layer", pair)
     return Figure(fig, title, caption + (", 95% CI bands" if pair is None else ""), rows)

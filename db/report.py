@@ -10,11 +10,13 @@ from harmmed_tui.analysis import claims
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.db.visible import plain
 
-# the report's lines in each format (its tables: export.render)
+# the report's lines in each format (its tables: export.render); every text is escaped for its format, after
+# its hidden characters are made visible (a bidi override in a pair id reorders no reader's line)
 FORMS = {
     "markdown": {
-        "escape": str,
+        "escape": lambda s: export.markdown_cell(plain(s, newlines=False)),
         "title": "# Claims report (arXiv:2604.11663), {about}",
         "claim": "## Claim {n}: {title}: **{verdict}**",
         "rule": "*Rule:* {rule}.",
@@ -22,7 +24,7 @@ FORMS = {
         "behind": "*Behind it:* {pairs}.",
     },
     "latex": {
-        "escape": export.latex_escape,
+        "escape": lambda s: export.latex_escape(plain(s, newlines=False)),
         "title": r"\section*{{Claims report (arXiv:2604.11663), {about}}}",
         "claim": r"\subsection*{{Claim {n}: {title}: \textbf{{{verdict}}}}}",
         "rule": r"\emph{{Rule:}} {rule}.",
@@ -218,7 +220,7 @@ dt {{ font-weight: 600; }} dd {{ margin: 0; overflow-wrap: anywhere; }}
 def _html(store: Store, run_id: int, gate_run: int, about: str, found: list, run: dict) -> str:
     from harmmed_tui.db import figures  # (matplotlib: for the figures only)
 
-    esc = html.escape
+    esc = _html_escape
     parts = []
     for c in found:
         kind = c.verdict.replace(" ", "-")
@@ -253,8 +255,12 @@ def _html(store: Store, run_id: int, gate_run: int, about: str, found: list, run
     )
 
 
+def _html_escape(s: str) -> str:
+    return html.escape(plain(s))
+
+
 def _html_table(rows: list[dict]) -> str:
-    esc = html.escape
+    esc = _html_escape
     head = "".join(f"<th>{esc(str(k))}</th>" for k in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(export.format_value(v))}</td>" for v in r.values()) + "</tr>"

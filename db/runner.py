@@ -321,7 +321,12 @@ def _check_gate(store, run, spec, heldout, lm, note, pairs, progress, job) -> in
     if run_spec.refusal_tokens == AUTO:  # the set the run learned from its model's answers
         metric = Refusal(run["provenance"]["refusal_token_ids"])
     tokenized, skipped = tokenize_pairs(
-        lm.tokenizer, pairs, run_spec.chat_template, "end", need_target=run_spec.metric == "target-logprob"
+        lm.tokenizer,
+        pairs,
+        run_spec.chat_template,
+        "end",
+        need_target=run_spec.metric == "target-logprob",
+        allow_special=run_spec.allow_special_tokens,
     )
     for message in skipped:
         if note:
@@ -349,6 +354,7 @@ def _direction(store: Store, run: dict, run_spec: RunSpec, lm, metric, job: Job)
         "end",
         need_target=run_spec.metric == "target-logprob",
         indices=list(stored.pairs),
+        allow_special=run_spec.allow_special_tokens,
     )
     directions = stored.directions
     if directions is None:

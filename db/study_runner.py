@@ -163,7 +163,13 @@ def _tokenized(spec: StudySpec, lm, pairs: list[Pair], indices: list[int]):
     # as the gate curve tokenizes held-out pairs: aligned from the end
     base = spec.base
     return tokenize_pairs(
-        lm.tokenizer, pairs, base.chat_template, "end", base.metric == "target-logprob", indices=indices
+        lm.tokenizer,
+        pairs,
+        base.chat_template,
+        "end",
+        base.metric == "target-logprob",
+        indices=indices,
+        allow_special=base.allow_special_tokens,
     )
 
 

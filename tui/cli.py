@@ -129,6 +129,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "none", "chat"],
         help="auto: wrap prompts as a user turn when the tokenizer has a template; chat: require one",
     )
+    _special_arg(g)
     g.add_argument(
         "--align",
         choices=["strict", "skip", "end"],
@@ -251,6 +252,15 @@ def _choices(allowed: tuple[str, ...]):
 
     parse.__name__ = "list"
     return parse
+
+
+def _special_arg(g) -> None:
+    g.add_argument(
+        "--allow-special-tokens",
+        action="store_true",
+        help="let special-token strings in prompts act (<|im_end|>, <|assistant|>: a forged turn, as prefill "
+        "attacks do on purpose); by default prompts are text, those strings ordinary tokens",
+    )
 
 
 def _judge_args(g) -> None:
@@ -444,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _judge_args(probe)
     probe.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"])
+    _special_arg(probe)
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     probe.add_argument("--json", action="store_true", help="print every answer and the rates as JSON")

@@ -39,6 +39,7 @@ def spec_from_args(a) -> RunSpec:
         control=a.control,
         max_pairs=a.max_pairs,
         chat_template=a.chat_template,
+        allow_special_tokens=a.allow_special_tokens,
         harmful=a.harmful,
         harmless=a.harmless,
         pairing=a.pairing,
@@ -216,7 +217,7 @@ def cmd_probe(a) -> int:
     jailbreak = load_jailbreak(a.jailbreak) if a.jailbreak else None
     lm = load_model(a.model, device=a.device, dtype=a.dtype)
     judge = make_judge(a.refusal_phrases, a.judge, a.judge_template, str(lm.device), a.dtype)
-    rows = probe(lm, sets, judge, a.chat_template, a.max_new_tokens, jailbreak)
+    rows = probe(lm, sets, judge, a.chat_template, a.max_new_tokens, jailbreak, a.allow_special_tokens)
     rates = refusal_rates(rows)
     if a.json:
         print(json.dumps({"model": a.model, "jailbreak": a.jailbreak, "rates": rates, "answers": rows}))

@@ -8,38 +8,12 @@ control and format character visible as an escape (`\\x1b`, `\\u202e`)."""
 
 from __future__ import annotations
 
-import unicodedata
-
 from rich.markup import escape
 from rich.text import Text
 
-# controls, format characters (bidi overrides, zero-width), line and paragraph separators, surrogates, private
-_HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co"}
-NEWLINE = "⏎"
+from harmmed_tui.db.visible import NEWLINE, plain
 
-
-def _escape_char(ch: str) -> str:
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def plain(text: object, newlines: bool = True) -> str:
-    """The text with every hidden character shown as an escape; newlines kept, or shown as ⏎ where the text
-    must stay on one line. Tabs become spaces."""
-    text = "" if text is None else str(text)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("\n" if newlines else NEWLINE)
-        elif ch == "\t":
-            out.append(" ")
-        elif unicodedata.category(ch) in _HIDDEN:
-            out.append(_escape_char(ch))
-        else:
-            out.append(ch)
-    return "".join(out)
+__all__ = ["NEWLINE", "literal", "markup", "plain"]
 
 
 def markup(text: object) -> str:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from harmmed_tui.analysis import stats
 from harmmed_tui.analysis.sites import readable
+from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import compare, export, jobs, queries, report
 from harmmed_tui.db.store import Store, StoreError
 from harmmed_tui.tui.safe_text import literal, markup, plain
@@ -177,6 +178,11 @@ def show_run(store: Store, run_id: int, con: Console) -> None:
     for flag, f in files.items():  # (what a resume checks)
         con.print(literal(f"  input --{flag.replace('_', '-')}: {f['path']} (sha256 {f['sha256'][:12]})"))
     con.print(literal(f"  chat template: {'(none)' if not template else repr(template[:80]) + '...'}"))
+    acting = RunSpec.from_json(run["spec"]).allow_special_tokens
+    con.print(
+        "  special-token strings in prompts: "
+        + ("act (--allow-special-tokens)" if acting else "text (ordinary tokens: no forged turns)")
+    )
     con.print(literal(f"  spec: {run['spec']}"))
     con.print(f"  started {run['started']}, finished {run['finished']}, compute {run['compute_s']:.2f} s")
     print_summary(store, run_id, con)
