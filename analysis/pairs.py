@@ -77,6 +77,8 @@ def read_csv(text: str, source: object) -> list[dict]:
 def load_pairs(source: str) -> list[Pair]:
     """Pairs from `builtin` or a .jsonl/.json/.csv file with fields treatment, control [, id, category, target]."""
     path = BUILTIN_PATH if source == BUILTIN else Path(source).expanduser()
+    if path.is_dir():
+        raise PairsError(f"{source} is a directory, not a pairs file (.jsonl, .json or .csv)")
     if not path.is_file():
         raise PairsError(f"pairs file not found: {source}")
     try:  # utf-8-sig: spreadsheets save CSV with a byte-order mark
@@ -101,6 +103,11 @@ def load_pairs(source: str) -> list[Pair]:
             raise PairsError(f"unsupported pairs file type '{suffix}' (use .jsonl, .json or .csv): {source}")
     except json.JSONDecodeError as e:
         raise PairsError(f"{source}: invalid JSON ({e})") from None
+    if not isinstance(records, list):
+        raise PairsError(
+            f'{source}: expected a list of pair records (or {{"pairs": [...]}}), found '
+            f"{type(records).__name__} {str(records)[:40]}"
+        )
     pairs = []
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not r.get("treatment") or not r.get("control"):
@@ -121,6 +128,13 @@ def load_pairs(source: str) -> list[Pair]:
         )
     if not pairs:
         raise PairsError(f"pairs file has no records: {source}")
+    first: dict[str, int] = {}
+    for i, p in enumerate(pairs):
+        if (seen := first.setdefault(p.id, i)) != i:
+            raise PairsError(
+                f"{source}: pair id {p.id!r} is used by records {seen + 1} and {i + 1}: an id names one pair "
+                "in the exports and reports; make the ids unique"
+            )
     return pairs
 
 

@@ -63,6 +63,8 @@ def _path_and_column(source: str) -> tuple[Path, str, str | None, dict]:
     path, column = Path(source).expanduser(), None
     if not path.exists() and (m := re.fullmatch(r"(.+):([^:/\\]+)", source)):
         path, column = Path(m[1]).expanduser(), m[2]
+    if path.is_dir():
+        raise PairsError(f"{source} is a directory, not a prompt set file")
     if not path.is_file():
         raise PairsError(f"prompt set not found: {source}")
     return path, path.stem, column, {}

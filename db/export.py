@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections import defaultdict
@@ -382,29 +383,46 @@ def _new_file_mode() -> int:
 def write(data: str | bytes, path: str) -> None:
     """To stdout for '-', else atomically: a temp file beside the target, then a rename. The file gets the
     mode a shell's `>` would give it (the existing file's, or the umask's), and a symlink is written through
-    (its target replaced, the link kept)."""
+    (its target replaced, the link kept). A character device or FIFO (`-o /dev/null`, a pipe) is written in
+    place, as a shell's `>` would: renaming over it would replace the system's device with a file. Anything
+    that cannot be written is one line."""
     if path == "-":
         if isinstance(data, bytes):
             sys.stdout.buffer.write(data)
         else:
             sys.stdout.write(data)
         return
+    data = data.encode() if isinstance(data, str) else data
     target = Path(path).expanduser()
-    if target.is_symlink():
-        target = target.resolve()
-    if target.is_dir():
+    try:
+        target = target.resolve() if target.is_symlink() else target
+        kind = target.stat().st_mode if target.exists() else None
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13), no permission
+        raise StoreError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
+    if kind is not None and stat.S_ISDIR(kind):
         raise StoreError(f"{target} is a directory")
+    if kind is not None and (stat.S_ISCHR(kind) or stat.S_ISFIFO(kind)):
+        try:
+            with open(target, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise StoreError(f"cannot write {target}: {e.strerror or e}") from None
+        return
+    if kind is not None and not stat.S_ISREG(kind):
+        raise StoreError(f"cannot write {target}: it is not a regular file (a socket or block device)")
     if not target.parent.is_dir():
         raise StoreError(f"cannot write {target}: directory {target.parent} does not exist")
-    mode = target.stat().st_mode & 0o7777 if target.exists() else _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    mode = stat.S_IMODE(kind) if kind is not None else _new_file_mode()
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as e:  # a read-only filesystem, /proc, a full disk
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise StoreError(f"cannot write {target}: {e.strerror or e}") from None

@@ -40,6 +40,14 @@ def world(tmp_path_factory, tiny_dir):
         ),
         "no_answer": (root / "no_answer.txt", b"Is this a refusal? {prompt}\n"),
         "gpu0_map": (root / "gpu0.json", b'{"": 0}'),
+        "json_42": (root / "42.json", b"42"),
+        "json_null": (root / "null.json", b"null"),
+        "json_pairs_5": (root / "pairs5.json", b'{"pairs": 5}'),
+        "twice": (
+            root / "twice.jsonl",
+            b'{"id": "a", "treatment": "kill a person", "control": "kill a process"}\n'
+            b'{"id": "a", "treatment": "stab a person", "control": "stab a process"}\n',
+        ),
         "bogus_map": (root / "bogus.json", b'{"model.nonexistent": "cpu"}'),
     }
     for path, data in files.values():
@@ -62,6 +70,16 @@ def _digest(path: str) -> str:
 
 
 CASES = [
+    # pairs files that hold no list of pairs, a directory, one id twice
+    (["run", "--pairs", "{json_42}"], "expected a list of pair records"),
+    (["run", "--pairs", "{json_null}"], "found NoneType None"),
+    (["run", "--pairs", "{json_pairs_5}"], "found int 5"),
+    (["run", "--pairs", "{root}/somedir"], "somedir is a directory, not a pairs file"),
+    (
+        ["run", "--harmful", "{root}/somedir", "--harmless", "builtin:self_instruct"],
+        "is a directory, not a prompt set",
+    ),
+    (["run", "--pairs", "{twice}"], "pair id 'a' is used by records 1 and 2"),
     # run: the model
     (["run", "--model", "nope/nope"], "cannot load model 'nope/nope'"),
     (["run", "--model", "{random_gguf}"], "not a valid GGUF file"),

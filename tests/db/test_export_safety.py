@@ -135,3 +135,47 @@ def test_an_export_keeps_an_existing_files_mode_and_writes_through_a_symlink(sto
     assert main(["export", "1", "-o", str(link), "--db", stored_db]) == 0
     assert link.is_symlink() and link.resolve() == real
     assert real.read_text().startswith("run_id,") and real.stat().st_mode & 0o777 == 0o640
+
+
+def test_o_onto_a_device_or_fifo_writes_in_place_never_replacing_it(stored_db, tmp_path, capsys):
+    """`-o /dev/null` (as root: renaming over it would replace the system's device with a file) and `-o` a
+    FIFO are written as a shell's `>` writes them; both stay what they were."""
+    import stat
+    import threading
+
+    assert main(["export", "1", "-o", "/dev/null", "--db", stored_db]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    assert main(["export", "1", "--format", "json", "-o", str(fifo), "--db", stored_db]) == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got and got[0].startswith(b"[")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pipe.")]  # no temp file left
+
+
+@pytest.mark.parametrize("where", ["/proc/harmmed.csv", "/proc/self/status", "loop", "socket"])
+def test_o_where_nothing_can_be_written_is_one_line(stored_db, tmp_path, capsys, where):
+    import socket
+
+    if where == "loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        where = str(tmp_path / "a")
+    elif where == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(tmp_path / "s.sock"))
+        where = str(tmp_path / "s.sock")
+    assert main(["export", "1", "-o", where, "--db", stored_db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err and "Traceback" not in err, err
+
+
+def test_o_into_a_read_only_filesystem_is_one_line(stored_db, capsys):
+    """A read-only mount (here: sysfs, read-only in this container as on most) refuses the temp file."""
+    target = "/sys/harmmed.csv"
+    assert main(["export", "1", "-o", target, "--db", stored_db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {target}" in err, err

@@ -35,7 +35,9 @@ def test_a_study_answers_every_claim(clean):
     assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
     verdicts = [line.rsplit("**", 2)[1] for line in text.splitlines() if line.startswith("## Claim")]
     assert verdicts == ["not supported", "not supported", "supported", "not supported", "not supported"]
-    assert "8 pairs: advbench:12/self\\_instruct:seed\\_task\\_12" in text  # held out: the 13th pair on (escaped)
+    assert (
+        "8 pairs: advbench:12/self\\_instruct:seed\\_task\\_12" in text
+    )  # held out: the 13th pair on (escaped)
 
 
 async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
