@@ -564,7 +564,14 @@ def _pair_batches(prep: Prepared, tp: TokenizedPair, sites: list[Site], batch_to
         keys = {(s.layer, s.module) for s in sites}
         args = (spec.engine, spec.noise_samples, spec.noise_scale, spec.seed)
         patcher = NoisedPatcher(prep.lm, tp, bound, keys, *args)
-        return patcher, ((prep.method, c, ie, None) for c, ie in patcher.effects(sites, batch_tokens))
+        known, computed = known_sites(tp, sites)
+        return patcher, _with_known(
+            prep.method,
+            known,
+            patcher,
+            None,
+            ((c, ie, None) for c, ie in patcher.effects(computed, batch_tokens)),
+        )
     if prep.method != "atp":
         return _exact_batches(prep, tp, bound, sites, batch_tokens, prep.method)
     units = prep.directions.units if prep.directions else None
@@ -591,10 +598,50 @@ def _exact_batches(
     engine, units = prep.spec.engine, prep.directions.units if prep.directions else None
     patcher = PairPatcher(prep.lm, tp, bound, keys, engine, directions=units)
     direct = DirectEffects(prep.lm, tp, bound, keys, engine, units) if "de" in prep.spec.effects else None
-    return patcher, (
-        (method, chunk, ie, None if direct is None else direct.of(chunk, batch_tokens))
-        for chunk, ie in patcher.effects(sites, batch_tokens)
+    known, computed = known_sites(tp, sites)
+    return patcher, _with_known(
+        method,
+        known,
+        patcher,
+        direct,
+        (
+            (chunk, ie, None if direct is None else direct.of(chunk, batch_tokens))
+            for chunk, ie in patcher.effects(computed, batch_tokens)
+        ),
     )
+
+
+def shared_prefix(tp: TokenizedPair) -> int:
+    """How many first positions both runs of a pair compute identically: a causal model's activations at a
+    position depend only on the tokens (and noise) up to it, so where both prompts hold the same tokens at the
+    same places (a chat template's system prompt and opening, the words before the first that differs) they
+    are equal. A noise contrast: the positions before the first noised token. End-aligned prompts of unequal
+    length: none (their shared start sits at other positions, with other position encodings)."""
+    if tp.corrupt:
+        return min(tp.corrupt)
+    if tp.shift:
+        return 0
+    n, t, c = 0, tp.treatment_ids, tp.control_ids
+    while n < min(len(t), len(c)) and t[n] == c[n]:
+        n += 1
+    return n
+
+
+def known_sites(tp: TokenizedPair, sites: list[Site]) -> tuple[list[Site], list[Site]]:
+    """The sites whose effects are known without a forward pass (at a position of the shared prefix: IE exactly
+    0, DE exactly TE, the patch changes nothing), and the rest."""
+    prefix = shared_prefix(tp)
+    known = [s for s in sites if 0 <= s.position < prefix]
+    return known, [s for s in sites if not 0 <= s.position < prefix] if known else sites
+
+
+def _with_known(method: str, known: list[Site], patcher, direct, computed):
+    """The (method, sites, IE, DE or None) batches: the known sites' exact values first, then the computed."""
+    if known:
+        te = None if direct is None else torch.full((len(known),), patcher.te.item())
+        yield method, known, torch.zeros(len(known)), te
+    for chunk, ie, de in computed:
+        yield method, chunk, ie, de
 
 
 def timed(iterator: Iterator[PairResult]) -> Iterator[tuple[PairResult, float]]:

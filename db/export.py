@@ -55,8 +55,11 @@ def effect_rows(
     seq_len: bool = False,
     method: str | None = None,
     category: bool = False,
+    top_sites: int | None = None,
 ) -> list[dict]:
-    """One row per (pair, site), columns as documented in the README (plus the pair's token count).
+    """One row per (pair, site), columns as documented in the README (plus the pair's token count); with
+    `top_sites`, only the rows of the sites of largest |mean IE| over pairs (chosen in SQL: the aggregate of a
+    few top sites need not read a store's millions of rows).
 
     Rows of one `method`; by default the run's own for the layer level (whose columns name no method),
     and every method for the neuron level (an atp run's exact verification sits beside its estimates).
@@ -69,11 +72,22 @@ def effect_rows(
         method = store.run_method(run_id)
     from_end = RunSpec.from_json(run["spec"]).align == "end"
     control_tokens = {p["pair"]: p["control_tokens"] for p in store.pairs(run_id)}
+    # (method = ?, not LIKE: the index on (run_id, method, module, ...) then seeks the level's rows)
+    where = f"e.run_id = ? AND e.module IN ({','.join('?' * len(LEVEL_MODULES[level]))})"
+    where += " AND e.method = ?" if method else ""
+    args = [run_id, *LEVEL_MODULES[level], *([method] if method else [])]
+    chosen = ""
+    if top_sites:  # the site as the aggregate groups it: positions from the end
+        site = "e.layer, e.module, e.neuron, e.method, CASE WHEN e.position < 0 THEN e.position ELSE e.position - n.n END"
+        chosen = f"""AND ({site}) IN (SELECT {site} FROM effects e JOIN lengths n ON n.pair = e.pair
+            WHERE {where} GROUP BY 1, 2, 3, 4, 5 ORDER BY abs(AVG(e.ie)) DESC LIMIT ?)"""
+        args += [*args, top_sites]
     sql = f"""
+        WITH lengths AS (SELECT pair, json_array_length(control_tokens) AS n FROM pairs WHERE run_id = {int(run_id)})
         SELECT e.run_id, e.pair, e.layer, e.module, e.neuron, e.neuron AS head, e.position, e.token, p.te, e.ie,
                e.de, e.method, p.category
-        FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
-        WHERE e.run_id = ? AND e.module IN ({",".join("?" * len(LEVEL_MODULES[level]))}) AND e.method LIKE ?
+        FROM effects e JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair JOIN lengths n ON n.pair = e.pair
+        WHERE {where} {chosen}
         ORDER BY e.pair, e.layer, e.module, e.neuron, e.position, e.method"""
     columns = (["category"] if category else []) + LEVEL_COLUMNS[level]
     if "de" in RunSpec.from_json(run["spec"]).effects:  # direct effects, where the run asked for them
@@ -81,7 +95,7 @@ def effect_rows(
         columns.insert(columns.index("de") + 1, "de_norm")
     columns += ["seq_len"] if seq_len else []
     out = []
-    for r in store.db.query(sql, [run_id, *LEVEL_MODULES[level], method or "%"]):
+    for r in store.db.query(sql, args):
         tokens = control_tokens[r["pair"]]
         r["seq_len"] = len(tokens)
         r["ie_norm"], r["de_norm"] = _norm(r["ie"], r["te"]), _norm(r["de"], r["te"])
@@ -171,10 +185,11 @@ def recurrence(store: Store, run_id: int, method: str | None = None) -> dict[tup
 BY = ("site", "category")
 
 
-def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
+def aggregate(rows: list[dict], level: str, by: str = "site", top: int | None = None) -> list[dict]:
     """One row per site (per category of the harmful prompt too, with by='category') over pairs: mean IE
     with a 95% bootstrap CI, its share of the effect (ie_share = sum IE / sum TE, analysis.stats.ie_share),
-    the mean of the per-pair ratios under its own name, and n.
+    the mean of the per-pair ratios under its own name, and n. With `top`, only the `top` sites of largest
+    |mean IE| (their bootstrap is what costs: a store of 10^6 rows has thousands of sites).
 
     Pairs may differ in length, so positions are aligned from the end: -1 is the last token (where the
     refusal decision is read), and the chat template's closing tokens line up across pairs."""
@@ -184,6 +199,9 @@ def aggregate(rows: list[dict], level: str, by: str = "site") -> list[dict]:
         if isinstance(r["position"], int) and r["position"] >= 0:
             r = {**r, "position": r["position"] - r["seq_len"]}
         groups[tuple(r[k] for k in keys)].append(r)
+    if top:
+        mean = {key: abs(sum(r["ie"] for r in group) / len(group)) for key, group in groups.items()}
+        groups = {key: groups[key] for key in sorted(groups, key=lambda k: -mean[k])[:top]}
     out = []
     for key, group in groups.items():
         norms = [r["ie_norm"] for r in group if r["ie_norm"] is not None]
@@ -253,9 +271,12 @@ def table(
             return gate_curve_rows(store, run_id)
         rows = gate_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["shift"]))[:top] if top else rows
-    rows = effect_rows(store, run_id, level, seq_len=aggregated, method=method, category=by == "category")
+    chosen = top if aggregated and by == "site" else None
+    rows = effect_rows(
+        store, run_id, level, seq_len=aggregated, method=method, category=by == "category", top_sites=chosen
+    )
     if aggregated:
-        rows = aggregate(rows, level, by)
+        rows = aggregate(rows, level, by, top)
         if level == "neuron":  # which neurons recur across pairs, for each method's rows
             recur = {m: recurrence(store, run_id, m) for m in {r["method"] for r in rows}}
             for r in rows:

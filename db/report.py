@@ -56,8 +56,8 @@ def run_effects(store: Store, run_id: int, effect: str = "ie") -> claims.RunEffe
     value = {"ie": "e.ie", "necessity": "p.te - e.de"}[effect]
     sql = f"""SELECT e.pair, e.module, e.layer, e.position, {value} FROM effects e
               JOIN pairs p ON p.run_id = e.run_id AND p.pair = e.pair
-              WHERE e.run_id = ? AND e.method = ? AND {value} IS NOT NULL AND ((e.module = 'resid' AND
-              e.position >= 0) OR (e.module IN ('attn', 'mlp') AND e.position < 0))"""
+              WHERE e.run_id = ? AND e.method = ? AND e.module IN ('resid', 'attn', 'mlp') AND {value} IS NOT NULL
+              AND (e.module = 'resid') = (e.position >= 0)"""  # (module IN: the index seeks, never scans)
     resid: dict[int, dict] = {}
     modules: dict[int, dict] = {}
     for pair, module, layer, position, ie in store.db.execute(sql, [run_id, method]):
