@@ -54,7 +54,9 @@ def test_shared_prefix_sites_are_exact_zeros_and_equal_the_full_computation(tiny
         }
     lm = load_model(model, device="cpu", dtype="float32")
     tp = tokenize_pair(lm.tokenizer, PAIR, 0)
-    first_diff = next(i for i, (a, b) in enumerate(zip(tp.treatment_ids, tp.control_ids)) if a != b)
+    first_diff = next(
+        i for i, (a, b) in enumerate(zip(tp.treatment_ids, tp.control_ids, strict=True)) if a != b
+    )
     assert first_diff > 20  # the template's system prompt and the words before 'person'
     te, ie, de = full(lm, tp, parse_metric(spec.metric, lm.tokenizer).bind(tp), sorted(rows))
     known = [s for s in rows if 0 <= s.position < first_diff]
