@@ -84,6 +84,7 @@ def execute(
     executor=None,
     job: Job | None = None,
     on_stage=None,
+    pairs_from: mediation.Stored | None = None,
 ) -> RunOutcome:
     """Create (or resume) a run, stream its rows into the store, and leave a final status.
 
@@ -94,6 +95,8 @@ def execute(
     a job (db.jobs: its stage seen by every process, `job` where the caller holds one) that `cancelled` or
     any process can stop between batches: before the run exists, nothing is stored (JobCancelled).
     `on_stage(stage, done, total)` hears each stage (loading, judging answers N/M, patching sites N/M).
+    `pairs_from`: a new run computes the pairs another run stored, with their judged answers and learned
+    refusal tokens (a study's second run: its pairs are judged once, by the first).
     Any error marks the run `failed` with its message and is re-raised; a cancel marks it `cancelled`."""
     store.check_writable()
     executor = executor or mediation.InProcess(lm)
@@ -114,7 +117,7 @@ def execute(
                 # a run is stored only once its model has loaded and its plan checked: bad input leaves no row
                 spec = inputs.resolved(spec)
                 kept = {"inputs": inputs.record(spec)}
-                plan, provenance = executor.prepare(spec, stages=job)
+                plan, provenance = executor.prepare(spec, pairs_from, stages=job)
                 if stop():
                     raise JobCancelled("cancelled before the run started computing: nothing was stored")
                 run_id = store.create_run(spec.model, spec.to_json())

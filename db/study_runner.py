@@ -18,7 +18,7 @@ from harmmed_tui.analysis.pairs import Pair, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.study import STAGES, StudySpec
 from harmmed_tui.db.jobs import Job
-from harmmed_tui.db.runner import check_gate, execute
+from harmmed_tui.db.runner import check_gate, execute, stored_pairs
 from harmmed_tui.db.store import Store
 
 # (stage, what it is doing, done, total): the caller's progress line; total None while it is uncountable
@@ -109,8 +109,11 @@ def _run_stage(
     run_spec = spec.modules_spec() if stage == "modules" else spec.neurons_spec()
     if run_id is not None:
         run_spec = RunSpec.from_json(store.run(run_id)["spec"])
+    # the neuron run computes the pairs the module run kept, judged once by it
+    first = store.study(study_id)["modules_run"] if stage == "neurons" and run_id is None else None
+    pairs_from = stored_pairs(store, first, store.run(first)["provenance"]) if first else None
     lm = model()
-    say(stage, "judging answers", 0, None)
+    say(stage, "judging answers" if pairs_from is None else "preparing", 0, None)
     try:
         outcome = execute(
             run_spec,
@@ -120,6 +123,7 @@ def _run_stage(
             progress=lambda done, total: say(stage, f"{what[stage]}: sites", done, total),
             on_prepared=lambda rid, plan, provenance: store.update_study(study_id, **{f"{stage}_run": rid}),
             job=job,
+            pairs_from=pairs_from,
         )
         if outcome.status == "cancelled":
             raise JobCancelled(f"study cancelled in its {stage} run {outcome.run_id}: resume it to finish")

@@ -161,3 +161,24 @@ def test_a_resumed_study_computes_its_gate_from_the_held_out_pairs_it_stored(tmp
             )
         }
     assert used == {r["id"] for r in held[:4]}
+
+
+def test_a_studys_answers_are_judged_once(tmp_path, monkeypatch):
+    """Stage 2 computes the pairs stage 1 kept, with the answers and refusal tokens stage 1 judged and learned:
+    no pair is answered and judged twice."""
+    from harmmed_tui.analysis import mediation
+    from harmmed_tui.db.study_runner import run_study
+    from harmmed_tui.tui import cli, model_commands
+
+    judged = []
+    real = mediation.pair_behaviour
+    monkeypatch.setattr(mediation, "pair_behaviour", lambda lm, tp, *a: judged.append(tp.index) or real(lm, tp, *a))
+    args = cli.build_parser().parse_args(["study", *ARGS, "--db", str(tmp_path / "runs.db")])
+    with Store(args.db) as store:
+        study = store.study(run_study(store, model_commands.study_from_args(args)))
+        first, second = store.pairs(study["modules_run"]), store.pairs(study["neurons_run"])
+        learned = [store.run(study[k])["provenance"]["refusal_token_ids"] for k in ("modules_run", "neurons_run")]
+    assert sorted(judged) == list(range(12))  # the study's 12 pairs, once each
+    keep = ("pair", "treatment_tokens", "control_tokens", "answer_treatment", "refused_treatment", "refused_control")
+    assert [{k: p[k] for k in keep} for p in first] == [{k: p[k] for k in keep} for p in second]
+    assert learned[0] == learned[1]
