@@ -33,6 +33,7 @@ class PairEffects:
     differing: tuple[int, ...]  # positions whose token differs between treatment and control (aligned)
     resid: dict[tuple[int, int], float]  # (layer, position) -> IE of the residual stream at that position
     modules: dict[tuple[str, int], float]  # (module, layer) -> IE at every position at once (`*`/suffix)
+    flips: bool | None = None  # its judged behaviour: treatment refused and control answered (None: unjudged)
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ def _point_text(p: Point) -> str:
     lo, hi = wilson_ci(round(p.top_flipped * p.refused), p.refused)
     return (
         f"top {p.units} flip {percent(p.top_flipped)} of {p.refused} refusals (95% CI {percent(lo)}-"
-        f"{percent(hi)}; random {percent(p.random_flipped)}) and remove {percent(p.top_removed)} of TE"
+        f"{percent(hi)}; random {percent(p.random_flipped)}) and remove {p.removed_text()}"
     )
 
 
@@ -310,11 +311,14 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
         why = "the gate check has no final-layer group: run `harmmed-tui gate RUN --groups final,all`."
         return Claim(3, TITLE_3, INCONCLUSIVE, why, RULE_3, table, heldout)
     refused = final[0].refused
-    if refused < MIN_REFUSALS or final[0].top_flipped is None:
+    if refused < MIN_REFUSALS:
         why = (
             f"the model refused {refused} of {final[0].pairs} held-out harmful prompts before ablation: "
             "refusals are too rare here for a gate to flip."
         )
+        return Claim(3, TITLE_3, INCONCLUSIVE, why, RULE_3, table, heldout)
+    if final[0].top_flipped is None:
+        why = "the gate check judged no answers after ablation, so no flip was counted (--max-new-tokens)."
         return Claim(3, TITLE_3, INCONCLUSIVE, why, RULE_3, table, heldout)
     limit = SPARSE_SHARE * run.d_mlp
     found = _majority(final)
@@ -359,31 +363,30 @@ def claim_4(curve: list[Point] | None, heldout: list[str] | None = None, chosen:
         return Claim(4, TITLE_4, INCONCLUSIVE, why, RULE_4, [p.as_dict() for p in curve or []], heldout)
     p = points[0]
     own = chosen["removed_own"][chosen["layer"]]
+    # counts read as written: "3 of 3 refusals flipped", the random directions' as a mean over seeds
     table = [
         {
             "arm": f"direction (layer {chosen['layer']})",
             "te_removed": p.top_removed,
             "ci_low": p.top_removed_low,
             "ci_high": p.top_removed_high,
-            "refusals_flipped": p.top_flipped,
-            "refused": p.refused,
+            "refusals_flipped": None if p.top_flipped is None else round(p.top_flipped * p.refused),
+            "of_refusals": p.refused,
         },
         {
-            "arm": f"random directions ({p.seeds} seeds)",
+            "arm": f"random directions ({p.seeds} seeds, mean)",
             "te_removed": p.random_removed,
             "ci_low": None,
             "ci_high": None,
-            "refusals_flipped": p.random_flipped,
-            "refused": p.refused,
+            "refusals_flipped": None if p.random_flipped is None else p.random_flipped * p.refused,
+            "of_refusals": p.refused,
         },
     ]
     picked = (
         f"the layer {chosen['layer']} direction (chosen on the run's {chosen['own_pairs']} own pairs, whose TE "
         f"it removes {percent(own)} of)"
     )
-    removed = f"removes {percent(p.top_removed)} of the held-out TE"
-    if p.top_removed_low is not None:
-        removed += f" (95% CI {percent(p.top_removed_low)} to {percent(p.top_removed_high)})"
+    removed = f"removes {p.removed_text().replace('of TE', 'of the held-out TE', 1)}"
     baseline = (
         f"random directions remove {percent(p.random_removed, p.random_removed_sd)} and flip "
         f"{percent(p.random_flipped)}"
@@ -401,6 +404,36 @@ def claim_4(curve: list[Point] | None, heldout: list[str] | None = None, chosen:
     return Claim(
         4, TITLE_4, verdict, f"ablating {picked} {flips} and {removed}; {baseline}.", RULE_4, table, heldout
     )
+
+
+# --- claims 0-2 need pairs whose behaviour changes ------------------------------------------------------
+FLIP_RULE = (
+    f"Claims 0-2 are about harmful behaviour: each is inconclusive when fewer than {MIN_PAIRS} of the run's "
+    "pairs flip (treatment refused, control answered, as judged)"
+)
+
+
+def unflipped(run: RunEffects) -> str | None:
+    """Why claims 0-2 give no verdict on this run's pairs (fewer than MIN_PAIRS flip), or None."""
+    judged = [p for p in run.pairs if p.flips is not None]
+    flipped = sum(bool(p.flips) for p in judged)
+    if flipped >= MIN_PAIRS:
+        return None
+    if not judged:
+        return (
+            "the run judged no answers (--answer-tokens 0): whether its pairs change the model's behaviour is "
+            "unknown"
+        )
+    return (
+        f"only {flipped} of its {len(judged)} pairs flip (treatment refused, control answered): the effect "
+        "measured is not one of harmful behaviour"
+    )
+
+
+def _without_behaviour(claim: Claim, why: str) -> Claim:
+    claim.finding = f"{claim.finding.rstrip('.')}; but {why}."
+    claim.verdict = INCONCLUSIVE
+    return claim
 
 
 # --- direct effects ------------------------------------------------------------------------------------
@@ -437,4 +470,9 @@ def judge(
         for c, n in zip(found, (claim_0, claim_1, claim_2), strict=False):
             c.direct = _agreement(c, n(necessity))
         found[3].direct = found[4].direct = GATE_IS_NECESSITY
+    why = unflipped(run)
+    for c in found[:3]:
+        c.rule = f"{c.rule}. {FLIP_RULE}"
+        if why:
+            _without_behaviour(c, why)
     return found

@@ -15,6 +15,8 @@ from statistics import fmean, stdev
 
 import numpy as np
 
+from harmmed_tui.analysis.stats import bootstrap_ci, percent
+
 SIGNS = ("positive", "negative", "abs")
 GROUPS = ("final", "last-quarter", "all")
 
@@ -42,9 +44,28 @@ class Point:
     seeds: int
     top_removed_low: float | None = None  # 95% bootstrap interval of top_removed over the held-out pairs
     top_removed_high: float | None = None
+    te_low: float | None = None  # 95% bootstrap interval of the held-out pairs' mean TE
+    te_high: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def te_spans_zero(self) -> bool:
+        """The held-out TE may be 0: no share of it means anything (every share here is then None)."""
+        return self.te_low is not None and self.te_low <= 0 <= self.te_high
+
+    def removed_text(self) -> str:
+        """The top set's share of TE removed, with its interval, or why there is none."""
+        if self.te_spans_zero:
+            return (
+                f"no share of TE (the held-out TE's 95% CI, {self.te_low:+.3g} to {self.te_high:+.3g}, spans 0: "
+                "inconclusive)"
+            )
+        text = f"{percent(self.top_removed)} of TE"
+        if self.top_removed_low is not None:
+            text += f" (95% CI {percent(self.top_removed_low)} to {percent(self.top_removed_high)})"
+        return text
 
 
 def _removed(rows: list[dict], mean_te: float) -> float | None:
@@ -75,7 +96,9 @@ def curve(rows: list[dict]) -> list[Point]:
     for (group, k), by_seed in cells.items():
         top = by_seed.pop(-1)
         mean_te = fmean(r["te"] for r in top)
-        removed = _mean_sd([_removed(v, mean_te) for v in by_seed.values()])
+        te_ci = bootstrap_ci([r["te"] for r in top])
+        nothing = te_ci[0] <= 0 <= te_ci[1]  # a share of a TE that may be 0 is no finding: left out
+        removed = (None, None) if nothing else _mean_sd([_removed(v, mean_te) for v in by_seed.values()])
         flipped = _mean_sd([_flipped(v) for v in by_seed.values()])
         points.append(
             Point(
@@ -84,13 +107,14 @@ def curve(rows: list[dict]) -> list[Point]:
                 top[0]["units"],
                 len(top),
                 mean_te,
-                _removed(top, mean_te),
+                None if nothing else _removed(top, mean_te),
                 *removed,
                 sum(bool(r["refused_before"]) for r in top),
                 _flipped(top),
                 *flipped,
                 len(by_seed),
-                *_removed_ci(top),
+                *((None, None) if nothing else _removed_ci(top)),
+                *te_ci,
             )
         )
     return points

@@ -253,7 +253,7 @@ def plan(
     spec: RunSpec, tokenizer, n_layers: int, d_mlp: int, n_heads: int, stored: Stored | None = None
 ) -> Plan:
     """Check every choice of the spec and list each pair's sites (a resumed run's: its stored pairs').
-    Head sites take the positions of resid/attn/mlp; neurons, theirs."""
+    Neurons take their own positions; heads theirs, or those of resid/attn/mlp."""
     method, block = check_choices(spec)
     modules = parse_modules(",".join(spec.modules))
     pairs = list(stored.pairs.values()) if stored else spec_pairs(spec)
@@ -287,12 +287,18 @@ def plan(
         aligned = min(tp.prompt_len, tp.treatment_prompt_len) if spec.align == "end" else None
         positions = parse_positions(spec.positions, tp.prompt_len, aligned, tp.suffix_len)
         neuron_positions = parse_positions(spec.neuron_positions, tp.prompt_len, aligned, tp.suffix_len)
+        head_positions = (
+            parse_positions(spec.head_positions, tp.prompt_len, aligned, tp.suffix_len)
+            if spec.head_positions
+            else positions
+        )
         grid = []
         for module in modules:
             if module == "neuron":
                 grid += site_grid(layers, [module], neuron_positions, d_mlp, block)
             else:
-                grid += site_grid(layers, [module], positions, d_mlp, n_heads=n_heads)
+                where = head_positions if module == "head" else positions
+                grid += site_grid(layers, [module], where, d_mlp, n_heads=n_heads)
         sites[tp.index] = grid
     return Plan(spec, metric, tokenized, skipped, sites, method)
 

@@ -42,6 +42,7 @@ class RunSpec:
     layers: str = "all"
     positions: str = "all,*"  # positions of resid/attn/mlp sites
     neuron_positions: str = "last"  # positions of neuron sites
+    head_positions: str | None = None  # positions of head sites (None: those of resid/attn/mlp)
     effects: tuple[str, ...] = ("ie",)  # ie, or ie,de: the direct effect of every site beside its IE
     method: str = "exact"  # exact | atp | block:N
     engine: str = "replay"  # exact patching by replaying decoder layers, or by whole forwards with hooks

@@ -4,10 +4,10 @@ pipeline.
 Stages, each stored as it ends (so a killed study resumes at the first one missing):
 1. modules: each pair's behaviour judged (pairs that do not flip dropped, the refusal tokens learned from
    the model's own answers), then exact resid/attn/mlp IE, and the IE along the pairs' own refusal
-   direction, at every position and at `*` (`suffix` when the pairs are end-aligned): claims 0-2.
-2. neurons: every MLP neuron of every layer at the last position, and every attention head at the last
-   position and at `*`/`suffix`, by attribution patching, each pair's top K sites verified by exact
-   patching: the ranking the gate ablates, and the heads beside it.
+   direction, at every position and at `*` (`suffix` when the pairs are end-aligned), and every attention
+   head at the last position and at `*`/`suffix`, all exactly: claims 0-2, and the heads.
+2. neurons: every MLP neuron of every layer at the last position by attribution patching, each pair's top
+   K sites verified by exact patching: the ranking the gate ablates. Its pairs are stage 1's, judged once.
 3. gate: the gate curve of stage 2's top neurons, and of the refusal direction, on held-out pairs drawn
    from the same source, never the ones patched: claims 3 and 4.
 4. report: the claims from stages 1 and 3 (db.report; computed when read).
@@ -45,21 +45,24 @@ class StudySpec:
         self.gate.check()
 
     def modules_spec(self) -> RunSpec:
+        """Exact: resid/attn/mlp and the direction, and every head at the last position and at once (heads
+        are few, and attribution fails on saturated attention: AtP*, Kramar et al. 2024)."""
         end = self.base.align == "end"
         return self.base.replace(
-            modules=("resid", "attn", "mlp", "direction"),
+            modules=("resid", "attn", "mlp", "direction", "head"),
             layers="all",
             positions=self.positions or ("all,suffix" if end else "all,*"),
+            head_positions="last,suffix" if end else "last,*",
             method="exact",
             verify_top=0,
         )
 
     def neurons_spec(self) -> RunSpec:
-        end = self.base.align == "end"
+        """Every neuron by atp at the last position, each pair's top K verified exactly."""
         return self.base.replace(
-            modules=("neuron", "head"),
+            modules=("neuron",),
             layers="all",
-            positions="last,suffix" if end else "last,*",  # the heads'
+            positions="last",
             neuron_positions="last",
             method="atp",
             verify_top=self.verify_top,

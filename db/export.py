@@ -271,6 +271,8 @@ def table(
             return gate_curve_rows(store, run_id)
         rows = gate_rows(store, run_id)
         return sorted(rows, key=lambda r: -abs(r["shift"]))[:top] if top else rows
+    if level != "layer" and top and method is None and len(run_methods(store, run_id, level)) > 1:
+        method = store.run_method(run_id)  # a top N ranks one method's rows (an atp run's: its estimates)
     chosen = top if aggregated and by == "site" else None
     rows = effect_rows(
         store, run_id, level, seq_len=aggregated, method=method, category=by == "category", top_sites=chosen
@@ -285,6 +287,15 @@ def table(
         value = "ie_mean" if aggregated else "ie"
         rows = sorted(rows, key=lambda r: -abs(r[value]))[:top]
     return rows
+
+
+def run_methods(store: Store, run_id: int, level: str) -> list[str]:
+    """The methods a run's rows of a level were computed by (an atp run's verified rows say exact)."""
+    modules = LEVEL_MODULES[level]
+    sql = (
+        f"SELECT DISTINCT method FROM effects WHERE run_id = ? AND module IN ({','.join('?' * len(modules))})"
+    )
+    return sorted(m for (m,) in store.db.execute(sql, [run_id, *modules]))
 
 
 def format_value(v) -> str:

@@ -324,7 +324,7 @@ def _heads(mpl, store, run_id, pair, by, module, other) -> Figure:
     ax.set_yticks([i + 0.5 for i in range(len(layers))], [str(layer) for layer in layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"IE / TE of each head, at {where}", loc="left")
+    ax.set_title(f"IE / TE of each head, at {where} ({method})", loc="left")
     fig.colorbar(mesh, ax=ax, label="IE / TE", shrink=0.8)
     title, caption = _about(store, run_id, "IE/TE of every attention head", pair)
     return Figure(fig, title, caption, site)
@@ -384,7 +384,20 @@ def _gate(mpl, store, run_id, pair, by, module, other) -> Figure:
             ks = sorted({r["k"] for r in mine})
             ax.set_xticks(ks, [str(k) if i % 2 == 0 else "" for i, k in enumerate(ks)], minor=False)
             ax.minorticks_off()
-            ax.set_ylim(-0.05, 1.05)
+            # 0 to 1 at least, and whatever the lines and bands reach beyond it (a share of TE removed can
+            # exceed 1 or fall below 0): never clip what the figure exists to show
+            low, high = ax.dataLim.y0, ax.dataLim.y1
+            ax.set_ylim(min(-0.05, low - 0.05), max(1.05, high + 0.05))
+            if measure == "flipped" and not mine[0]["refused"]:
+                ax.text(0.5, 0.5, "0 refusals to flip", transform=ax.transAxes, ha="center", va="center")
+            if (
+                measure == "removed"
+                and mine[0]["te_low"] is not None
+                and mine[0]["te_low"] <= 0 <= mine[0]["te_high"]
+            ):
+                ax.text(
+                    0.5, 0.5, "held-out TE's CI spans 0", transform=ax.transAxes, ha="center", va="center"
+                )
             if row_i == 0:
                 ax.set_title(group, loc="left")
             if col == 0:

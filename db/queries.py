@@ -345,13 +345,13 @@ def gate_verdict(check: dict) -> str:
             p = max(points, key=lambda p: p.top_removed or 0)
             refused = "" if p.refused else ", no refused answers to flip"
             parts.append(
-                f"{group}: no K flips a majority; top {p.units} remove {stats.percent(p.top_removed)} of TE "
+                f"{group}: no K flips a majority; top {p.units} remove {p.removed_text()} "
                 f"(random {stats.percent(p.random_removed)}){refused}"
             )
     for p in (p for p in check["curve"] if p.group == "direction"):
         parts.append(
             f"direction (layer {spec['direction']['layer']}): flips {stats.percent(p.top_flipped)} of "
-            f"{p.refused} refusals, removes {stats.percent(p.top_removed)} of TE (random "
+            f"{p.refused} refusals, removes {p.removed_text()} (random "
             f"{stats.percent(p.random_flipped)}, {stats.percent(p.random_removed)})"
         )
     return (

@@ -22,6 +22,7 @@ FORMS = {
         "rule": "*Rule:* {rule}.",
         "direct": "*Direct effects:* {direct}.",
         "behind": "*Behind it:* {pairs}.",
+        "note": "*{label}:* {text}.",
     },
     "latex": {
         "escape": lambda s: export.latex_escape(plain(s, newlines=False)),
@@ -30,6 +31,7 @@ FORMS = {
         "rule": r"\emph{{Rule:}} {rule}.",
         "direct": r"\emph{{Direct effects:}} {direct}.",
         "behind": r"\emph{{Behind it:}} {pairs}.",
+        "note": r"\emph{{{label}:}} {text}.",
     },
 }
 FORMATS = (*FORMS, "html")
@@ -73,6 +75,9 @@ def run_effects(store: Store, run_id: int, effect: str = "ie") -> claims.RunEffe
             differing_positions(p["treatment_tokens"], p["control_tokens"]),
             resid.get(p["pair"], {}),
             modules.get(p["pair"], {}),
+            None
+            if p["refused_treatment"] is None
+            else bool(p["refused_treatment"] and not p["refused_control"]),
         )
         for p in store.pairs(run_id)
         if p["te"] is not None
@@ -171,11 +176,13 @@ def render(store: Store, run_id: int, check_id: int | None = None, fmt: str = "m
         of_study + f"run {run_id}: {run['model']}, metric {spec.metric}, method {store.run_method(run_id)}, "
         f"{len(te)} pairs, mean TE {mean_te}, status {run['status']}"
     )
+    notes = _study_notes(spec, run) if study else []
     if fmt == "html":
-        return _html(store, run_id, gate_run, about, found, run)
+        return _html(store, run_id, gate_run, about, found, run, notes)
     form = FORMS[fmt]
     esc = form["escape"]
     out = [form["title"].format(about=esc(about)), ""]
+    out += [line for label, text in notes for line in (form["note"].format(label=label, text=esc(text)), "")]
     for c in found:
         head = dict(n=c.number, title=esc(c.title), verdict=esc(c.verdict))
         out += [form["claim"].format(**head), esc(c.finding), "", form["rule"].format(rule=esc(c.rule)), ""]
@@ -217,11 +224,32 @@ dt {{ font-weight: 600; }} dd {{ margin: 0; overflow-wrap: anywhere; }}
 """
 
 
-def _html(store: Store, run_id: int, gate_run: int, about: str, found: list, run: dict) -> str:
+def _study_notes(spec: RunSpec, run: dict) -> list[tuple[str, str]]:
+    """What a study measured on: its prompt sources, the refusal tokens its metric read, and every pair it
+    dropped with the reason (its module run's provenance)."""
+    sources = ", ".join(
+        f"{name} {value}" for name, value in (("harmful", spec.harmful), ("harmless", spec.harmless), ("pairs", None))
+        if value
+    ) or f"pairs {spec.pairs}"  # fmt: skip
+    ids = run["provenance"].get("refusal_token_ids")
+    tokens = spec.refusal_tokens or "the default refusal openings"
+    if spec.refusal_tokens == "auto" and ids:
+        tokens = f"learned from the model's own refusals: token ids {', '.join(map(str, ids))}"
+    dropped = run["provenance"].get("skipped_pairs") or []
+    return [
+        ("Prompts", sources),
+        ("Refusal tokens", tokens),
+        ("Pairs dropped", f"{len(dropped)}: " + "; ".join(dropped) if dropped else "none"),
+    ]
+
+
+def _html(
+    store: Store, run_id: int, gate_run: int, about: str, found: list, run: dict, notes: list[tuple[str, str]]
+) -> str:
     from harmmed_tui.db import figures  # (matplotlib: for the figures only)
 
     esc = _html_escape
-    parts = []
+    parts = [f'<p class="rule"><em>{esc(label)}:</em> {esc(text)}.</p>' for label, text in notes]
     for c in found:
         kind = c.verdict.replace(" ", "-")
         parts.append(

@@ -103,8 +103,8 @@ def _run_stage(
     if run_id is not None and store.run(run_id)["status"] == "done":
         return
     what = {
-        "modules": "resid/attn/mlp and the direction by exact patching",
-        "neurons": "every neuron and head by atp, top K verified",
+        "modules": "resid/attn/mlp, the direction and the heads by exact patching",
+        "neurons": "every neuron by atp, top K verified",
     }
     run_spec = spec.modules_spec() if stage == "modules" else spec.neurons_spec()
     if run_id is not None:

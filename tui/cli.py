@@ -172,6 +172,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--neuron-positions", help="positions of neuron sites (default: --positions when given, else last)"
     )
+    g.add_argument("--head-positions", help="positions of head sites (default: --positions)")
     g.add_argument(
         "--method",
         default="exact",

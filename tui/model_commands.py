@@ -62,6 +62,7 @@ def spec_from_args(a) -> RunSpec:
         positions=a.positions or default_positions(align),
         # neurons are many: they take the last position unless positions are asked for
         neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
+        head_positions=a.head_positions,
         method=a.method,
         engine=a.engine,
         verify_top=a.verify_top,

@@ -75,14 +75,20 @@ class ReportScreen(Screen):
             points = [p for p in curve if p.group == group and p.top_removed is not None]
             if points:
                 plt.plot([x[p.k] for p in points], [p.top_removed for p in points], label=group)
-        widest = [p for p in curve if p.group == checks[0]["spec"]["groups"][-1]]
-        plt.plot(
-            [x[p.k] for p in widest], [p.random_removed or 0 for p in widest], label="random", marker="dot"
-        )
+        # (a share of a held-out TE that may be 0 is None: not drawn, never drawn as 0)
+        widest = [
+            p for p in curve if p.group == checks[0]["spec"]["groups"][-1] and p.random_removed is not None
+        ]
+        if widest:
+            plt.plot(
+                [x[p.k] for p in widest], [p.random_removed for p in widest], label="random", marker="dot"
+            )
         for p in (p for p in curve if p.group == "direction"):  # one direction: a level across K
             ends = [x[ks[0]], x[ks[-1]]]
-            plt.plot(ends, [p.top_removed or 0] * 2, label="direction")
-            plt.plot(ends, [p.random_removed or 0] * 2, label="random dir.", marker="dot")
+            if p.top_removed is not None:
+                plt.plot(ends, [p.top_removed] * 2, label="direction")
+            if p.random_removed is not None:
+                plt.plot(ends, [p.random_removed] * 2, label="random dir.", marker="dot")
         plt.xticks(list(x.values()), [str(k) for k in ks])
         plt.title("TE removed by top K")
         plt.xlabel("K neurons")

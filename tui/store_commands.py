@@ -195,6 +195,14 @@ def cmd_export(store: Store, a) -> int:
             f"run {a.run_id} has no {a.level} rows{NO_ROWS_HINT.get(a.level, '')}: nothing to export"
         )
     write(export.render(rows, a.format, formula_guard=not a.raw_cells), a.output)
+    if a.top and a.level != "layer" and (methods := {r.get("method") for r in rows}) and len(methods) == 1:
+        (method,) = methods
+        others = set(export.run_methods(store, a.run_id, a.level)) - {method}
+        if not a.method and others:
+            print(
+                f"note: the top {a.top} ranked by the {method} rows (--method {sorted(others)[0]} for the others)",
+                file=sys.stderr,
+            )
     if a.output != "-":
         print(f"wrote {len(rows)} rows to {Path(a.output).resolve()}", file=sys.stderr)
     return 0

@@ -107,7 +107,9 @@ def test_claim_4_reads_the_direction_arms_beside_the_neurons():
     assert c.verdict == SUPPORTED and c.pairs == ["h0"]
     assert "layer 2 direction (chosen on the run's 12 own pairs, whose TE it removes 60% of)" in c.finding
     assert "flips 90% of 20 refusals (95% CI 70%-97%)" in c.finding and "random directions" in c.finding
-    assert [r["arm"] for r in c.table] == ["direction (layer 2)", "random directions (3 seeds)"]
+    assert [r["arm"] for r in c.table] == ["direction (layer 2)", "random directions (3 seeds, mean)"]
+    # read as written: 18 of 20 refusals flipped, not "0.9 | 20"
+    assert (c.table[0]["refusals_flipped"], c.table[0]["of_refusals"]) == (18, 20)
     assert claims.claim_4([_point("direction", 1, 0.3)], [], chosen).verdict == NOT_SUPPORTED
     random_too = [_point("direction", 1, 0.9, random_flipped=0.6)]
     assert claims.claim_4(random_too, [], chosen).verdict == NOT_SUPPORTED
@@ -122,3 +124,41 @@ def test_claim_4_reads_the_direction_arms_beside_the_neurons():
         3,
         4,
     ]
+
+
+def test_claim_3_says_too_rare_only_when_refusals_are_too_rare():
+    run = RunEffects(L, 400, [])
+    unjudged = claims.claim_3(run, [_point("final", 5, None)])
+    assert unjudged.verdict == INCONCLUSIVE and "too rare" not in unjudged.finding
+    assert "judged no answers after ablation" in unjudged.finding
+
+
+def test_a_share_of_a_held_out_te_whose_interval_spans_0_is_no_finding():
+    """Held-out TEs of both signs (mean near 0): "removes -1020% of TE" was printed; the curve now holds no
+    share of it, and the claims say why."""
+    from harmmed_tui.analysis.gate_curve import curve
+
+    rows = []
+    for pair, te in enumerate([2.0, -1.9, 1.5, -1.7, 0.3, -0.1]):
+        for seed, shift in ((-1, -0.4), (0, 0.1), (1, -0.2)):
+            rows.append(
+                dict(
+                    grp="final",
+                    k=5,
+                    units=5,
+                    seed=seed,
+                    pair=pair,
+                    shift=shift,
+                    te=te,
+                    refused_before=1,
+                    refused_after=0,
+                )
+            )
+    (p,) = curve(rows)
+    assert (
+        p.te_spans_zero and p.top_removed is None and p.random_removed is None and p.top_removed_low is None
+    )
+    assert p.top_flipped == 1.0  # the flips are counted as ever
+    c = claims.claim_3(RunEffects(L, 400, []), [p])
+    assert "no share of TE (the held-out TE's 95% CI" in c.finding and "spans 0: inconclusive" in c.finding
+    assert "%" not in c.finding.split("remove ")[1].replace("95% CI", "")

@@ -291,3 +291,24 @@ def test_show_gives_each_pairs_prompts_answers_and_verdicts(stored_db, capsys):
     assert "pair 0 (violence-00): flips" in out and "  treatment: How do I kill a person?" in out
     assert "    answer (refused): 'Sorry , I cannot help with that .'" in out
     assert "    answer (answered): 'Sure" in out
+
+
+def test_a_top_n_export_ranks_one_methods_rows_and_says_which(capsys, db_path):
+    """An atp run verified by exact patching: `--top 5` ranked its atp estimates beside one pair's exact
+    rows, a mixed list; it ranks the run's own method and says so."""
+    db = ["--db", str(db_path)]
+    code, _, err = run_cli(
+        capsys, "run", *db, "--max-pairs", "2", "--modules", "neuron", "--layers", "-1", "--method", "atp",
+        "--verify-top", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(
+        capsys, "export", "1", *db, "--level", "neuron", "--aggregate", "--top", "5", "--format", "json"
+    )
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 5 and {r["method"] for r in rows} == {"atp"}
+    assert "note: the top 5 ranked by the atp rows (--method exact for the others)" in err
+    code, out, err = run_cli(capsys, *["export", "1", *db, "--level", "neuron", "--aggregate", "--top", "5"],
+                             "--method", "exact", "--format", "json")  # fmt: skip
+    assert {r["method"] for r in json.loads(out)} == {"exact"} and "note" not in err

@@ -248,3 +248,25 @@ def test_figures_need_matplotlib_said_in_one_line(monkeypatch, db):
     monkeypatch.setattr(builtins, "__import__", without)
     with Store(db) as store, pytest.raises(StoreError, match=re.escape("pip install 'harmmed-tui[figures]'")):
         figures.draw(store, 1, "layers")
+
+
+def test_the_gate_figure_never_clips_its_lines_and_names_a_panel_with_nothing_to_flip(db):
+    """A check (its rows as a gate curve stores them) whose top set removes 180% of TE and whose held-out
+    prompts were never refused: the y axis reaches 1.8, and the flips panel says there are none to flip."""
+    rows = []
+    for pair in range(4):
+        for k in (1, 5):
+            for seed, shift in ((-1, -1.8 * k / 5), (0, -0.1)):
+                rows.append(
+                    dict(pair=pair, pair_id=f"h{pair}", grp="final", k=k, units=k, arm="top" if seed < 0 else "random",
+                         seed=seed, m_before=1.0, m_after=1.0 + shift, shift=shift, te=1.0, refused_before=0,
+                         refused_after=0)
+                )  # fmt: skip
+    spec = {"tops": [1, 5], "sign": "positive", "groups": ["final"], "ablate": "control", "seeds": 1,
+            "max_new_tokens": 4, "pairs": "h", "skipped": 0, "method": "exact"}  # fmt: skip
+    with Store(db) as store:
+        store.add_gate_check(1, spec, {"final": []}, rows)
+        fig = figures.draw(store, 1, "gate")
+    removed, flipped = fig.figure.axes[0], fig.figure.axes[1]
+    assert removed.get_ylim()[1] >= 1.8 and max(removed.get_lines()[0].get_ydata()) == pytest.approx(1.8)
+    assert "0 refusals to flip" in [t.get_text() for t in flipped.texts]

@@ -106,7 +106,7 @@ def test_a_study_includes_heads_and_the_direction(clean):
         units, _, pairs = store.directions(1)
         check = store.gate_checks(2)[0]
         kept = len(store.pairs(1))  # (the pairs that flip)
-    assert modules == {"resid", "attn", "mlp", "direction"} and neurons == {"neuron", "head"}
+    assert modules == {"resid", "attn", "mlp", "direction", "head"} and neurons == {"neuron"}
     assert units.shape[0] == 4 and pairs == kept
     assert any(p.group == "direction" for p in check["curve"])
     assert check["spec"]["direction"]["own_pairs"] == kept
@@ -172,13 +172,24 @@ def test_a_studys_answers_are_judged_once(tmp_path, monkeypatch):
 
     judged = []
     real = mediation.pair_behaviour
-    monkeypatch.setattr(mediation, "pair_behaviour", lambda lm, tp, *a: judged.append(tp.index) or real(lm, tp, *a))
+    monkeypatch.setattr(
+        mediation, "pair_behaviour", lambda lm, tp, *a: judged.append(tp.index) or real(lm, tp, *a)
+    )
     args = cli.build_parser().parse_args(["study", *ARGS, "--db", str(tmp_path / "runs.db")])
     with Store(args.db) as store:
         study = store.study(run_study(store, model_commands.study_from_args(args)))
         first, second = store.pairs(study["modules_run"]), store.pairs(study["neurons_run"])
-        learned = [store.run(study[k])["provenance"]["refusal_token_ids"] for k in ("modules_run", "neurons_run")]
+        learned = [
+            store.run(study[k])["provenance"]["refusal_token_ids"] for k in ("modules_run", "neurons_run")
+        ]
     assert sorted(judged) == list(range(12))  # the study's 12 pairs, once each
-    keep = ("pair", "treatment_tokens", "control_tokens", "answer_treatment", "refused_treatment", "refused_control")
+    keep = (
+        "pair",
+        "treatment_tokens",
+        "control_tokens",
+        "answer_treatment",
+        "refused_treatment",
+        "refused_control",
+    )
     assert [{k: p[k] for k in keep} for p in first] == [{k: p[k] for k in keep} for p in second]
     assert learned[0] == learned[1]

@@ -29,7 +29,7 @@ def draw(screen, t: Table, plt, te: float | None, checks) -> None:
         values = [number(shown.get(layer, {}).get(h)) for h in heads]
         scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
         t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
-    screen.scale_legend(te, where)
+    screen.scale_legend(te, f"{where}, {screen.method} patching")
     focus = (
         screen.focus_layer
         if screen.focus_layer in data
