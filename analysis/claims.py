@@ -122,7 +122,7 @@ def claim_0(run: RunEffects) -> Claim:
     if len(usable) < MIN_PAIRS or te.sum() <= 0:
         why = (
             f"{len(usable)} pairs have resid rows at the last position and at the tokens that differ "
-            "(run with --modules including resid and --positions all)"
+            "(claim 0 needs minimal pairs patched at every position: --modules including resid, --positions all)"
         )
         return _too_few(0, TITLE_0, RULE_0, why, usable)
     boot = _Bootstrap(te)

@@ -155,8 +155,9 @@ def check(
         raise GateError("no held-out pairs to test on")
     if exhaustive:
         chunks = _chunked([a.neurons for a in todo])
-    else:  # random sets and top sets in batches of their own: a batch of answers that stay refused ends early
-        unique = list(dict.fromkeys(a.neurons for a in todo))
+    else:  # random sets and top sets in batches of their own: a batch of answers that stay refused ends early;
+        # each by its lowest layer, so that a batch's rows share the layers below their ablations
+        unique = sorted(dict.fromkeys(a.neurons for a in todo), key=_lowest)
         tops = {a.neurons for a in todo if a.seed < 0}
         chunks = _chunked([u for u in unique if u not in tops]) + _chunked([u for u in unique if u in tops])
     total = sum(map(len, chunks))
@@ -193,13 +194,9 @@ def check(
         scored = (bound.shifted(tp.shift), tp.treatment_ids, prompt, answering)
         done = 0
         for chunk in chunks:
-            after.update(
-                zip(
-                    chunk,
-                    _under(lm, Ablation(lm, _masks(chunk, layers, lm), values), len(chunk), *scored),
-                    strict=True,
-                )
-            )
+            ablation = Ablation(lm, _masks(chunk, layers, lm), values)
+            shared = 0 if exhaustive else min(map(_lowest, chunk))  # (the layers below it: computed once)
+            after.update(zip(chunk, _under(lm, ablation, len(chunk), *scored, below=shared), strict=True))
             done += len(chunk)
             if progress:
                 progress(i * total + done, len(pairs) * total)
@@ -215,11 +212,12 @@ def check(
     return rows
 
 
-def _under(lm: LoadedModel, ablation, rows: int, metric: BoundMetric, ids, prompt, answering):
-    """Each batch row's metric of `ids` under `ablation`, and its greedy answer to `prompt` where it counts
-    (`answering`: (max new tokens, stopping criteria), else None)."""
+def _under(lm: LoadedModel, ablation, rows: int, metric: BoundMetric, ids, prompt, answering, below: int = 0):
+    """Each batch row's metric of `ids` under `ablation` (which touches decoder layers `below` and up only),
+    and its greedy answer to `prompt` where it counts (`answering`: (max new tokens, stopping criteria), else
+    None)."""
     with torch.inference_mode(), ablation:
-        scores = rows_metric(lm, metric, ids, rows).tolist()
+        scores = rows_metric(lm, metric, ids, rows, below).tolist()
     texts: list[str | None] = [None] * rows
     if answering:
         with ablation:
@@ -259,6 +257,11 @@ def _row(tp: TokenizedPair, group: str, k: int, units: int, seed: int, m_after: 
         text_before=b.text,
         text_after=text,
     )
+
+
+def _lowest(units: tuple[Neuron, ...]) -> int:
+    """The lowest decoder layer a set of units sits in (the ablation changes nothing below it)."""
+    return min(layer for layer, _ in units)
 
 
 def _chunked(sets: list) -> list[list]:

@@ -617,26 +617,10 @@ def _exact_batches(
     )
 
 
-def shared_prefix(tp: TokenizedPair) -> int:
-    """How many first positions both runs of a pair compute identically: a causal model's activations at a
-    position depend only on the tokens (and noise) up to it, so where both prompts hold the same tokens at the
-    same places (a chat template's system prompt and opening, the words before the first that differs) they
-    are equal. A noise contrast: the positions before the first noised token. End-aligned prompts of unequal
-    length: none (their shared start sits at other positions, with other position encodings)."""
-    if tp.corrupt:
-        return min(tp.corrupt)
-    if tp.shift:
-        return 0
-    n, t, c = 0, tp.treatment_ids, tp.control_ids
-    while n < min(len(t), len(c)) and t[n] == c[n]:
-        n += 1
-    return n
-
-
 def known_sites(tp: TokenizedPair, sites: list[Site]) -> tuple[list[Site], list[Site]]:
     """The sites whose effects are known without a forward pass (at a position of the shared prefix: IE exactly
     0, DE exactly TE, the patch changes nothing), and the rest."""
-    prefix = shared_prefix(tp)
+    prefix = tp.unchanged
     known = [s for s in sites if 0 <= s.position < prefix]
     return known, [s for s in sites if not 0 <= s.position < prefix] if known else sites
 

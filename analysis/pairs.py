@@ -49,6 +49,22 @@ class TokenizedPair:
     def treatment_prompt_len(self) -> int:
         return self.prompt_len + self.shift
 
+    @property
+    def unchanged(self) -> int:
+        """How many first positions both runs compute identically: a causal model's activations at a position
+        depend only on the tokens (and noise) up to it, so where both prompts hold the same tokens at the same
+        places (a chat template's system prompt and opening, the words before the first that differs) they are
+        equal. A noise contrast: the positions before the first noised token. End-aligned prompts of unequal
+        length: none (their shared start sits at other positions, with other position encodings)."""
+        if self.corrupt:
+            return min(self.corrupt)
+        if self.shift:
+            return 0
+        n, t, c = 0, self.treatment_ids, self.control_ids
+        while n < min(len(t), len(c)) and t[n] == c[n]:
+            n += 1
+        return n
+
     def reversed(self) -> TokenizedPair:
         """The pair with its roles swapped: patching its control run (the treatment prompt) with its treatment
         values (the control's) holds a site of the treatment run at its control value, a direct effect."""

@@ -53,11 +53,29 @@ def prompt_metric(lm: LoadedModel, metric: BoundMetric, **inputs) -> torch.Tenso
     return metric(lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits)[0]
 
 
-def rows_metric(lm: LoadedModel, metric: BoundMetric, ids: list[int], rows: int) -> torch.Tensor:
-    """The metric of `rows` copies of one prompt, each under its own intervention (hooks): shape (rows,)."""
+def rows_metric(
+    lm: LoadedModel, metric: BoundMetric, ids: list[int], rows: int, below: int = 0
+) -> torch.Tensor:
+    """The metric of `rows` copies of one prompt, each under its own intervention (hooks): shape (rows,).
+    `below`: the rows' interventions all sit at decoder layer `below` or above, so the layers under it compute
+    the same on every row: they run once, on one row, widened to `rows` as they enter layer `below`."""
     keep = torch.tensor(metric.positions, device=lm.device)
-    inputs = torch.tensor([ids], device=lm.device).expand(rows, -1)
-    return metric(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
+    if not below or rows == 1:
+        inputs = torch.tensor([ids], device=lm.device).expand(rows, -1)
+        return metric(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
+
+    def widen(module, args, kwargs):
+        if args:
+            return (args[0].expand(rows, *args[0].shape[1:]).contiguous(), *args[1:]), kwargs
+        x = kwargs["hidden_states"]
+        return args, {**kwargs, "hidden_states": x.expand(rows, *x.shape[1:]).contiguous()}
+
+    handle = lm.anatomy.layers[below].register_forward_pre_hook(widen, with_kwargs=True)
+    try:
+        inputs = torch.tensor([ids], device=lm.device)
+        return metric(lm.model(inputs, use_cache=False, logits_to_keep=keep).logits)
+    finally:
+        handle.remove()
 
 
 class ActivationRecorder:
@@ -127,7 +145,7 @@ class PairPatcher:
         self.lm, self.anatomy, self.metric, self.engine = lm, lm.anatomy, metric, engine
         self.directions = directions
         self.seq_len, self.control_ids = len(pair.control_ids), pair.control_ids
-        self.shift, self.suffix_len = pair.shift, pair.suffix_len
+        self.shift, self.suffix_len, self.unchanged = pair.shift, pair.suffix_len, pair.unchanged
         device = lm.device
         ids = torch.tensor([pair.control_ids], device=device)
         with torch.inference_mode():
@@ -219,7 +237,13 @@ class PairPatcher:
         return min([self._positions(s)[0] for s in sites] + self.metric.positions)
 
     def _positions(self, site: Site) -> range:
-        return covered_positions(site.position, self.seq_len, self.suffix_len)
+        """The positions a site patches; of `*` (or `suffix`), only those where the runs differ: the first
+        `unchanged` hold the same value in both, so patching them changes nothing, and the replay starts
+        after them."""
+        covered = covered_positions(site.position, self.seq_len, self.suffix_len)
+        if len(covered) > 1 and covered.start < self.unchanged < covered.stop:
+            return range(self.unchanged, covered.stop)
+        return covered
 
     @torch.inference_mode()
     def patched_metric(self, sites: list[Site]) -> torch.Tensor:

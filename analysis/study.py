@@ -25,6 +25,11 @@ from harmmed_tui.analysis.gate import GateSpec
 from harmmed_tui.analysis.spec import RunSpec
 
 STAGES = ("modules", "neurons", "gate")
+# stage 1's default positions: minimal pairs, every position and `*` (claim 0 reads where the harm enters);
+# prompt sets (end-aligned, no shared words but the template's), the module level and the last positions:
+# claims 1-4 in minutes; claim 0 needs minimal pairs
+PAIR_POSITIONS, SET_POSITIONS = "all,*", "last:4,suffix"
+CLAIM_0_NEEDS = "claim 0 needs minimal pairs patched at every position (--pairs FILE, --positions all,*)"
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class StudySpec:
     base: RunSpec
     held_out: int = 8  # held-out pairs for the gate curve, the next ones of the same source
     verify_top: int = 20  # each pair's top atp neurons checked by exact patching
-    positions: str | None = None  # of resid/attn/mlp (default: every position and the module-level site)
+    positions: str | None = None  # of resid/attn/mlp (default: PAIR_POSITIONS or SET_POSITIONS)
     gate: GateSpec = field(default_factory=lambda: GateSpec(seeds=3))
 
     def check(self) -> None:
@@ -51,7 +56,7 @@ class StudySpec:
         return self.base.replace(
             modules=("resid", "attn", "mlp", "direction", "head"),
             layers="all",
-            positions=self.positions or ("all,suffix" if end else "all,*"),
+            positions=self.positions or (SET_POSITIONS if end else PAIR_POSITIONS),
             head_positions="last,suffix" if end else "last,*",
             method="exact",
             verify_top=0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from harmmed_tui.db.store import HOST, Store
 
@@ -25,8 +26,8 @@ class Job:
         self._cancel = False
         self.cancelled_by: str | None = None  # who asked it to stop: `process 123 on host`, or this one
         self._first: int | None = None  # done at this stage's first report
-        self._text = "starting"
-        # this process's own listeners (the CLI's progress line): (stage, done, total) at each stage and report
+        self._text, self._started = "starting", time.time()
+        # this process's own listeners (the CLI's progress line): a Heard at each stage and report
         self.heard: list = []
 
     @classmethod
@@ -52,27 +53,31 @@ class Job:
 
     def stage(self, text: str, total: int | None = None) -> None:
         """A new stage: `total` where its work is countable (then `progress` counts it)."""
-        self._first, self._text = None, text
+        self._first, self._text, self._started = None, text, time.time()
         self._tell(0 if total else None, total)
         self._write(
             "stage = ?, done = ?, total = ?, first_done = NULL, stage_started = ?",
             text,
             0 if total else None,
             total,
-            time.time(),
+            self._started,
         )
 
     def progress(self, done: int, total: int) -> None:
-        self._tell(done, total)
-        if self._first is None:
+        first = self._first is None
+        if first:
             self._first = done
+        self._tell(done, total)
+        if first:
             self._write("done = ?, total = ?, first_done = ?", done, total, done)
         elif done >= total or time.monotonic() - self._written >= WRITE_EVERY_S:
             self._write("done = ?, total = ?", done, total)
 
     def _tell(self, done: int | None, total: int | None) -> None:
+        elapsed = time.time() - self._started
+        heard = Heard(self._text, done, total, elapsed, remaining(elapsed, self._first, done, total))
         for listener in self.heard:
-            listener(self._text, done, total)
+            listener(heard)
 
     def attach(self, run_id: int) -> None:
         """The job's run exists now (a new run, once its model loaded and its plan checked)."""
@@ -95,6 +100,27 @@ class Job:
             self.store.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values, self.id])
 
 
+@dataclass(frozen=True)
+class Heard:
+    """A job's stage as this process's listeners hear it: the CLI's progress line and its cost estimate."""
+
+    stage: str
+    done: int | None  # countable progress (None while the stage is not countable)
+    total: int | None
+    elapsed_s: float  # since the stage began
+    left_s: float | None  # the ETA (remaining), once work was counted in this stage
+
+
+def remaining(elapsed: float, first_done: int | None, done: int | None, total: int | None) -> float | None:
+    """A stage's ETA, the one every surface shows (the CLI, Runs, Explore): its elapsed time over the work
+    counted since its first report (a resume starts part-way), times the work left; None until work is
+    counted, or once it is all done."""
+    if not total or done is None or done >= total:
+        return None
+    counted = done - (first_done or 0)
+    return elapsed / counted * (total - done) if counted > 0 else None
+
+
 def live(store: Store) -> list[dict]:
     """Every job in progress whose process is alive, newest first, each with `text`: what it is doing."""
     rows = store.db.query("SELECT * FROM jobs ORDER BY id DESC")
@@ -114,10 +140,10 @@ def describe(job: dict, now: float | None = None) -> str:
     elapsed = (now or time.time()) - job["stage_started"]
     done, total = job["done"], job["total"]
     if not total:
-        return f"{job['stage']} {_duration(elapsed)}"
+        return f"{job['stage']} {duration(elapsed)}"
     text = f"{job['stage']} {done:,}/{total:,}"
-    if (counted := done - (job["first_done"] or 0)) > 0 and done < total:
-        text += f", {_duration(elapsed / counted * (total - done))} left"
+    if (left := remaining(elapsed, job["first_done"], done, total)) is not None:
+        text += f", {duration(left)} left"
     return text
 
 
@@ -131,7 +157,7 @@ def request_cancel(store: Store, job_id: int) -> None:
         )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """`12 s`, `1:05`, `1:02:03`."""
     s = max(1, round(seconds))
     if s < 60:

@@ -31,13 +31,17 @@ def run_study(
     study_id: int | None = None,
     progress: Progress | None = None,
     note: Callable[[str], None] | None = None,
+    on_stage: Callable | None = None,
 ) -> int:
     """Start a study (`spec`) or finish one (`study_id`); return its id. Errors mark it `failed` and are
-    raised; the runs and the gate check it stored stay."""
+    raised; the runs and the gate check it stored stay. `on_stage` hears the study's job (db.jobs.Heard):
+    each stage of each run, with its count and ETA."""
     store.check_writable()
     say = progress or (lambda *a: None)
     model_name = spec.base.model if spec else store.study(study_id)["model"]
     with Job.open(store, "study", model_name) as job:
+        if on_stage:
+            job.heard.append(on_stage)
         return _study(store, spec, study_id, say, note, job)
 
 

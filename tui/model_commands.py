@@ -14,14 +14,15 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
 from harmmed_tui.analysis.gate import GateSpec
+from harmmed_tui.analysis.mediation import known_sites
 from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
-from harmmed_tui.analysis.study import StudySpec
+from harmmed_tui.analysis.study import CLAIM_0_NEEDS, SET_POSITIONS, StudySpec
 from harmmed_tui.db import report
+from harmmed_tui.db.jobs import Heard, duration
 from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.db.study_runner import run_study
@@ -86,45 +87,83 @@ def executor_from_args(a):
     return RayExecutor(a.ray, a.workers or 0, a.gpus_per_worker)
 
 
+class StageLine:
+    """A job's progress on the terminal (a run's, a study's): its stage, its count, and the job's ETA, the
+    one the explorer shows (db.jobs.remaining); and, once a countable stage's first work is timed, what the
+    stage will cost, on a line of its own (with cheaper positions where a patching stage would take over
+    half an hour)."""
+
+    SAY_S, LONG_S = 10.0, 1800.0  # a stage's cost is said from 10 s; cheaper positions offered from 30 min
+
+    def __init__(self, err: Console, interactive: bool, cheaper: str = ""):
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[left]}"),
+            console=err,
+            disable=not interactive,
+        )
+        self.task = self.bar.add_task("starting", total=None, left="")
+        self.err, self.cheaper, self.prefix, self.told = err, cheaper, "", set()
+
+    def __call__(self, h: Heard) -> None:
+        stage = f"{self.prefix}: {h.stage}" if self.prefix else h.stage
+        if markup(stage) != self.bar.tasks[0].description:  # a new stage: its own clock and count
+            self.bar.reset(self.task, description=markup(stage), total=h.total, left="")
+        left = "" if h.left_s is None else f"{duration(h.left_s)} left"
+        self.bar.update(self.task, completed=h.done or 0, total=h.total, left=left)
+        whole = h.elapsed_s + (h.left_s or 0)
+        if h.left_s is not None and whole >= self.SAY_S and stage not in self.told:
+            self.told.add(stage)
+            self.bar.console.print(
+                f"{markup(stage)}: {h.total:,} in all, about {duration(whole)} (estimated from the first "
+                f"{h.done:,} in {duration(h.elapsed_s)})",
+                highlight=False,
+            )
+            if whole > self.LONG_S and h.stage == "patching sites" and self.cheaper:
+                self.bar.console.print(f"[yellow]over 30 minutes:[/] {self.cheaper}", highlight=False)
+
+
+def cheaper_positions(spec: RunSpec) -> str:
+    """What would answer the same claims for less, when a plan patches every position."""
+    if "all" not in spec.positions.split(","):
+        return ""
+    level = "suffix" if spec.align == "end" else "*"
+    return (
+        f"--positions last:4,{level} patches the module level ({level}) and the last 4 positions, which answer "
+        "claims 1-3 with a fraction of the sites; claim 0 needs every position of minimal pairs"
+    )
+
+
 def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
     as_json = a.json
     err = Console(stderr=True)
     interactive = err.is_terminal and not as_json
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),  # the job's stage: loading, judging answers, patching sites
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not interactive,
-    )
-    task = bar.add_task("starting", total=None)
-
-    def on_stage(stage: str, done: int | None, total: int | None) -> None:
-        if markup(stage) != bar.tasks[0].description:  # a new stage: its own clock and count
-            bar.reset(task, description=markup(stage), total=total)
-        bar.update(task, completed=done or 0, total=total)
+    line = StageLine(err, interactive, cheaper_positions(spec))
 
     def on_prepared(rid, plan, provenance):
         for message in plan.skipped:
             err.print(f"[yellow]skipped:[/] {markup(message)}")
-        if interactive:
-            where = provenance["device"]
-            if cluster := provenance.get("cluster"):
-                where = f"{cluster['workers']} Ray workers on {cluster['nodes']} node(s)"
-            err.print(
-                f"run {rid}: {markup(provenance['model'])} ({provenance['family']}, {provenance['n_layers']} "
-                f"layers) on {where}, {len(plan.pairs)} pairs, {plan.n_sites} sites"
-            )
+        where = provenance["device"]
+        if cluster := provenance.get("cluster"):
+            where = f"{cluster['workers']} Ray workers on {cluster['nodes']} node(s)"
+        known = sum(len(known_sites(tp, plan.sites[tp.index])[0]) for tp in plan.pairs)
+        err.print(
+            f"run {rid}: {markup(provenance['model'])} ({provenance['family']}, {provenance['n_layers']} "
+            f"layers) on {where}, {len(plan.pairs)} pairs, {plan.n_sites:,} sites"
+            + (f" ({known:,} known without a forward pass: identical in both runs)" if known else ""),
+            highlight=False,
+        )
 
-    with bar:
+    with line.bar:
         outcome = execute(
             spec,
             store,
             run_id,
             on_prepared=on_prepared,
-            on_stage=on_stage,
+            on_stage=line,
             executor=executor_from_args(a),
         )
     cancelled = outcome.status == "cancelled"
@@ -256,30 +295,27 @@ def study_from_args(a) -> StudySpec:
 
 
 def cmd_study(store: Store, a, study_id: int | None = None) -> int:
-    """A study, with one progress line per stage (and its ETA where the work is countable)."""
+    """A study, with its job's progress line (each run's stages, counts and ETA) and each stage's cost."""
     err = Console(stderr=True)
-    interactive = err.is_terminal and not getattr(a, "json", False)
-    bar = Progress(
-        TextColumn("[bold]{task.fields[stage]}"),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not interactive,
-    )
-    tasks: dict[str, int] = {}
+    spec = None if study_id is not None else study_from_args(a)
+    base = (spec or StudySpec.from_json(store.study(study_id)["spec"])).modules_spec()
+    line = StageLine(err, err.is_terminal and not getattr(a, "json", False), cheaper_positions(base))
+    if spec and base.positions == SET_POSITIONS:
+        err.print(
+            f"note: prompt sets: stage 1 patches --positions {SET_POSITIONS} (claims 1-4); {CLAIM_0_NEEDS}"
+        )
 
     def progress(stage: str, what: str, done: int, total: int | None) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(markup(what), total=total, stage=stage)
-        bar.update(tasks[stage], description=markup(what), completed=done, total=total)
+        line.prefix = stage
 
-    spec = None if study_id is not None else study_from_args(a)
-    with bar:
+    with line.bar:
         study_id = run_study(
-            store, spec, study_id, progress, note=lambda m: err.print(f"[yellow]skipped:[/] {markup(m)}")
+            store,
+            spec,
+            study_id,
+            progress,
+            note=lambda m: err.print(f"[yellow]skipped:[/] {markup(m)}"),
+            on_stage=line,
         )
     study = store.study(study_id)
     times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in study["stage_s"].items())

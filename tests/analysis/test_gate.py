@@ -87,11 +87,17 @@ def test_control_ablation_of_an_unequal_pair_is_end_aligned(tiny_dir):
     assert top["m_after"] != pytest.approx(top["m_before"], abs=1e-4)
 
 
-@pytest.mark.parametrize("phrases", [("e",), ("ing",), ("on",), ("Sorry",)])
-def test_the_fast_curve_equals_the_exhaustive_one(tiny_dir, phrases):
-    """Repeated sets run once, answers only where a flip can count, rows stopped once refused: every number
-    and verdict of the curve is the exhaustive computation's."""
-    lm = load_model(str(tiny_dir("llama")), device="cpu", dtype="float32")
+@pytest.mark.parametrize(
+    "family,phrases",
+    [("llama", ("e",)), ("llama", ("ing",)), ("llama", ("on",)), ("llama", ("Sorry",)), ("gpt2", ("e",)),
+     ("qwen2", ("e",)), ("gemma2", ("e",)), ("gemma3", ("e",)), ("gpt_neox", ("e",)), ("phi3", ("e",)),
+     ("olmo2", ("e",)), ("mistral", ("e",)), ("qwen3", ("e",))],
+)  # fmt: skip
+def test_the_fast_curve_equals_the_exhaustive_one(tiny_dir, family, phrases):
+    """Repeated sets run once, the layers below a batch's ablations once per pair (shared by its rows),
+    answers only where a flip can count, rows stopped once refused: every number and verdict of the curve is
+    the exhaustive computation's."""
+    lm = load_model(str(tiny_dir(family)), device="cpu", dtype="float32")
     metric = parse_metric("logit-diff:#11,#12", lm.tokenizer)
     pairs = [
         tokenize_pair(lm.tokenizer, Pair(t, c), i, align="end")

@@ -312,3 +312,31 @@ def test_a_top_n_export_ranks_one_methods_rows_and_says_which(capsys, db_path):
     code, out, err = run_cli(capsys, *["export", "1", *db, "--level", "neuron", "--aggregate", "--top", "5"],
                              "--method", "exact", "--format", "json")  # fmt: skip
     assert {r["method"] for r in json.loads(out)} == {"exact"} and "note" not in err
+
+
+def test_a_run_says_its_cost_before_the_long_part(capsys, db_path, tiny_dir, monkeypatch):
+    """The plan (sites, and how many are known without a forward pass) once the model has loaded, then each
+    countable stage's estimate from its first timed work, on stderr with or without a terminal (said of
+    stages of 10 s or more: here every stage, the tiny model's being quicker)."""
+    from harmmed_tui.tui.model_commands import StageLine
+    from tests.conftest import SMOLLM_TOKENIZER
+
+    monkeypatch.setattr(StageLine, "SAY_S", 0.0)
+
+    model = str(tiny_dir("llama", SMOLLM_TOKENIZER))
+    code, out, err = run_cli(
+        capsys, "run", "--model", model, "--db", str(db_path), "--max-pairs", "2", "--json", "--metric",
+        "logit-diff:#11,#12", "--positions", "all,*",
+    )  # fmt: skip
+    assert code == 0, err
+    err = " ".join(err.split())
+    sites = json.loads(out)["sites"]
+    assert (
+        f"2 pairs, {sites:,} sites (" in err
+        and "known without a forward pass: identical in both runs)" in err
+    )
+    plan_at, estimate_at = (
+        err.index(f"{sites:,} sites"),
+        err.index(f"patching sites: {sites:,} in all, about "),
+    )
+    assert plan_at < estimate_at and "(estimated from the first " in err

@@ -34,10 +34,12 @@ def test_a_study_answers_every_claim(clean):
     study, text, _ = clean
     assert study["status"] == "done" and set(study["stage_s"]) == {"modules", "neurons", "gate"}
     verdicts = [line.rsplit("**", 2)[1] for line in text.splitlines() if line.startswith("## Claim")]
-    assert verdicts == ["not supported", "not supported", "supported", "not supported", "not supported"]
+    assert verdicts == ["inconclusive", "not supported", "supported", "not supported", "not supported"]
     assert (
         "8 pairs: advbench:12/self\\_instruct:seed\\_task\\_12" in text
     )  # held out: the 13th pair on (escaped)
+    # prompt sets: stage 1 patches the module level and the last positions (claims 1-4); claim 0 says why not
+    assert "claim 0 needs minimal pairs patched at every position" in text
 
 
 async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
@@ -52,7 +54,7 @@ async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
         assert isinstance(app.screen, ReportScreen)
         table = app.screen.query_one("#claims")
         verdicts = [str(table.get_row_at(i)[1]) for i in range(5)]
-    assert verdicts == ["not supported", "not supported", "supported", "not supported", "not supported"]
+    assert verdicts == ["inconclusive", "not supported", "supported", "not supported", "not supported"]
 
 
 KILL = """
