@@ -302,7 +302,9 @@ def claim_3(run: RunEffects, curve: list[Point] | None, heldout: list[str] | Non
             3,
             TITLE_3,
             INCONCLUSIVE,
-            "the run has no gate check: press a in the explorer, or run `harmmed-tui gate RUN`.",
+            "the run has no gate check: press a in the explorer, or run `harmmed-tui gate RUN` (held out: a "
+            "study's own pairs, the built-in pairs the run did not use, or give --pairs FILE or --harmful/"
+            "--harmless sets).",
             RULE_3,
         )
     final = [p for p in curve if p.group == "final"]

@@ -21,6 +21,7 @@ from harmmed_tui.analysis.pairs import Pair, load_pairs, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import queries
 from harmmed_tui.db.jobs import Job
+from harmmed_tui.db.report import study_of
 from harmmed_tui.db.store import Store, StoreError
 
 # Whatever runs models runs through here: keep transformers' warnings and download bars off the terminal
@@ -284,6 +285,11 @@ def check_gate(
     job (db.jobs) that any process can cancel; a cancelled curve stores nothing (JobCancelled)."""
     spec.check()
     store.check_writable()  # before the curve's minutes of work, not after
+    study = study_of(store, run_id)
+    if study and study["neurons_run"] and not queries.has_neurons(store, run_id):
+        run_id = study["neurons_run"]  # a study's module run: its neurons are its neuron run's
+    if study and pairs is None and heldout is None and study["held_out"]:
+        pairs, heldout = held_out_pairs(study), f"study {study['id']}'s held-out pairs"
     run = store.run(run_id)
     with _held(store, job, "gate", run["model"], run_id) as job:
 
@@ -295,6 +301,13 @@ def check_gate(
                 raise JobCancelled(f"gate curve of run {run_id} cancelled: nothing was stored")
 
         return _check_gate(store, run, spec, heldout, lm, note, pairs, counted, job)
+
+
+def held_out_pairs(study: dict) -> list[Pair]:
+    """A study's held-out pairs as it stored them when it started."""
+    return [
+        Pair(r["treatment"], r["control"], r["id"], r["category"], r["target"]) for r in study["held_out"]
+    ]
 
 
 def _check_gate(store, run, spec, heldout, lm, note, pairs, progress, job) -> int:

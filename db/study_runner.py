@@ -18,7 +18,7 @@ from harmmed_tui.analysis.pairs import Pair, tokenize_pairs
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.study import STAGES, StudySpec
 from harmmed_tui.db.jobs import Job
-from harmmed_tui.db.runner import check_gate, execute, stored_pairs
+from harmmed_tui.db.runner import check_gate, execute, held_out_pairs, stored_pairs
 from harmmed_tui.db.store import Store
 
 # (stage, what it is doing, done, total): the caller's progress line; total None while it is uncountable
@@ -185,7 +185,7 @@ def _gate(store: Store, spec: StudySpec, study: dict, lm, say, note, job: Job) -
     """The gate curve of the neuron run's top neurons on the held-out pairs the study stored when it started
     (checked to read to the model as they did then)."""
     rows = study["held_out"] or _held_out(spec, lm, note)  # (a study from before studies kept them)
-    held = [Pair(r["treatment"], r["control"], r["id"], r["category"], r["target"]) for r in rows]
+    held = held_out_pairs({"held_out": rows})
     stored = mediation.Stored(
         pairs={r["pair"]: p for r, p in zip(rows, held, strict=True)},
         tokens={r["pair"]: (r["treatment_tokens"], r["control_tokens"]) for r in rows},

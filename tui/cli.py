@@ -429,8 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold them at the control prompt's values, at their mean over the held-out prompts, or at 0",
     )
     g.add_argument(
-        "--pairs", help="held-out pairs (default: the built-in pairs the run did not use)", metavar="HELDOUT"
+        "--pairs",
+        help="held-out pairs (default: a study's own held-out pairs for a study's run, else the built-in pairs "
+        "the run did not use)",
+        metavar="HELDOUT",
     )
+    g.add_argument(
+        "--harmful", metavar="SET", help="held-out pairs from prompt sets: the treatments (as run)"
+    )
+    g.add_argument("--harmless", metavar="SET", help="... and their controls")
+    g.add_argument("--pairing", default="index", help="index | random:SEED: how the two sets are paired")
+    g.add_argument("--max-pairs", type=_count(1), help="use only the first N held-out pairs")
     g.add_argument("--max-new-tokens", type=_count(1), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -482,7 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         "figure",
         help="a paper's figure of a run (svg, pdf, png): layers, grid, neurons, heads, gate, compare",
     )
-    fig.add_argument("run_id", type=int)
+    fig.add_argument(
+        "run_id",
+        type=_run_or_study,
+        metavar="RUN|study:ID",
+        help="a run, or a study (the run holding the rows)",
+    )
     fig.add_argument(
         "kind",
         choices=["layers", "grid", "neurons", "heads", "gate", "compare"],

@@ -17,8 +17,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from harmmed_tui.analysis.errors import PairsError
 from harmmed_tui.analysis.gate import GateSpec
-from harmmed_tui.analysis.mediation import known_sites
+from harmmed_tui.analysis.mediation import known_sites, spec_pairs
+from harmmed_tui.analysis.pairs import load_pairs
 from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
 from harmmed_tui.analysis.study import CLAIM_0_NEEDS, SET_POSITIONS, StudySpec
 from harmmed_tui.db import report
@@ -196,22 +198,33 @@ def _execute(spec: RunSpec, store: Store, a, run_id: int | None = None) -> int:
 def cmd_gate(store: Store, a) -> int:
     spec = GateSpec(a.top, a.sign, a.groups, a.ablate, a.seeds, a.max_new_tokens)
     err = Console(stderr=True)
+    heldout, pairs = a.pairs, None
+    if a.harmful or a.harmless:  # held-out pairs from prompt sets, paired as a run pairs them
+        if a.pairs:
+            raise PairsError("give held-out --pairs or --harmful/--harmless prompt sets, not both")
+        sets = RunSpec(harmful=a.harmful, harmless=a.harmless, pairing=a.pairing, max_pairs=a.max_pairs)
+        pairs, heldout = spec_pairs(sets), f"{a.harmful} x {a.harmless} ({a.pairing})"
+    elif a.max_pairs and a.pairs:
+        pairs = load_pairs(a.pairs)[: a.max_pairs]
     check_id = check_gate(
         store,
         a.run_id,
         spec,
-        a.pairs,
+        heldout,
         note=lambda m: err.print(f"[yellow]skipped:[/] {markup(m)}", highlight=False),
+        pairs=pairs,
     )
+    # (a study's module run is gated through its neuron run, which holds the neurons)
+    (run_id,) = store.db.execute("SELECT run_id FROM gate_checks WHERE id = ?", [check_id]).fetchone()
     if a.json:
-        check = store.gate_checks(a.run_id)[0]
+        check = store.gate_checks(run_id)[0]
         print(
             json.dumps(
-                {"run_id": a.run_id, "check_id": check_id, "curve": [p.as_dict() for p in check["curve"]]}
+                {"run_id": run_id, "check_id": check_id, "curve": [p.as_dict() for p in check["curve"]]}
             )
         )
     else:
-        store_commands.print_gate(store, a.run_id, check_id)
+        store_commands.print_gate(store, run_id, check_id)
     return 0
 
 

@@ -13,7 +13,7 @@ from harmmed_tui.db import jobs, queries
 from harmmed_tui.tui.compare_screen import CompareScreen
 from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
-from harmmed_tui.tui.widgets import JobsLine, Table
+from harmmed_tui.tui.widgets import JobsLine, Table, compact
 
 MARK = "◆"  # beside the id of the run marked to compare
 
@@ -78,9 +78,11 @@ class RunsScreen(Screen):
         t.clear(columns=True)
         for col in queries.RUN_COLUMNS:
             t.add_column(col, key=col)
+        counts = {queries.RUN_COLUMNS.index(c) for c in ("pairs", "rows")}
         for key, cells in rows:  # the run marked to compare shows its mark beside its id
             label = f"{cells[0]} {MARK}" if key == str(self.marked) else cells[0]
-            t.add_row(label, *cells[1:], key=key)
+            shown = [compact(c) if i in counts else c for i, c in enumerate(cells)]
+            t.add_row(label, *shown[1:], key=key)
         if t.row_count:
             t.move_cursor(row=min(row, t.row_count - 1))
 

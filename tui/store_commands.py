@@ -239,6 +239,14 @@ def cmd_figure(store: Store, a) -> int:
 
     if a.pair is not None and a.aggregate:
         raise StoreError("--pair draws one pair and --aggregate the mean over pairs: give one")
+    if isinstance(a.run_id, str):  # study:ID: the run that holds the figure's rows
+        study = store.study(int(a.run_id.removeprefix("study:")))
+        held = "neurons_run" if a.kind in ("neurons", "gate") else "modules_run"
+        if study[held] is None:
+            raise StoreError(
+                f"{a.run_id} has no {held.replace('_', ' ')} yet: resume it (harmmed-tui resume {a.run_id})"
+            )
+        a.run_id = study[held]
     fig = figures.draw(store, a.run_id, a.kind, a.pair, a.by, a.module, a.other)
     kind = a.kind if a.other is None else f"{a.kind}-{a.other}"
     output = a.output or f"run{a.run_id}-{kind}.svg"

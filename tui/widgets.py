@@ -28,6 +28,17 @@ POSITIVE, NEGATIVE = (210, 50, 50), (50, 90, 230)
 GLYPHS = " ░▒▓█"  # the 16-colour fallback: shading by strength, the sign in the terminal's own red and blue
 
 
+def compact(count: str) -> str:
+    """A count as a narrow column shows it, abbreviated, never cut: 9,999 stays, 186,560 is 187k, 4,161,960
+    is 4.2M (text that is not a count is kept)."""
+    if not count.isdigit() or int(count) < 10_000:
+        return count
+    n = int(count)
+    if n < 999_500:
+        return f"{n / 1000:.0f}k"
+    return f"{n / 1e6:.1f}M" if n < 9_950_000 else f"{n / 1e6:.0f}M"
+
+
 def heat(
     value: float,
     scale: float,

@@ -195,3 +195,32 @@ def test_a_studys_answers_are_judged_once(tmp_path, monkeypatch):
     )
     assert [{k: p[k] for k in keep} for p in first] == [{k: p[k] for k in keep} for p in second]
     assert learned[0] == learned[1]
+
+
+def test_gate_and_figure_reach_a_study_from_either_of_its_runs(clean, tmp_path, capsys):
+    """`gate 2` (the neuron run) uses the study's held-out pairs by default; `gate 1` (the module run, no
+    neurons of its own) gates the study's neuron run; `gate --harmful/--harmless` takes prompt sets as `run`
+    does; `figure study:1` draws from the run that holds the rows."""
+    import shutil
+
+    db = str(shutil.copy(clean[2], tmp_path / "runs.db"))
+    fast = ["--top", "5", "--seeds", "1", "--groups", "final", "--max-new-tokens", "4", "--db", db]
+    for run in ("2", "1"):
+        assert main(["gate", run, *fast]) == 0, capsys.readouterr().err
+    sets = ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "16"]
+    assert main(["gate", "2", *sets, *fast]) == 0, capsys.readouterr().err
+    with Store(db) as store:
+        checks = store.gate_checks(2)
+        held = {r["id"] for r in store.study(1)["held_out"]}
+        used = lambda c: {
+            p for (p,) in store.db.execute("SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ?", [c])
+        }  # noqa: E731
+        assert [c["spec"]["pairs"] for c in checks[:3]] == [
+            "builtin:advbench x builtin:self_instruct (index)", "study 1's held-out pairs", "study 1's held-out pairs"
+        ]  # fmt: skip
+        assert used(checks[1]["id"]) == used(checks[2]["id"]) == held
+        assert not store.gate_checks(1)  # (the module run holds no neurons: its study's neuron run was gated)
+    out = tmp_path / "gate.svg"
+    assert main(["figure", "study:1", "gate", "-o", str(out), "--db", db]) == 0
+    assert main(["figure", "study:1", "layers", "-o", str(tmp_path / "layers.svg"), "--db", db]) == 0
+    assert out.exists() and "wrote gate curve of check 4 (12 held-out pairs)" in capsys.readouterr().err
