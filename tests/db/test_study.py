@@ -212,9 +212,11 @@ def test_gate_and_figure_reach_a_study_from_either_of_its_runs(clean, tmp_path, 
     with Store(db) as store:
         checks = store.gate_checks(2)
         held = {r["id"] for r in store.study(1)["held_out"]}
-        used = lambda c: {
-            p for (p,) in store.db.execute("SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ?", [c])
-        }  # noqa: E731
+        sql = "SELECT DISTINCT pair_id FROM gate_rows WHERE check_id = ?"
+
+        def used(check: int) -> set:
+            return {p for (p,) in store.db.execute(sql, [check])}
+
         assert [c["spec"]["pairs"] for c in checks[:3]] == [
             "builtin:advbench x builtin:self_instruct (index)", "study 1's held-out pairs", "study 1's held-out pairs"
         ]  # fmt: skip
