@@ -20,16 +20,19 @@ from harmmed_tui.tui import config, engine
 from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
-from harmmed_tui.tui.messages import RunEnded
+from harmmed_tui.tui.messages import RunEnded, StoreChanged
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.runs_screen import RunsScreen
 from harmmed_tui.tui.safe_text import plain
 from harmmed_tui.tui.setup_screen import SetupScreen
-from harmmed_tui.tui.widgets import job_label
+from harmmed_tui.tui.widgets import JobsLine, job_label
 
 CONFIG = Path(platformdirs.user_config_dir("harmmed-tui")) / "config.json"
 # What the app preselects: the embedded organism, four built-in pairs, every module including neurons.
 DEFAULT_SPEC = RunSpec(max_pairs=4, modules=("resid", "attn", "mlp", "neuron"))
+
+
+WATCH_S = 1.0  # how often the store is looked at: runs of any process appear and move within this
 
 
 class HarmmedApp(App):
@@ -88,6 +91,22 @@ class HarmmedApp(App):
             self.notify(problem, severity="warning", timeout=10)
         self.push_screen(RunsScreen())
         self.warm_up()
+        self._data_version, self._live = None, ()
+        self.set_interval(WATCH_S, self.watch_store)
+
+    def watch_store(self) -> None:
+        """The app's one watcher of the store: when another connection committed (SQLite's data_version: a
+        CLI run in another shell, this app's own workers) or a job is live (its clock moves), the screen in
+        front hears it (StoreChanged) and its status line is redrawn. Idle on a finished run: one pragma a
+        second, nothing redrawn."""
+        version = self.store.db.execute("PRAGMA data_version").fetchone()[0]
+        live = tuple(j["id"] for j in jobs.live(self.store))  # (a job whose process died leaves this set)
+        if version == self._data_version and live == self._live == ():
+            return
+        self._data_version, self._live = version, live
+        for line in self.screen.query(JobsLine):
+            line.refresh_jobs()
+        self.screen.post_message(StoreChanged())
 
     def notify(self, message: str, *, markup: bool = False, **kwargs) -> None:
         """Every notification is literal text: many carry a user's prompt, id, path or error."""

@@ -15,7 +15,8 @@ from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
-from harmmed_tui.db import export, jobs, queries
+from harmmed_tui.db import export, jobs, queries, report
+from harmmed_tui.tui.messages import StoreChanged
 from harmmed_tui.tui.panes import MODULES, grid, heads, layers, neurons
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
@@ -163,11 +164,12 @@ class ExploreScreen(Screen):
         ),
     ]
     PAGE = 200  # neurons fetched per page
-    REFRESH_S = 1.0  # a running run's rows are redrawn as they arrive, whichever process writes them
 
-    def __init__(self, run_id: int):
+    def __init__(self, run_id: int, level: str = "layers", focus_layer: int | None = None):
+        """`level` and `focus_layer`: where it opens (a study's other run opens on the pane asked for)."""
         super().__init__()
-        self.run_id, self.pair, self.focus_layer, self.level = run_id, None, None, "layers"
+        self.run_id, self.pair, self.focus_layer, self.level = run_id, None, focus_layer, level
+        self.home = level
         self.category: str | None = None  # with no pair: average over this category's pairs only
         self.page = 0
         self.by_te = True  # show and colour IE/TE (by TE); else IE, coloured per row
@@ -198,10 +200,9 @@ class ExploreScreen(Screen):
         self.spec = RunSpec.from_json(store.run(self.run_id)["spec"])
         self.query_one("#filter").display = False
         self._progress = self._run_progress()  # when the table was last drawn
-        self.set_interval(self.REFRESH_S, self.follow)
         # a neuron-only run (the gate recipe) has no layer table: it opens on its top neurons
         self._has_neurons = queries.has_neurons(store, self.run_id)
-        if not queries.has_modules(store, self.run_id) and self._has_neurons:
+        if not queries.has_modules(store, self.run_id) and self._has_neurons and self.level == "layers":
             self.level = "top"
         self.show()
 
@@ -367,13 +368,25 @@ class ExploreScreen(Screen):
         self.app.push_screen(RunDetailsScreen(self.run_id))
 
     def action_gate(self) -> None:
-        """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`)."""
+        """Gate-check this run's top neurons on held-out pairs (defaults of `harmmed-tui gate`: a study's own
+        held-out pairs for a study's run, its neuron run's neurons for its module run)."""
+        if (other := self._study_neurons()) is not None:
+            self.app.start_gate(other)
+            return
         if self._no_neurons("a gate check ablates a run's top neurons"):
             return
         self.app.start_gate(self.run_id)
 
+    def _study_neurons(self) -> int | None:
+        """Of a study's module run (no neurons of its own): the study's neuron run, where its neurons are."""
+        if self._has_neurons or (study := report.study_of(self.app.store, self.run_id)) is None:
+            return None
+        other = study["neurons_run"]
+        return other if other is not None and queries.has_neurons(self.app.store, other) else None
+
     def _no_neurons(self, why: str) -> bool:
-        """Say why a neuron key does nothing on a run without neuron rows, and what gives it some."""
+        """Say why a neuron key does nothing on a run without neuron rows, and what gives it some (a study's
+        module run opens its neuron run instead: the callers ask _study_neurons first)."""
         if not self._has_neurons:
             self.notify(
                 f"run {self.run_id} has no neuron rows ({why}): run it with modules including neuron, "
@@ -446,6 +459,9 @@ class ExploreScreen(Screen):
             t.move_cursor(row=keys.index(str(self.focus_layer)))
 
     def action_top_neurons(self) -> None:
+        if (other := self._study_neurons()) is not None:
+            self.app.push_screen(ExploreScreen(other, "top"))
+            return
         if self._no_neurons("N ranks them across layers"):
             return
         if self.level != "top":
@@ -472,6 +488,9 @@ class ExploreScreen(Screen):
         if self.level == "layers":
             self._leave()
             self.focus_layer, self.level = int(key), "modules"
+        elif self.level == "modules" and key == "mlp" and (other := self._study_neurons()) is not None:
+            self.app.push_screen(ExploreScreen(other, "neurons", self.focus_layer))
+            return
         elif self.level == "modules" and key == "mlp":
             self._leave()
             self.level, self.page = "neurons", 0
@@ -496,8 +515,8 @@ class ExploreScreen(Screen):
             return
         self.filter_text, self.sort_column = "", None
         came_from = self.level
-        if UP[self.level] is None:
-            self.app.pop_screen()
+        if UP[self.level] is None or (self.level == self.home and self.home != "layers"):
+            self.app.pop_screen()  # (a study's other run, opened at a pane: escape goes back where it came from)
             return
         self.level = "top" if came_from == "neurons" and "top" in self._places else UP[came_from]
         if came_from == "heads" and "modules" in self._places and self.focus_layer is not None:
@@ -564,6 +583,12 @@ class ExploreScreen(Screen):
         """The run's status and its job's sites done."""
         job = self.job_in_front()
         return self.app.store.run(self.run_id)["status"], job and job["done"]
+
+    def on_store_changed(self, _: StoreChanged) -> None:
+        self.follow()
+
+    def on_screen_resume(self) -> None:  # back from a screen above it: catch up with what changed meanwhile
+        self.follow()
 
     def follow(self) -> None:
         """Redraw while the run is written (its sites done, or its status, changed), by this process or any

@@ -13,3 +13,12 @@ class RunEnded(Message):
     status: str
     error: str | None = None  # shown in a dialog
     note: str | None = None  # said in a notification instead of the status (a job cancelled early)
+
+
+class StoreChanged(Message):
+    """The store changed (another connection committed), or a job is live (its clock and ETA move): posted by
+    the app's one watcher to the screen in front, at most once a second; screens below catch up when they
+    come back. Pending ones coalesce."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StoreChanged)

@@ -13,6 +13,7 @@ from harmmed_tui.db import jobs, queries
 from harmmed_tui.tui.compare_screen import CompareScreen
 from harmmed_tui.tui.dialogs import ConfirmDialog
 from harmmed_tui.tui.explore_screen import ExploreScreen
+from harmmed_tui.tui.messages import StoreChanged
 from harmmed_tui.tui.widgets import JobsLine, Table, compact
 
 MARK = "◆"  # beside the id of the run marked to compare
@@ -45,7 +46,6 @@ class RunsScreen(Screen):
         ),
         Binding("d", "delete", "delete", id="runs.delete", tooltip="delete the run (asks first)"),
     ]
-    REFRESH_S = 1.0  # runs started elsewhere (a CLI in another shell, loading its model) appear within this
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -57,9 +57,11 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self._shown: list | None = None
         self.marked: int | None = None  # a run to compare with the next one opened
-        self.set_interval(self.REFRESH_S, self.refresh_runs)
 
     def on_screen_resume(self) -> None:  # also when first shown
+        self.refresh_runs()
+
+    def on_store_changed(self, _: StoreChanged) -> None:
         self.refresh_runs()
 
     def refresh_runs(self) -> None:

@@ -91,12 +91,10 @@ class JobsLine(Static):
     same database), with its ETA where the work is countable; hidden while nothing runs."""
 
     SHOWN = 2  # jobs shown; more are counted
-    REFRESH_S = 1.0
 
     def on_mount(self) -> None:
         self.jobs: list[dict] = []
-        self.refresh_jobs()
-        self.set_interval(self.REFRESH_S, self.refresh_jobs)
+        self.refresh_jobs()  # (and again as the app's store watcher says: HarmmedApp.watch_store)
 
     def refresh_jobs(self) -> None:
         self.jobs = jobs.live(self.app.store)

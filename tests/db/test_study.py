@@ -226,3 +226,25 @@ def test_gate_and_figure_reach_a_study_from_either_of_its_runs(clean, tmp_path, 
     assert main(["figure", "study:1", "gate", "-o", str(out), "--db", db]) == 0
     assert main(["figure", "study:1", "layers", "-o", str(tmp_path / "layers.svg"), "--db", db]) == 0
     assert out.exists() and "wrote gate curve of check 4 (12 held-out pairs)" in capsys.readouterr().err
+
+
+async def test_the_explorer_reaches_a_studys_neurons_from_its_module_run(clean):
+    """The study's module run holds no neurons: N opens its neuron run's top neurons, and enter on a layer's
+    mlp row that run's neurons of the layer (no "no neuron rows" pane)."""
+    from harmmed_tui.tui.explore_screen import ExploreScreen
+
+    app = HarmmedApp(clean[2])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("j", "enter")  # run 1, the module run
+        assert isinstance(app.screen, ExploreScreen) and app.screen.run_id == 1
+        await pilot.press("N")
+        assert (app.screen.run_id, app.screen.level) == (2, "top")
+        await pilot.press("escape")
+        assert app.screen.run_id == 1
+        await pilot.press("enter")  # the first layer's modules
+        table = app.screen.query_one("#table")
+        rows = [str(k.value) for k in table.rows]
+        table.move_cursor(row=rows.index("mlp"))
+        await pilot.press("enter")
+        assert (app.screen.run_id, app.screen.level, app.screen.focus_layer) == (2, "neurons", 0)
+        assert app.screen.query_one("#table").row_count > 0
