@@ -6,6 +6,7 @@ verification shows beside its estimates in the neuron pane."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -201,6 +202,28 @@ def generation_flips(
     return {(module, pos, neuron): (flips, n) for module, pos, neuron, flips, n in rows}
 
 
+NEURON_MATCH = "223 (a unit in any layer), 3:223 (layer 3's unit 223) or 3: (layer 3)"
+
+
+def _neuron_match(match: str | None, table: str) -> tuple[str, list]:
+    """The neurons a filter names (NEURON_MATCH), as SQL on `table`'s layer and neuron, across every page."""
+    text = (match or "").strip()
+    if not text:
+        return "", []
+    if m := re.fullmatch(r"(\d+):(\d+)", text):
+        return f"AND {table}.layer = ? AND {table}.neuron = ?", [int(m[1]), int(m[2])]
+    if m := re.fullmatch(r"(\d+):", text):
+        return f"AND {table}.layer = ?", [int(m[1])]
+    if text.isdigit():
+        return f"AND {table}.neuron = ?", [int(text)]
+    raise StoreError(f"filter '{text}': name neurons as {NEURON_MATCH}")
+
+
+def neuron_filter_check(match: str) -> None:
+    """Refuse a neuron filter that names no neurons (one line: NEURON_MATCH)."""
+    _neuron_match(match, "s")
+
+
 def top_neurons(
     store: Store,
     run_id: int,
@@ -211,19 +234,22 @@ def top_neurons(
     offset: int = 0,
     category: str | None = None,
     effect: str = "ie",
+    match: str | None = None,
 ) -> list[tuple]:
     """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
     of every layer, one page at a time (with effect="de", the same of the DE, ranked by |TE - DE|, what the
     effect needs the neuron for). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions count
     from the end as in `module_grid`; a finished run's average over all its pairs is read from its neuron
     summary (one without, a run stopped by a full disk or summarised by an older release, is aggregated
-    live)."""
+    live). `match`: only the neurons a filter names (_neuron_match), paged as the rest."""
     x = _effect(effect)
     if pair is None and category is None and _summarised(store, run_id):
-        return _summary_neurons(store, run_id, layer, method, limit, offset, x)
+        return _summary_neurons(store, run_id, layer, method, limit, offset, x, match)
     where, args = _pair_filter(pair, category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
+    named, named_args = _neuron_match(match, "e")
+    where, args = f"{where} {named}", [*args, *named_args]
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
     sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.{x} END) AS mean_ie,
@@ -239,16 +265,25 @@ def top_neurons(
 
 
 def neuron_count(
-    store: Store, run_id: int, layer: int | None, pair: int | None, method: str, category: str | None = None
+    store: Store,
+    run_id: int,
+    layer: int | None,
+    pair: int | None,
+    method: str,
+    category: str | None = None,
+    match: str | None = None,
 ) -> int:
     """How many rows `top_neurons` pages through (its pages: "page N of M")."""
     if pair is None and category is None and _summarised(store, run_id):
-        where, args = ("AND layer = ?", [layer]) if layer is not None else ("", [])
-        sql = f"SELECT COUNT(*) FROM neuron_summary WHERE run_id = ? AND method = ? {where}"
-        return store.db.execute(sql, [run_id, method, *args]).fetchone()[0]
+        where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
+        named, named_args = _neuron_match(match, "s")
+        sql = f"SELECT COUNT(*) FROM neuron_summary s WHERE s.run_id = ? AND s.method = ? {where} {named}"
+        return store.db.execute(sql, [run_id, method, *args, *named_args]).fetchone()[0]
     where, args = _pair_filter(pair, category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
+    named, named_args = _neuron_match(match, "e")
+    where, args = f"{where} {named}", [*args, *named_args]
     sql = f"""{LENGTHS} SELECT COUNT(*) FROM (SELECT 1 FROM effects e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.method = ? AND e.module = 'neuron' {where}
               GROUP BY e.layer, {POSITION}, e.neuron)"""
@@ -276,9 +311,18 @@ RANKED_BY = {"ie": "s.mean_ie", "de": "s.te_sum / s.n - s.mean_de"}
 
 
 def _summary_neurons(
-    store: Store, run_id: int, layer: int | None, method: str, limit: int, offset: int, effect: str
+    store: Store,
+    run_id: int,
+    layer: int | None,
+    method: str,
+    limit: int,
+    offset: int,
+    effect: str,
+    match=None,
 ):
     where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
+    named, named_args = _neuron_match(match, "s")
+    where, args = f"{where} {named}", [*args, *named_args]
     mean = f"mean_{effect}"
     sql = f"""SELECT s.layer, s.neuron, s.pos, s.{mean}, COALESCE(x.{mean}, CASE WHEN s.method = 'exact'
                      THEN s.{mean} END), s.n, s.{mean} * s.n / NULLIF(s.te_sum, 0)

@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual_plotext import PlotextPlot
 
+from harmmed_tui.analysis.errors import StoreError
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.analysis.stats import bootstrap_ci
 from harmmed_tui.db import export, jobs, queries, report
@@ -287,7 +288,9 @@ class ExploreScreen(Screen):
     def _filter_and_sort(self, t: Table) -> None:
         """Keep the rows holding the filter text; sort by the chosen column, largest first."""
         notes = []
-        if self.filter_text:
+        if self.filter_text and self.level in PAGED:  # (filtered in SQL across every page: tui.panes.neurons)
+            notes.append(Content.from_markup("filter '$text' (every page)", text=plain(self.filter_text)))
+        elif self.filter_text:
             needle = self.filter_text.casefold()
             for row in list(t.rows):
                 if not any(needle in str(c).casefold() for c in t.get_row(row)):
@@ -397,21 +400,35 @@ class ExploreScreen(Screen):
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
+        box.placeholder = (
+            f"filter neurons on every page: {queries.NEURON_MATCH}"
+            if self.level in PAGED
+            else "filter rows: text in any column (enter applies; empty enter clears)"
+        )
         box.display = True
         box.value = self.filter_text
         box.focus()
 
     @on(Input.Submitted, "#filter")
     def _filtered(self, event: Input.Submitted) -> None:
-        self.filter_text = event.value.strip()
+        text = event.value.strip()
+        if self.level in PAGED:
+            try:
+                queries.neuron_filter_check(text)
+            except StoreError as e:
+                self.notify(str(e), severity="warning")
+                return
+        self.filter_text, self.page = text, 0
         event.input.display = False
         self.show()
 
     def action_sort(self) -> None:
-        """Sort by the next column; after the last, back to the order shown."""
-        n = len(self.query_one(Table).columns)
-        self.sort_column = 1 if self.sort_column is None else self.sort_column + 1
-        self.sort_column = None if self.sort_column >= n else self.sort_column
+        """Sort by the next value column (an effect, a share: never a layer, neuron or position number);
+        after the last, back to the order shown."""
+        labels = [str(c.label) for c in self.query_one(Table).columns.values()]
+        values = [i for i, label in enumerate(labels) if label.split(" ")[0] not in NOT_VALUES]
+        later = [i for i in values if self.sort_column is None or i > self.sort_column]
+        self.sort_column = later[0] if later else None
         self.show()
 
     def action_copy(self) -> None:
@@ -598,6 +615,23 @@ class ExploreScreen(Screen):
             self._progress = progress
             self.show()
 
+
+PAGED = ("neurons", "top")  # the levels shown a page at a time (their filter runs in SQL)
+# columns `s` never sorts by: what a row is, not a value of it
+NOT_VALUES = {
+    "#",
+    "layer",
+    "neuron",
+    "pos",
+    "position",
+    "token",
+    "module",
+    "n",
+    "recur",
+    "gate",
+    "flips",
+    "pair",
+}
 
 PROMPT_SHOWN = 40  # characters of each prompt in the header: with TE and behaviour, two lines at 80 columns
 

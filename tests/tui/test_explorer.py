@@ -441,3 +441,22 @@ async def test_e_offers_the_figure_of_the_pane_in_front(db, tmp_path):
         await pilot.pause()
     text = (tmp_path / "grid.svg").read_text()
     assert "mlp IE/TE by layer and position" in text and "harmmed-tui run 1" in text
+
+
+async def test_slash_filters_neurons_on_every_page_and_s_sorts_values_only(db):
+    """On the neuron panes `/` names neurons (3:223, 223, or 3:) and is answered in SQL across every page,
+    so ] pages through the filtered neurons; `s` sorts by an effect, never by a layer or neuron number."""
+    app = HarmmedApp(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "enter", "N", "slash", *"0:", "enter")
+        table = app.screen.query_one("#table")
+        first = [cells(table, i) for i in range(table.row_count)]
+        assert table.row_count == 200 and {c[1] for c in first} == {"0"}  # layer 0 only, a full page
+        assert "filter '0:' (every page)" in text(app, "#legend")
+        await pilot.press("right_square_bracket")
+        page_2 = [cells(table, i) for i in range(table.row_count)]
+        assert page_2 and {c[1] for c in page_2} == {"0"} and page_2[0][0] == "201"
+        await pilot.press("slash", "ctrl+u", *"x9", "enter")  # names no neuron: said, the filter kept
+        assert "name neurons as 223" in str(list(app._notifications)[-1].message)
+        await pilot.press("escape", "s")
+        assert "sorted by |IE" in text(app, "#legend")

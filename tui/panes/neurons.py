@@ -50,7 +50,9 @@ def _rows(screen, t: Table, rows, checks, with_layer: bool) -> None:
             cells.append(f"{f[0]}/{f[1]}" if f else "")
         t.add_row(*cells, key=f"{layer}:{neuron}")
     layer = None if with_layer else screen.focus_layer
-    total = queries.neuron_count(store, screen.run_id, layer, screen.pair, screen.method, screen.category)
+    total = queries.neuron_count(
+        store, screen.run_id, layer, screen.pair, screen.method, screen.category, screen.filter_text
+    )
     pages = max(1, -(-total // screen.PAGE))
     screen.legend(
         f"page {screen.page + 1} of {pages} ([ ]) · recur: in how many pairs' top 20 · gate: gate-check rank"
@@ -69,6 +71,7 @@ def _page(screen, layer: int | None) -> list[tuple]:
         screen.page * screen.PAGE,
         screen.category,
         screen.effect,
+        screen.filter_text,  # (filtered in SQL, across every page)
     )
 
 
