@@ -17,7 +17,7 @@ from pathlib import Path
 from harmmed_tui.analysis.judge import behaviour_label
 from harmmed_tui.analysis.sites import LAYER_MODULES, position_label
 from harmmed_tui.analysis.spec import RunSpec
-from harmmed_tui.analysis.stats import bootstrap_ci, ie_share
+from harmmed_tui.analysis.stats import bootstrap_cis, ie_share
 from harmmed_tui.db.store import Store, StoreError
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "markdown", "latex", "parquet")
@@ -202,10 +202,17 @@ def aggregate(rows: list[dict], level: str, by: str = "site", top: int | None = 
     if top:
         mean = {key: abs(sum(r["ie"] for r in group) / len(group)) for key, group in groups.items()}
         groups = {key: groups[key] for key in sorted(groups, key=lambda k: -mean[k])[:top]}
+    de = bool(groups) and "de" in next(iter(groups.values()))[0]
+    cis = {
+        effect: dict(
+            zip(groups, bootstrap_cis([[r[effect] for r in g] for g in groups.values()]), strict=True)
+        )
+        for effect in ("ie", "de")[: 1 + de]
+    }  # (every site's interval at once: export.aggregate is most of a large export's time)
     out = []
     for key, group in groups.items():
         norms = [r["ie_norm"] for r in group if r["ie_norm"] is not None]
-        mean, lo, hi, share = _over_pairs(group, "ie")
+        mean, lo, hi, share = _over_pairs(group, "ie", cis["ie"][key])
         out.append(
             {
                 "run_id": group[0]["run_id"],
@@ -219,25 +226,27 @@ def aggregate(rows: list[dict], level: str, by: str = "site", top: int | None = 
                 "ci_high": hi,
                 "ie_share": share,
                 "ie_norm_mean_of_pairs": sum(norms) / len(norms) if norms else None,
-                **(_direct(group) if "de" in group[0] else {}),
+                **(_direct(group, cis["de"][key]) if de else {}),
                 "n": len(group),
             }
         )
     return out
 
 
-def _over_pairs(group: list[dict], effect: str) -> tuple[float, float, float, float | None]:
-    """One site's effect (ie or de) over its pairs: the mean, its 95% bootstrap CI, and its share of the
-    effect, sum of the effect / sum TE over the pairs that have a TE (None without any)."""
+def _over_pairs(
+    group: list[dict], effect: str, ci: tuple[float, float]
+) -> tuple[float, float, float, float | None]:
+    """One site's effect (ie or de) over its pairs: the mean, its 95% bootstrap CI (`ci`, stats.bootstrap_cis),
+    and its share of the effect, sum of the effect / sum TE over the pairs that have a TE (None without any)."""
     values = [r[effect] for r in group]
     judged = [r for r in group if r["te"] is not None]
     share = ie_share([r[effect] for r in judged], [r["te"] for r in judged]) if judged else None
-    return sum(values) / len(values), *bootstrap_ci(values), share
+    return sum(values) / len(values), *ci, share
 
 
-def _direct(group: list[dict]) -> dict:
+def _direct(group: list[dict], ci: tuple[float, float]) -> dict:
     """A site's direct effect over pairs, aggregated as its IE is."""
-    mean, lo, hi, share = _over_pairs(group, "de")
+    mean, lo, hi, share = _over_pairs(group, "de", ci)
     return {"de_mean": mean, "de_ci_low": lo, "de_ci_high": hi, "de_share": share}
 
 

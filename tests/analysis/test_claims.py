@@ -162,3 +162,13 @@ def test_a_share_of_a_held_out_te_whose_interval_spans_0_is_no_finding():
     c = claims.claim_3(RunEffects(L, 400, []), [p])
     assert "no share of TE (the held-out TE's 95% CI" in c.finding and "spans 0: inconclusive" in c.finding
     assert "%" not in c.finding.split("remove ")[1].replace("95% CI", "")
+
+
+def test_every_sites_interval_computed_together_equals_each_alone():
+    """export.aggregate takes every site's bootstrap interval at once (stats.bootstrap_cis): bit for bit the
+    interval each site gets alone, for samples of every size (one pair, two, many)."""
+    from harmmed_tui.analysis.stats import bootstrap_ci, bootstrap_cis
+
+    rng = np.random.default_rng(1)
+    samples = [list(rng.normal(size=n)) for n in [1, 2, 5, 40, 40, 7, 40] * 3]
+    assert bootstrap_cis(samples) == [bootstrap_ci(s) for s in samples]
