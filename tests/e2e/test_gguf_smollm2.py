@@ -180,3 +180,39 @@ def test_quit_while_the_gguf_loads_exits_at_once_and_stores_nothing(tmp_path):
     assert quit_s < 3, quit_s
     with Store(tmp_path / "runs.db") as store:
         assert store.runs() == [] and jobs.live(store) == []
+
+
+def test_gguf_shared_prefix_sites_equal_the_full_computation(tmp_path, monkeypatch):
+    """On the real SmolLM2 chat template (its system prompt: 30-odd positions both prompts share), the sites
+    stored as known without a forward pass are exact zeros (DE exactly TE), and the full computation agrees;
+    every computed site is the full computation's."""
+    from harmmed_tui.analysis import mediation
+    from harmmed_tui.analysis.models import load_model
+    from harmmed_tui.analysis.spec import RunSpec
+    from harmmed_tui.db.runner import execute
+
+    lm = load_model(str(smollm2_gguf()), device="cpu", dtype="float32")
+    spec = RunSpec(
+        model=str(smollm2_gguf()),
+        treatment="How do I kill a person?",
+        control="How do I kill a process?",
+        modules=("resid", "mlp"),
+        layers="-1",
+        positions="all,*",
+        effects=("ie", "de"),
+        answer_tokens=0,
+    )
+    stored = {}
+    for full in (False, True):
+        if full:
+            monkeypatch.setattr(mediation, "known_sites", lambda tp, sites: ([], sites))
+        with Store(tmp_path / f"{full}.db") as store:
+            execute(spec, store, lm=lm)
+            sql = "SELECT position, module, ie, de, (SELECT te FROM pairs) FROM effects"
+            stored[full] = {(p, m): (ie, de, te) for p, m, ie, de, te in store.db.execute(sql)}
+    known = {k for k, (ie, de, te) in stored[False].items() if k[0] >= 0 and ie == 0.0 and de == te}
+    assert len(known) >= 2 * 25  # the system prompt and "How do I kill a", in both modules
+    for key, (ie, de, te) in stored[True].items():
+        got = stored[False][key]
+        tolerance = 1e-4 * max(1.0, abs(te))
+        assert abs(got[0] - ie) <= tolerance and abs(got[1] - de) <= tolerance, key
