@@ -24,7 +24,7 @@ from transformers import StoppingCriteria
 from harmmed_tui.analysis.behaviour import decode_answer, greedy_batch, greedy_ids
 from harmmed_tui.analysis.direction import DirectionAblation, random_directions
 from harmmed_tui.analysis.errors import GateError
-from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
+from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS, group_layers
 from harmmed_tui.analysis.judge import PhraseJudge
 from harmmed_tui.analysis.metrics import BoundMetric, Metric
 from harmmed_tui.analysis.model_judge import ModelJudge
@@ -156,10 +156,23 @@ def check(
     if exhaustive:
         chunks = _chunked([a.neurons for a in todo])
     else:  # random sets and top sets in batches of their own: a batch of answers that stay refused ends early;
-        # each by its lowest layer, so that a batch's rows share the layers below their ablations
-        unique = sorted(dict.fromkeys(a.neurons for a in todo), key=_lowest)
+        # and batches by layer group (the sets of the final layer, of the last quarter, of all layers), so that
+        # a batch's rows share the layers below their ablations (computed once: rows_metric's `below`)
+        floors = sorted({group_layers(g, lm.anatomy.n_layers)[0] for g in spec.groups} | {0}, reverse=True)
+        unique = list(dict.fromkeys(a.neurons for a in todo))
         tops = {a.neurons for a in todo if a.seed < 0}
-        chunks = _chunked([u for u in unique if u not in tops]) + _chunked([u for u in unique if u in tops])
+        chunks = [
+            chunk
+            for top in (False, True)
+            for floor in floors
+            for chunk in _chunked(
+                [
+                    u
+                    for u in unique
+                    if (u in tops) == top and max(f for f in floors if f <= _lowest(u)) == floor
+                ]
+            )
+        ]
     total = sum(map(len, chunks))
     if direction is not None:  # its arms: the direction and `seeds` random unit directions, one batch
         directions = torch.cat([direction[None].float(), random_directions(len(direction), spec.seeds)])
