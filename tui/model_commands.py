@@ -313,6 +313,8 @@ def cmd_study(store: Store, a, study_id: int | None = None) -> int:
     spec = None if study_id is not None else study_from_args(a)
     base = (spec or StudySpec.from_json(store.study(study_id)["spec"])).modules_spec()
     line = StageLine(err, err.is_terminal and not getattr(a, "json", False), cheaper_positions(base))
+    if spec:
+        spec.check()  # (a bad choice is one line, before any note)
     if spec and base.positions == SET_POSITIONS:
         err.print(
             f"note: prompt sets: stage 1 patches --positions {SET_POSITIONS} (claims 1-4); {CLAIM_0_NEEDS}"

@@ -165,7 +165,9 @@ def test_the_cli_hears_every_stage_with_its_count_not_patching_0_of_unknown(tmp_
     heard: list[tuple] = []
     with Store(tmp_path / "runs.db") as store:
         outcome = execute(
-            RunSpec(max_pairs=3, layers="-1", positions="last"), store, on_stage=lambda *s: heard.append(s)
+            RunSpec(max_pairs=3, layers="-1", positions="last"),
+            store,
+            on_stage=lambda h: heard.append((h.stage, h.done, h.total)),
         )
     stages = list(dict.fromkeys(stage for stage, _, _ in heard))
     assert stages == ["loading the model", "loading the judge", "judging answers", "patching sites"]
