@@ -173,10 +173,10 @@ class Store:
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._checked = False
             self._migrate()
+            self.file_id = file_id(self.path)  # (the file exists once migrated)
             self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable harmmed-tui database ({e})") from None
-        self.file_id = file_id(self.path)
 
     def _refuse_unapplied_log(self) -> None:
         """An immutable open reads the main file only: committed rows still in a killed writer's write-ahead
@@ -290,7 +290,6 @@ class Store:
     def _mark_interrupted(self) -> None:
         if self.read_only or not self.writes:
             return
-        self.file_id = file_id(self.path)
         rows = self.db.query("SELECT id, pid, host, heartbeat, db_file FROM runs WHERE status = 'running'")
         for run_id in [r["id"] for r in rows if not self.alive(r)]:
             self.set_status(run_id, "interrupted", error=DEAD_WRITER)
