@@ -60,14 +60,14 @@ def one_model(name: str, lm, source: dict, n_pairs: int) -> None:
     refused = sum(
         r["refused_before"] for r in rows if r["arm"] == "top" and r["k"] == 1 and r["grp"] == "all"
     )
-    same = "identical" if _same(curves[True], curves[False]) else "DIFFERENT"
+    same = "identical" if same_curves(curves[True], curves[False]) else "DIFFERENT"
     print(
         f"{name}\t{len(tokenized)} held-out pairs ({refused} refused before)\texhaustive {timings[True]:.1f} s\t"
         f"as run {timings[False]:.1f} s\t{timings[True] / timings[False]:.2f}x\tcurves {same}"
     )
 
 
-def _same(a, b) -> bool:
+def same_curves(a, b) -> bool:
     """Equal curves: the same counts and flips, shares equal to float32 rounding (batches of other sizes)."""
     if len(a) != len(b):
         return False

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from common import SHARED  # noqa: F401  (sets HF_HUB_OFFLINE)
+from gate_cost import same_curves
 
 from harmmed_tui.analysis import gate, mediation
 from harmmed_tui.analysis.gate_curve import GROUPS, curve, group_layers
@@ -126,14 +127,7 @@ def main() -> None:
         )
         curves[when] = curve(found)
     gate._lowest = lowest
-    same = all(
-        p.as_dict() == q.as_dict()
-        or all(
-            abs(x - y) <= 1e-5 * max(1.0, abs(x)) if isinstance(x, float) and isinstance(y, float) else x == y
-            for x, y in zip(p.as_dict().values(), q.as_dict().values(), strict=True)
-        )
-        for p, q in zip(curves["before"], curves["after"], strict=True)
-    )
+    same = same_curves(curves["before"], curves["after"])
     print(f"stage 3: curves {'identical' if same else 'DIFFERENT'}")
 
     print("stage\tbefore\tafter\tratio")
