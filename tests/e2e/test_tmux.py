@@ -105,7 +105,8 @@ def test_keys_run_the_default_and_export_a_table(session, tmp_path):
 
 
 def test_quit_during_a_run_asks_then_cancels_it_and_exits_at_once(tmp_path):
-    """At 80x24 in a 16-colour terminal: a long run (every neuron at every position) is going; q asks,
+    """At 80x24 in a 16-colour terminal: a long run (every neuron at every position of 48 prompt-set pairs) is
+    going; q asks,
     y cancels and quits within a second or two, and the run is left cancelled, its rows kept."""
     name = start(tmp_path, 80, 24, "xterm")
     try:
@@ -115,9 +116,15 @@ def test_quit_during_a_run_asks_then_cancels_it_and_exits_at_once(tmp_path):
         wait_for(name, "neuron positions      last")
         time.sleep(1)  # Setup's first check of its preselection settles
         fields = [f for f, _ in SetupScreen.FIELDS]
-        typed(name, *["Tab"] * fields.index("max_pairs"), "C-u", "48")
+        # prompt sets: the prompts differ from their first token on, so no position is known in advance
+        # (minimal pairs share all but their last tokens: a run of them ends within seconds)
+        typed(name, *["Tab"] * fields.index("harmful"), "builtin:advbench", "Tab", "builtin:self_instruct")
+        wait_for(name, "builtin:self_instruct")
+        typed(name, *["Tab"] * (fields.index("max_pairs") - fields.index("harmless")), "C-u", "48")
         wait_for(name, "max pairs             48")
-        typed(name, *["Tab"] * (fields.index("neuron_positions") - fields.index("max_pairs")), "C-u", "all")
+        typed(name, *["Tab"] * (fields.index("neuron_positions") - fields.index("max_pairs")), "C-u")
+        wait_for(name, "no positions given")  # the emptied field's check, and its line, settle first
+        typed(name, "all")
         wait_for(name, "neuron positions      all")
         tmux("send-keys", "-t", name, "C-r")
         wait_for(name, "sites")  # streaming
@@ -180,7 +187,12 @@ def test_a_cli_run_shows_while_it_loads_is_followed_and_c_cancels_it(tmp_path):
         wait_for(name, "cancelling run 1 (default)")
         assert process.wait(timeout=60) == 3  # cancelled: not 0
         shown = wait_for(name, "run 1 (cancelled, default)", timeout=10)
-        assert "layer" in shown and "▶" not in shown
+        assert "layer" in shown
+        # the status line goes at the watcher's next tick: the run's status is committed before its job ends
+        deadline = time.monotonic() + 5
+        while "▶" in (shown := screen(name)):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
         if process:
