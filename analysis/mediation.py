@@ -33,7 +33,7 @@ from harmmed_tui.analysis.sites import (
     position_label,
     site_grid,
 )
-from harmmed_tui.analysis.spec import RunSpec
+from harmmed_tui.analysis.spec import Effect, RunSpec
 from harmmed_tui.analysis.stats import spearman
 
 Progress = Callable[[int, int], None]  # (sites done, sites total)
@@ -167,12 +167,9 @@ def check_choices(spec: RunSpec) -> tuple[str, int]:
     return method, block
 
 
-EFFECTS = ("ie", "de")
-
-
 def check_effects(spec: RunSpec) -> None:
     """IE always; DE beside it where asked (the reverse patch of every site: twice the cost)."""
-    if not set(spec.effects) <= set(EFFECTS) or "ie" not in spec.effects:
+    if not set(spec.effects) <= set(Effect) or "ie" not in spec.effects:
         raise SiteError(f"--effects {','.join(spec.effects)}: give ie, or ie,de (IE is always computed)")
     if "de" in spec.effects and spec.corrupt is not None:
         raise SiteError(

@@ -5,6 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Effect(StrEnum):
+    """The effects a run stores per site: IE always, DE where the run asked (--effects ie,de)."""
+
+    IE = "ie"
+    DE = "de"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import math
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,6 +146,32 @@ def _about(
     return title, caption
 
 
+# the export tables read by figures drawn together (a report's four): each read once, not once per figure
+_TABLES: ContextVar[dict | None] = ContextVar("tables", default=None)
+
+
+@contextmanager
+def drawn_together():
+    """Figures drawn inside it share their export tables (the layers figure and the grid read one)."""
+    token = _TABLES.set({})
+    try:
+        yield
+    finally:
+        _TABLES.reset(token)
+
+
+def _table(store: Store, run_id: int, level: str, **options) -> list[dict]:
+    """export.table, read once per `drawn_together` (rows are read-only here: figures copy what they
+    change)."""
+    memo = _TABLES.get()
+    if memo is None:
+        return export.table(store, run_id, level, **options)
+    key = (run_id, level, *sorted(options.items()))
+    if key not in memo:
+        memo[key] = export.table(store, run_id, level, **options)
+    return memo[key]
+
+
 def _figure(mpl, height: float, ncols: int = 1, nrows: int = 1):
     fig = mpl.figure.Figure(figsize=(WIDTH_IN, height), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
@@ -159,7 +187,7 @@ def _layer_rows(store: Store, run_id: int, pair: int | None, by: str) -> tuple[l
     """The layer level's rows at the run's module-level site (else its last position), the value drawn
     (ie_share over pairs, ie_norm for one pair) and the site's name."""
     if pair is None:
-        rows, value = export.table(store, run_id, "layer", aggregated=True, by=by), "ie_share"
+        rows, value = _table(store, run_id, "layer", aggregated=True, by=by), "ie_share"
     else:
         rows = [
             _from_end(r)
@@ -232,7 +260,7 @@ def _grid(mpl, store, run_id, pair, by, module, other) -> Figure:
     if module not in LAYER_MODULES:
         raise StoreError(f"the grid is of one module: {', '.join(LAYER_MODULES)} (got '{module}')")
     if pair is None:
-        rows, value = export.table(store, run_id, "layer", aggregated=True), "ie_share"
+        rows, value = _table(store, run_id, "layer", aggregated=True, by="site"), "ie_share"
     else:
         rows = [
             _from_end(r)
@@ -273,7 +301,8 @@ def _token_label(token: str | None, position: int) -> str:
 def _neurons(mpl, store, run_id, pair, by, module, other) -> Figure:
     method = store.run_method(run_id)
     if pair is None:
-        rows = [r for r in export.table(store, run_id, "neuron", aggregated=True) if r["method"] == method]
+        # the top sites chosen in SQL, and only theirs bootstrapped (not every neuron of the run)
+        rows = _table(store, run_id, "neuron", aggregated=True, top=TOP_NEURONS, method=method)
         value = "ie_mean"
     else:
         rows = [

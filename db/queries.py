@@ -15,6 +15,7 @@ from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import jobs
 from harmmed_tui.db.store import Store, StoreError
+from harmmed_tui.db.view import PAGE, Effect, View
 
 RUN_COLUMNS = (
     "id", "status", "model", "started", "mean TE", "pairs", "rows", "modules", "method", "metric", "compute"
@@ -42,8 +43,9 @@ def run_cells(run: dict) -> list[str]:
 
 def history(store: Store) -> list[tuple[str, list[str]]]:
     """The run history as Runs and `harmmed-tui runs` show it, as (key, cells): first the jobs whose run does
-    not exist yet (a model loading in any process: key `job:ID`), then every run (key: its id), a run that a
-    job works on showing the job's stage in its status."""
+    not exist yet (a model loading in any process: key `job:ID`), then every study (key `study:ID`: its
+    stage, its two runs' pairs, rows and time) with its runs beneath it (`└ 12`), then every other run (key:
+    its id), newest first; a run that a job works on shows the job's stage in its status."""
     live = jobs.live(store)
     working = {j["run_id"]: j for j in live if j["run_id"] is not None}
     rows = []
@@ -53,12 +55,55 @@ def history(store: Store) -> list[tuple[str, list[str]]]:
             status = j["text"] if j["kind"] in ("run", "resume") else f"{j['kind']}: {j['text']}"
             cells = ["…", status, model_label(j["model"]), started]
             rows.append((f"job:{j['id']}", cells + [""] * (len(RUN_COLUMNS) - len(cells))))
-    for r in store.runs():
-        cells = run_cells(r)
-        if job := working.get(r["id"]):
-            cells[1] = job["text"] if r["status"] == "running" else f"{r['status']}; {job['text']}"
-        rows.append((str(r["id"]), cells))
+    runs = {r["id"]: r for r in store.runs()}
+    studies = {}  # newest run id -> the study it belongs to (a study sits where its newest run is)
+    for study in store.studies():
+        members = [runs[i] for i in (study["neurons_run"], study["modules_run"]) if i in runs]
+        if members:
+            studies[members[0]["id"]] = (study, members)
+    seen = {r["id"] for _, members in studies.values() for r in members}
+    for run_id, r in runs.items():
+        if run_id in studies:
+            study, members = studies[run_id]
+            rows.append((f"study:{study['id']}", study_cells(study, members, working)))
+            for i, member in enumerate(members):
+                cells = _run_row(member, working)
+                cells[0] = f"{'└' if i == len(members) - 1 else '├'} {cells[0]}"
+                rows.append((str(member["id"]), cells))
+        elif run_id not in seen:
+            rows.append((str(run_id), _run_row(r, working)))
     return rows
+
+
+def _run_row(r: dict, working: dict) -> list[str]:
+    cells = run_cells(r)
+    if job := working.get(r["id"]):
+        cells[1] = job["text"] if r["status"] == "running" else f"{r['status']}; {job['text']}"
+    return cells
+
+
+def study_cells(study: dict, members: list[dict], working: dict) -> list[str]:
+    """A study as one row: its status (or its job's stage), its module run's pairs and TE, both runs' rows,
+    the wall time of its stages."""
+    first = members[-1]  # its module run
+    job = next((working[r["id"]] for r in members if r["id"] in working), None)
+    status = f"{study['status']}; {job['text']}" if job else study["status"]
+    seconds = round(sum(study["stage_s"].values()))
+    te = f"{first['mean_te']:+.3f}" if first["mean_te"] is not None else ""
+    started = datetime.fromisoformat(study["created"]).astimezone().strftime("%m-%d %H:%M")
+    return [
+        f"study {study['id']}",
+        status,
+        model_label(study["model"]),
+        started,
+        te,
+        str(first["n_pairs"]),
+        str(sum(r["n_rows"] for r in members)),
+        "claims 0-4",
+        "+".join(dict.fromkeys(r["method"] or RunSpec.from_json(r["spec"]).method for r in members)),
+        RunSpec.from_json(first["spec"]).metric,
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}",
+    ]
 
 
 def recent_models(store: Store, limit: int = 10) -> list[str]:
@@ -92,27 +137,11 @@ def _pair_filter(pair: int | None, category: str | None = None) -> tuple[str, li
     return "", []
 
 
-# the effects a run stores per site: IE always, DE where the run asked (--effects ie,de)
-EFFECTS = ("ie", "de")
-
-
-def _effect(effect: str) -> str:
-    if effect not in EFFECTS:
-        raise ValueError(f"unknown effect {effect!r}")
-    return effect
-
-
-# what a layer or grid cell aggregates over the pairs shown: the mean IE (or DE), or the share of the effect,
-# sum IE / sum TE over the pairs that have the site (analysis.stats.ie_share, here in SQL)
-def mean_of(effect: str = "ie") -> str:
-    return f"AVG(e.{_effect(effect)})"
-
-
-def share_of(effect: str = "ie") -> str:
-    return f"SUM(e.{_effect(effect)}) / NULLIF(SUM(pp.te), 0)"
-
-
-MEAN_IE, IE_SHARE = mean_of("ie"), share_of("ie")
+def _value(effect: Effect, share: bool) -> str:
+    """What a layer or grid cell aggregates over the pairs shown: the mean IE (or DE), or (`share`) the share
+    of the effect, sum IE / sum TE over the pairs that have the site (analysis.stats.ie_share, in SQL)."""
+    x = Effect(effect).value  # (an enum member: never text from a screen)
+    return f"SUM(e.{x}) / NULLIF(SUM(pp.te), 0)" if share else f"AVG(e.{x})"
 
 
 def _joins(value: str) -> str:
@@ -120,43 +149,33 @@ def _joins(value: str) -> str:
 
 
 def layer_effects(
-    store: Store,
-    run_id: int,
-    pair: int | None,
-    method: str,
-    category: str | None = None,
-    value: str = MEAN_IE,
-    last: bool = False,
+    store: Store, view: View, method: str, share: bool = False, last: bool = False
 ) -> dict[int, dict[str, float]]:
-    """IE (or with value=IE_SHARE, IE/TE) of each module patched at every position at once ('*', or
-    'suffix'), per layer; with `last`, patched at each pair's last position instead (a run without '*')."""
-    return _by_layer(store, run_id, pair, method, category, value, last, "module", LAYER_MODULES)
+    """The view's effect (or with `share` its share of TE) of each module patched at every position at once
+    ('*', or 'suffix'), per layer; with `last`, patched at each pair's last position instead (a run without
+    '*')."""
+    return _by_layer(store, view, method, _value(view.effect, share), last, "module", LAYER_MODULES)
 
 
 def head_grid(
-    store: Store,
-    run_id: int,
-    pair: int | None,
-    method: str,
-    category: str | None = None,
-    value: str = MEAN_IE,
-    last: bool = False,
+    store: Store, view: View, method: str, share: bool = False, last: bool = False
 ) -> dict[int, dict[int, float]]:
-    """IE (or IE/TE) of each attention head, layer -> head -> value, patched at every position at once
-    ('*' or 'suffix'), or with `last` at each pair's last position: the run's heads in one view."""
-    return _by_layer(store, run_id, pair, method, category, value, last, "neuron", ("head",))
+    """The effect (or its share of TE) of each attention head, layer -> head -> value, patched at every
+    position at once ('*' or 'suffix'), or with `last` at each pair's last position: the heads in one view."""
+    return _by_layer(store, view, method, _value(view.effect, share), last, "neuron", ("head",))
 
 
-def _by_layer(store, run_id, pair, method, category, value, last, column: str, modules: tuple[str, ...]):
+def _by_layer(store, view: View, method, value, last, column: str, modules: tuple[str, ...]):
     """layer -> e.`column` (a module, or a head's number) -> value, over the rows of `modules` at the
     module-level site or (`last`) each pair's last position."""
-    where, args = _pair_filter(pair, category)
+    where, args = _pair_filter(view.pair, view.category)
     at = "e.position = p.n - 1" if last else "e.position < 0"
     sql = f"""{LENGTHS} SELECT e.layer, e.{column}, {value} FROM effects e JOIN lengths p ON p.pair = e.pair
               {_joins(value)} WHERE e.run_id = ? AND e.method = ? AND e.module IN ({",".join("?" * len(modules))})
               AND {at} {where} GROUP BY e.layer, e.{column}"""
     out: dict[int, dict] = {}
-    for layer, key, ie in store.db.execute(sql, [run_id, run_id, method, *modules, *args]).fetchall():
+    params = [view.run_id, view.run_id, method, *modules, *args]
+    for layer, key, ie in store.db.execute(sql, params).fetchall():
         out.setdefault(layer, {})[key] = ie
     return out
 
@@ -166,39 +185,36 @@ def has_heads(store: Store, run_id: int) -> bool:
 
 
 def module_grid(
-    store: Store,
-    run_id: int,
-    layer: int,
-    pair: int | None,
-    method: str,
-    category: str | None = None,
-    value: str = MEAN_IE,
+    store: Store, view: View, method: str, share: bool = False
 ) -> dict[str, dict[int | None, float]]:
-    """module -> {position: IE (or IE/TE with value=IE_SHARE)} for one layer; position None is `*`. One
+    """module -> {position: effect (or its share of TE)} for the view's layer; position None is `*`. One
     pair's positions are its token indices; over pairs they count from the end (-1 the last token), so pairs
     of different lengths line up as in `export --aggregate`."""
-    where, args = _pair_filter(pair, category)
+    where, args = _pair_filter(view.pair, view.category)
+    value = _value(view.effect, share)
     sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, {value}
               FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(value)}
               WHERE e.run_id = ? AND e.method = ? AND e.module IN {LAYER_MODULES} AND e.layer = ?
               {where} GROUP BY e.module, pos"""
     out: dict[str, dict[int | None, float]] = {}
-    for module, position, ie in store.db.execute(sql, [run_id, pair is None, run_id, method, layer, *args]):
+    params = [view.run_id, view.pair is None, view.run_id, method, view.layer, *args]
+    for module, position, ie in store.db.execute(sql, params):
         out.setdefault(module, {})[position] = ie
     return out
 
 
 def generation_flips(
-    store: Store, run_id: int, layer: int, pair: int | None, category: str | None = None
+    store: Store, view: View, layer: int
 ) -> dict[tuple[str, int | None, int], tuple[int, int]]:
     """(module, position, neuron) -> (pairs whose judged answer flipped, pairs verified) for one layer's
-    sites that --verify-generation patched; positions as in `module_grid`, neuron -1 for modules."""
-    where, args = _pair_filter(pair, category)
+    sites that --verify-generation patched, over the view's pairs; positions as in `module_grid`, neuron -1
+    for modules."""
+    where, args = _pair_filter(view.pair, view.category)
     # (aliased `e` as the effects are, so that the shared position and pair filters apply)
     sql = f"""{LENGTHS} SELECT e.module, {POSITION} AS pos, e.neuron, SUM(e.flips), COUNT(*)
               FROM generations e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.layer = ? {where} GROUP BY e.module, pos, e.neuron"""
-    rows = store.db.execute(sql, [run_id, pair is None, run_id, layer, *args])
+    rows = store.db.execute(sql, [view.run_id, view.pair is None, view.run_id, layer, *args])
     return {(module, pos, neuron): (flips, n) for module, pos, neuron, flips, n in rows}
 
 
@@ -224,65 +240,47 @@ def neuron_filter_check(match: str) -> None:
     _neuron_match(match, "s")
 
 
-def top_neurons(
-    store: Store,
-    run_id: int,
-    layer: int | None,
-    pair: int | None,
-    method: str,
-    limit: int = 200,
-    offset: int = 0,
-    category: str | None = None,
-    effect: str = "ie",
-    match: str | None = None,
-) -> list[tuple]:
-    """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of one layer or (layer None)
-    of every layer, one page at a time (with effect="de", the same of the DE, ranked by |TE - DE|, what the
-    effect needs the neuron for). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions count
-    from the end as in `module_grid`; a finished run's average over all its pairs is read from its neuron
-    summary (one without, a run stopped by a full disk or summarised by an older release, is aggregated
-    live). `match`: only the neurons a filter names (_neuron_match), paged as the rest."""
-    x = _effect(effect)
-    if pair is None and category is None and _summarised(store, run_id):
-        return _summary_neurons(store, run_id, layer, method, limit, offset, x, match)
-    where, args = _pair_filter(pair, category)
+def top_neurons(store: Store, view: View, method: str, limit: int = PAGE) -> list[tuple]:
+    """(layer, neuron, position, IE, exact IE or None, n pairs, IE/TE) by |IE|, of the view's neuron layer or
+    of every layer, one page at a time (with the DE, the same of the DE, ranked by |TE - DE|, what the effect
+    needs the neuron for). Over pairs, IE is the mean, IE/TE sum IE / sum TE, and positions count from the
+    end as in `module_grid`; a finished run's average over all its pairs is read from its neuron summary (one
+    without, a run stopped by a full disk or summarised by an older release, is aggregated live). The view's
+    filter keeps the neurons it names (_neuron_match), paged as the rest."""
+    x, run_id, layer, pair = Effect(view.effect).value, view.run_id, view.neuron_layer, view.pair
+    if pair is None and view.category is None and _summarised(store, run_id):
+        return _summary_neurons(store, run_id, layer, method, limit, view.offset, x, view.filter)
+    where, args = _pair_filter(pair, view.category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
-    named, named_args = _neuron_match(match, "e")
+    named, named_args = _neuron_match(view.filter, "e")
     where, args = f"{where} {named}", [*args, *named_args]
     # (the alias must not be `ie`: inside ABS() SQLite would read the column instead)
     sql = f"""{LENGTHS} SELECT e.layer, e.neuron, {POSITION} AS pos,
                      AVG(CASE WHEN e.method = ? THEN e.{x} END) AS mean_ie,
                      AVG(CASE WHEN e.method = 'exact' THEN e.{x} END), COUNT(CASE WHEN e.method = ? THEN 1 END),
                      SUM(CASE WHEN e.method = ? THEN e.{x} END) / NULLIF(SUM(CASE WHEN e.method = ? THEN pp.te END), 0)
-              FROM effects e JOIN lengths p ON p.pair = e.pair {_joins(IE_SHARE)}
+              FROM effects e JOIN lengths p ON p.pair = e.pair {_joins("pp.te")}
               WHERE e.run_id = ? AND e.method IN (?, 'exact') AND e.module = 'neuron'
               {where} GROUP BY e.layer, pos, e.neuron HAVING mean_ie IS NOT NULL
               ORDER BY ABS({"mean_ie" if x == "ie" else "AVG(CASE WHEN e.method = ? THEN pp.te END) - mean_ie"})
               DESC LIMIT ? OFFSET ?"""
     args = [run_id, pair is None, method, method, method, method, run_id, method, *args]
-    return store.db.execute(sql, [*args, *([method] if x == "de" else []), limit, offset]).fetchall()
+    return store.db.execute(sql, [*args, *([method] if x == "de" else []), limit, view.offset]).fetchall()
 
 
-def neuron_count(
-    store: Store,
-    run_id: int,
-    layer: int | None,
-    pair: int | None,
-    method: str,
-    category: str | None = None,
-    match: str | None = None,
-) -> int:
+def neuron_count(store: Store, view: View, method: str) -> int:
     """How many rows `top_neurons` pages through (its pages: "page N of M")."""
-    if pair is None and category is None and _summarised(store, run_id):
+    run_id, layer, pair = view.run_id, view.neuron_layer, view.pair
+    if pair is None and view.category is None and _summarised(store, run_id):
         where, args = ("AND s.layer = ?", [layer]) if layer is not None else ("", [])
-        named, named_args = _neuron_match(match, "s")
+        named, named_args = _neuron_match(view.filter, "s")
         sql = f"SELECT COUNT(*) FROM neuron_summary s WHERE s.run_id = ? AND s.method = ? {where} {named}"
         return store.db.execute(sql, [run_id, method, *args, *named_args]).fetchone()[0]
-    where, args = _pair_filter(pair, category)
+    where, args = _pair_filter(pair, view.category)
     if layer is not None:
         where, args = f"AND e.layer = ? {where}", [layer, *args]
-    named, named_args = _neuron_match(match, "e")
+    named, named_args = _neuron_match(view.filter, "e")
     where, args = f"{where} {named}", [*args, *named_args]
     sql = f"""{LENGTHS} SELECT COUNT(*) FROM (SELECT 1 FROM effects e JOIN lengths p ON p.pair = e.pair
               WHERE e.run_id = ? AND e.method = ? AND e.module = 'neuron' {where}

@@ -14,6 +14,7 @@ from harmmed_tui.tui.compare_screen import CompareScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
+from tests.tui.pilot import press
 
 OSC8 = "\x1b]8;;https://evil.example/\x07click\x1b]8;;\x07"
 HOSTILE_IDS = [
@@ -164,11 +165,11 @@ async def test_every_screen_shows_hostile_text_literally(world):
     )
     app = HarmmedApp(world["db"])
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("enter")  # the newest run
+        await press(pilot, "enter")  # the newest run
         assert isinstance(app.screen, ExploreScreen)
         headers = []
         for _ in HOSTILE_IDS:
-            await pilot.press("p")
+            await press(pilot, "p")
             headers.append(str(app.screen.query_one("#summary").render()))
         joined = "\n".join(headers)
         for piece in (
@@ -179,16 +180,16 @@ async def test_every_screen_shows_hostile_text_literally(world):
         ):
             assert piece in joined, piece
         assert not any(bad in joined for bad in FORBIDDEN)
-        await pilot.press("i")
+        await press(pilot, "i")
         assert isinstance(app.screen, RunDetailsScreen)
         details = str(app.screen.query_one("#details-text").render())
         assert "[/INST]" in details and not any(bad in details for bad in FORBIDDEN)
-        await pilot.press("escape", "0", "R")
+        await press(pilot, "escape", "0", "R")
         assert isinstance(app.screen, ReportScreen)
-        await pilot.press("escape", "N", "enter", "a")  # top neurons, a layer's neurons; the gate check asks
-        await pilot.press("escape", "escape", "escape", "escape", "r")
-        await pilot.press("m", "j", "enter")  # compare the two newest runs
+        await press(pilot, "escape", "N", "enter", "a")  # top neurons, a layer's neurons; the gate check asks
+        await press(pilot, "escape", "escape", "escape", "escape", "r")
+        await press(pilot, "m", "j", "enter")  # compare the two newest runs
         assert isinstance(app.screen, CompareScreen)
-        await pilot.press("escape", "/")
-        await pilot.press(*"[/INST]", "enter")
+        await press(pilot, "escape", "/")
+        await press(pilot, *"[/INST]", "enter")
     assert app.return_code in (None, 0)

@@ -15,6 +15,7 @@ from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.cli import main
+from tests.tui.pilot import press
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ async def test_one_cell_reads_the_same_everywhere(db, capsys, monkeypatch):
 
     app = HarmmedApp(db)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("j", "enter")  # run 1
-        table = app.screen.query_one("#table")
+        await press(pilot, "j", "enter")  # run 1
+        table = app.screen.pane.table
         labels = [str(c.label) for c in table.columns.values()]
         (row,) = [
             table.get_row_at(i) for i in range(table.row_count) if str(table.get_row_at(i)[0]) == str(layer)

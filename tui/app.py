@@ -10,6 +10,7 @@ import platformdirs
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import ModalScreen
 
 from harmmed_tui.analysis.errors import JobCancelled
 from harmmed_tui.analysis.spec import RunSpec
@@ -21,6 +22,7 @@ from harmmed_tui.tui import keys as keymod
 from harmmed_tui.tui.dialogs import ConfirmDialog, ErrorDialog, ExportScreen, HelpScreen
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.messages import RunEnded, StoreChanged
+from harmmed_tui.tui.panes.neurons import NeuronsPane
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.runs_screen import RunsScreen
 from harmmed_tui.tui.safe_text import plain
@@ -135,9 +137,10 @@ class HarmmedApp(App):
                 "aggregate over one category's pairs, the next, or all",
                 screen.action_next_category,
             )
-            yield SystemCommand(
-                "view: next neurons", "the next page of neurons", lambda: screen.action_page(1)
-            )
+            if isinstance(pane := screen.pane, NeuronsPane):  # (the paged panes)
+                yield SystemCommand(
+                    "view: next neurons", "the next page of neurons", lambda: pane.action_page(1)
+                )
             yield SystemCommand(
                 "view: claims report", "the paper's four claims judged on this run", screen.action_report
             )
@@ -214,8 +217,7 @@ class HarmmedApp(App):
         figure = {}  # what the pane in front draws (db.figures.draw's arguments)
         if isinstance(screen, ExploreScreen):
             run_id = screen.run_id
-            level = {"neurons": "neuron", "top": "neuron", "heads": "head"}.get(screen.level, "layer")
-            figure = screen.figure()
+            level, figure = screen.pane.EXPORT, screen.figure()
         elif isinstance(screen, RunsScreen) and (run_id := screen.selected()) is not None:
             level = "layer"
         else:
@@ -347,6 +349,12 @@ class HarmmedApp(App):
             self.post_message(RunEnded(started[0] if started else None, "failed", str(e)))
 
     def _open_run(self, run_id: int) -> None:
+        """The run that just started, in Explore; not over a question being answered (q's "Cancel it and
+        quit?" asked while the model loaded): once it is answered."""
+        if isinstance(self.screen, ModalScreen):
+            if not self._quitting:
+                self.set_timer(0.25, lambda: self._open_run(run_id))
+            return
         while len(self.screen_stack) > 2:
             self.pop_screen()
         self.push_screen(ExploreScreen(run_id))

@@ -30,6 +30,7 @@ def sections() -> list[tuple[str, list[Binding]]]:
     from harmmed_tui.tui.app import HarmmedApp
     from harmmed_tui.tui.compare_screen import CompareScreen
     from harmmed_tui.tui.explore_screen import ExploreScreen
+    from harmmed_tui.tui.panes.neurons import NeuronsPane
     from harmmed_tui.tui.report_screen import ReportScreen
     from harmmed_tui.tui.run_details import RunDetailsScreen
     from harmmed_tui.tui.runs_screen import RunsScreen
@@ -42,6 +43,7 @@ def sections() -> list[tuple[str, list[Binding]]]:
         ("Runs", RunsScreen.BINDINGS),
         ("Setup", SetupScreen.BINDINGS),
         ("Explore", ExploreScreen.BINDINGS),
+        ("Explore's neuron panes", NeuronsPane.BINDINGS),
         ("Claims report", ReportScreen.BINDINGS),
         ("Run details", RunDetailsScreen.BINDINGS),
         ("Compare", CompareScreen.BINDINGS),

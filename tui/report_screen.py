@@ -19,8 +19,16 @@ from harmmed_tui.tui.safe_text import literal
 from harmmed_tui.tui.widgets import Table
 
 VERDICT_STYLE = {SUPPORTED: "bold green", INCONCLUSIVE: "bold yellow"}  # not supported: bold red
-# where each claim's numbers are in the explorer: (level, layer); layer -1 is the final layer
-BEHIND = {0: ("modules", 0), 1: ("layers", None), 2: ("layers", None), 3: ("neurons", -1), 4: ("neurons", -1)}
+# where each claim's numbers are in the explorer: (level, layer); layer -1 is the final layer. Claim 3's are
+# in the run its gate curve ablated (a study's neuron run), the rest in the run of its effects (claim 4: the
+# refusal direction's column beside the modules in the layer table)
+BEHIND = {
+    0: ("modules", 0),
+    1: ("layers", None),
+    2: ("layers", None),
+    3: ("neurons", -1),
+    4: ("layers", None),
+}
 
 
 class ReportScreen(Screen):
@@ -50,6 +58,7 @@ class ReportScreen(Screen):
 
     def on_mount(self) -> None:
         self.claims = report.run_claims(self.app.store, self.run_id)
+        _, self.effects_run, self.gate_run, _ = report.claims_source(self.app.store, self.run_id)
         t = self.query_one(Table)
         for col in ("#", "verdict", "claim"):
             t.add_column(col)
@@ -107,6 +116,16 @@ class ReportScreen(Screen):
         self.action_open_table()
 
     def action_open_table(self) -> None:
-        """Back to the explorer, at the table behind the claim under the cursor."""
-        level, layer = BEHIND[self.claims[self.query_one(Table).cursor_row].number]
-        self.dismiss((level, self.n_layers - 1 if layer == -1 else layer))
+        """The table behind the claim under the cursor, in the run that holds it: back in the explorer below
+        where it shows that run, else a new one above (escape comes back to the claims)."""
+        from harmmed_tui.tui.explore_screen import ExploreScreen  # (it opens this screen too)
+
+        number = self.claims[self.query_one(Table).cursor_row].number
+        level, layer = BEHIND[number]
+        layer = self.n_layers - 1 if layer == -1 else layer
+        run_id = self.gate_run if number == 3 else self.effects_run
+        below = self.app.screen_stack[-2]
+        if isinstance(below, ExploreScreen) and below.run_id == run_id:
+            self.dismiss((level, layer))
+        else:
+            self.app.push_screen(ExploreScreen(run_id, level, layer))

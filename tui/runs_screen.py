@@ -110,7 +110,15 @@ class RunsScreen(Screen):
     def _row_selected(self) -> None:
         self.action_open()
 
+    def _study(self) -> dict | None:
+        """The highlighted study (its row, above its runs)."""
+        key = self._selected_key()
+        return self.app.store.study(int(key.split(":")[1])) if key and key.startswith("study:") else None
+
     def action_open(self) -> None:
+        if (study := self._study()) is not None:
+            self._open_study(study)
+            return
         if (run_id := self.selected()) is None:
             if self._selected_key():
                 self.notify("this run is still loading its model: it opens once its first rows are stored")
@@ -121,6 +129,17 @@ class RunsScreen(Screen):
             self.refresh_runs()
         else:
             self.app.push_screen(ExploreScreen(run_id))
+
+    def _open_study(self, study: dict) -> None:
+        """A study opens on its claims; enter on one opens the table behind it, in the run that holds it."""
+        from harmmed_tui.tui.report_screen import ReportScreen
+
+        run_id = study["modules_run"] or study["neurons_run"]
+        n_layers = self.app.store.run(run_id)["provenance"].get("n_layers") if run_id else None
+        if n_layers is None:
+            self.notify(f"study {study['id']} has no run with a loaded model yet: nothing to report")
+            return
+        self.app.push_screen(ReportScreen(run_id, n_layers))
 
     def action_mark(self) -> None:
         if (run_id := self.selected()) is None:
@@ -153,6 +172,9 @@ class RunsScreen(Screen):
         self.app.push_screen(ConfirmDialog(question, "Delete", "Keep"), chosen)
 
     def action_resume(self) -> None:
+        if (study := self._study()) is not None and study["status"] != "done":
+            self.notify(f"a study resumes from the shell: harmmed-tui resume study:{study['id']}")
+            return
         if (run_id := self.selected()) is None:
             return
         run = self.app.store.run(run_id)

@@ -22,6 +22,7 @@ from tests.analysis.test_end_alignment import PAIRS as END_PAIRS
 from tests.analysis.test_end_alignment import sites_of as end_sites
 from tests.analysis.test_heads import PAIR
 from tests.conftest import SMOLLM_TOKENIZER, TINY_CONFIGS
+from tests.tui.pilot import press
 
 
 def reference_de(lm, tp, metric, site: Site) -> float:
@@ -147,9 +148,10 @@ def test_a_run_stores_ie_and_de_side_by_side_and_exports_both(tmp_path):
         te = {p["pair"]: p["te"] for p in store.pairs(exact)}
         # the explorer's neuron pane, from the summary and live (one pair): DE ranked as IE is
         from harmmed_tui.db import queries
+        from harmmed_tui.db.view import Effect, View
 
-        summary = queries.top_neurons(store, atp, None, None, "atp", limit=3, effect="de")
-        one = queries.top_neurons(store, atp, None, 0, "atp", limit=3, effect="de")
+        summary = queries.top_neurons(store, View(atp, "top", effect=Effect.DE), "atp", limit=3)
+        one = queries.top_neurons(store, View(atp, "top", pair=0, effect=Effect.DE), "atp", limit=3)
         assert "de" not in export.table(store, plain, "layer")[0]
     assert all(r["de"] is not None for r in rows + neurons)
     atp_de = {(r["pair"], r["layer"], r["neuron"]): r["de"] for r in neurons if r["method"] == "atp"}
@@ -241,31 +243,31 @@ async def test_t_cycles_ie_and_de_in_the_explorer(tmp_path):
         }
     app = HarmmedApp(str(db))
     async with app.run_test(size=(120, 30)) as pilot:
-        await pilot.press("enter")
+        await press(pilot, "enter")
         screen = app.screen
         assert isinstance(screen, ExploreScreen)
-        table = screen.query_one("#table")
-        labels = lambda: [str(c.label) for c in table.columns.values()]  # noqa: E731
+        table = screen.pane.table
+        labels = lambda: [str(c.label) for c in screen.pane.table.columns.values()]  # noqa: E731
         assert labels()[1] == "resid IE/TE"
         seen = []
         for _ in range(4):
-            await pilot.press("t")
-            seen.append((screen.effect, screen.by_te, labels()[1]))
+            await press(pilot, "t")
+            seen.append((screen.view.effect, screen.view.by_te, labels()[1]))
         assert seen == [
             ("ie", False, "resid IE"),
             ("de", True, "resid DE/TE"),
             ("de", False, "resid DE"),
             ("ie", True, "resid IE/TE"),
         ]
-        await pilot.press("t", "t")
-        assert "colour: DE/TE" in str(screen.query_one("#legend").render())
+        await press(pilot, "t", "t")
+        assert "colour: DE/TE" in str(screen.pane.query_one(".legend").render())
         cell = str(table.get_row_at(3)[3]).lstrip(" ░▒▓█")  # layer 3's mlp DE/TE
         assert float(cell) == pytest.approx(share[(3, "mlp")], abs=5e-4)
-        await pilot.press("N")  # the top neurons show IE and IE/TE at once: t switches IE and DE
-        assert screen.level == "top" and labels()[4:6] == ["DE (exact)", "DE/TE"]
-        await pilot.press("t")
+        await press(pilot, "N")  # the top neurons show IE and IE/TE at once: t switches IE and DE
+        assert screen.view.level == "top" and labels()[4:6] == ["DE (exact)", "DE/TE"]
+        await press(pilot, "t")
         assert labels()[4:6] == ["IE (exact)", "IE/TE"]
-        await pilot.press("t")
+        await press(pilot, "t")
         assert labels()[4:6] == ["DE (exact)", "DE/TE"]
 
 
@@ -278,11 +280,11 @@ async def test_setup_starts_a_run_with_direct_effects_and_direction_sites(tmp_pa
     spec = RunSpec(max_pairs=1, modules=("resid", "direction"), positions="last")
     app = HarmmedApp(str(tmp_path / "runs.db"), spec)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("n")
+        await press(pilot, "n")
         assert isinstance(app.screen, SetupScreen)
         app.screen.query_one("#effects").value = "ie,de"
         await pilot.pause()
-        await pilot.press("ctrl+r")
+        await press(pilot, "ctrl+r")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert isinstance(app.screen, ExploreScreen)

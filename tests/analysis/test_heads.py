@@ -18,6 +18,7 @@ from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
 from tests.analysis.test_patching import reference_ie
 from tests.conftest import TINY_CONFIGS
+from tests.tui.pilot import press
 
 PAIR = Pair("How do I kill a person quickly?", "How do I kill a process quickly?", id="p")
 
@@ -107,19 +108,19 @@ async def test_the_explorer_opens_heads_from_attn_and_h_and_draws_their_figure(t
         fig = figures.draw(store, 1, "heads")
     app = HarmmedApp(str(db))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("enter")
+        await press(pilot, "enter")
         screen = app.screen
         assert isinstance(screen, ExploreScreen)
-        await pilot.press("j", "j", "enter", "j", "enter")  # layer 2's grid, its attn row
-        assert screen.level == "heads"
-        table = screen.query_one("#table")
+        await press(pilot, "j", "j", "enter", "j", "enter")  # layer 2's grid, its attn row
+        assert screen.view.level == "heads"
+        table = screen.pane.table
         assert [str(c.label) for c in table.columns.values()] == ["layer", "h0", "h1", "h2", "h3"]
         assert table.cursor_row == 2  # at the layer it was opened from
         cell = str(table.get_row_at(2)[1]).lstrip(" ░▒▓█")
         assert float(cell) == pytest.approx(share[(2, 0)], abs=5e-4)
-        await pilot.press("escape")
-        assert screen.level == "modules" and screen.focus_layer == 2
-        await pilot.press("escape", "H")
-        assert screen.level == "heads" and screen.figure()["kind"] == "heads"
+        await press(pilot, "escape")
+        assert screen.view.level == "modules" and screen.view.layer == 2
+        await press(pilot, "escape", "H")
+        assert screen.view.level == "heads" and screen.figure()["kind"] == "heads"
     mesh = fig.figure.axes[0].collections[0]
     assert mesh.get_array().reshape(4, 4)[2, 0] == pytest.approx(share[(2, 0)])

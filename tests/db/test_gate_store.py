@@ -8,6 +8,7 @@ import pytest
 from harmmed_tui.db import queries
 from harmmed_tui.db.schema import MIGRATIONS
 from harmmed_tui.db.store import Store
+from harmmed_tui.db.view import View
 
 
 def test_signs_rank_by_mean_ie(stored_db):
@@ -62,14 +63,21 @@ def test_a_version_5_gate_check_migrates_to_a_one_point_curve(tmp_path):
         assert store.db.execute("SELECT COUNT(*) FROM gate_rows").fetchone()[0] == 0
 
 
+def _neurons(layer: int | None) -> View:
+    """Run 1's neurons of one layer, or (None) of every layer."""
+    return View(1, "top") if layer is None else View(1, "neurons", layer)
+
+
 def test_the_neuron_summary_equals_the_live_aggregate(stored_db):
     """A finished run's neuron panes read its summary; a running one aggregates live: the same numbers."""
     with Store(stored_db) as store:
-        from_summary = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
+        from_summary = {
+            layer: queries.top_neurons(store, _neurons(layer), "exact", 50) for layer in (None, 3)
+        }
         with store.db.conn:
             # as a run still running (which is read live, not summarised on the way)
             store.db.execute("UPDATE runs SET summarised = 0, status = 'running' WHERE id = 1")
-        live = {layer: queries.top_neurons(store, 1, layer, None, "exact", 50) for layer in (None, 3)}
+        live = {layer: queries.top_neurons(store, _neurons(layer), "exact", 50) for layer in (None, 3)}
     for layer in (None, 3):
         assert len(from_summary[layer]) == len(live[layer]) > 0
         for a, b in zip(from_summary[layer], live[layer], strict=True):

@@ -13,6 +13,7 @@ from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.cli import main
 from harmmed_tui.tui.report_screen import ReportScreen
+from tests.tui.pilot import press
 
 ARGS = ["--harmful", "builtin:advbench", "--harmless", "builtin:self_instruct", "--max-pairs", "12"]
 
@@ -50,11 +51,44 @@ async def test_each_run_of_a_study_reports_as_the_study(clean, capsys):
         assert capsys.readouterr().out == text
     app = HarmmedApp(db)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("enter", "R")  # run 2, the neuron run: it opens on its top neurons
+        await press(pilot, "j", "enter", "R")  # run 2, the neuron run (under the study's row)
         assert isinstance(app.screen, ReportScreen)
         table = app.screen.query_one("#claims")
         verdicts = [str(table.get_row_at(i)[1]) for i in range(5)]
     assert verdicts == ["inconclusive", "not supported", "supported", "not supported", "not supported"]
+
+
+async def test_a_study_is_one_row_in_runs_that_opens_its_claims(clean):
+    """Runs: the study's row (its status, pairs, both runs' rows, its stages' time) above its two runs; enter
+    opens its claims; enter on a claim opens its table in the run that holds it, escape comes back."""
+    from harmmed_tui.tui.explore_screen import ExploreScreen
+
+    study, _, db = clean
+    app = HarmmedApp(db)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        runs = app.screen.query_one("#runs")
+        keys = [str(k.value) for k in runs.rows]
+        assert keys == ["study:1", "2", "1"]
+        first = [str(c) for c in runs.get_row_at(0)]
+        assert first[:2] == ["study 1", "done"] and first[7] == "claims 0-4"
+        assert [str(runs.get_row_at(i)[0]) for i in (1, 2)] == ["├ 2", "└ 1"]
+        with Store(db) as store:
+            assert int(first[6]) == store.run(1)["n_rows"] + store.run(2)["n_rows"]
+        await press(pilot, "enter")
+        report_screen = app.screen
+        assert isinstance(report_screen, ReportScreen)
+        await press(pilot, "j", "j", "j", "enter")  # claim 3: the gate's neurons, in the neuron run
+        explore = app.screen
+        assert isinstance(explore, ExploreScreen)
+        assert (explore.run_id, explore.view.level, explore.view.layer) == (2, "neurons", 3)
+        assert explore.pane.table.row_count > 0 and "gate check" in str(explore.query_one("#gate").render())
+        await press(pilot, "escape")
+        assert app.screen is report_screen
+        await press(pilot, "k", "k", "enter")  # claim 1: the layer table of the module run
+        assert (app.screen.run_id, app.screen.view.level) == (1, "layers")
+        await press(pilot, "H")  # its heads (the module run holds them: patched exactly)
+        assert app.screen.view.level == "heads" and app.screen.pane.table.row_count > 0
 
 
 KILL = """
@@ -235,16 +269,18 @@ async def test_the_explorer_reaches_a_studys_neurons_from_its_module_run(clean):
 
     app = HarmmedApp(clean[2])
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("j", "enter")  # run 1, the module run
+        await press(pilot, "j", "j", "enter")  # run 1, the module run (under the study's row and run 2)
         assert isinstance(app.screen, ExploreScreen) and app.screen.run_id == 1
-        await pilot.press("N")
-        assert (app.screen.run_id, app.screen.level) == (2, "top")
-        await pilot.press("escape")
+        await press(pilot, "N")
+        assert (app.screen.run_id, app.screen.view.level) == (2, "top")
+        await press(pilot, "H")  # and back: the neuron run's heads are the module run's
+        assert (app.screen.run_id, app.screen.view.level) == (1, "heads")
+        await press(pilot, "escape", "escape")
         assert app.screen.run_id == 1
-        await pilot.press("enter")  # the first layer's modules
-        table = app.screen.query_one("#table")
+        await press(pilot, "enter")  # the first layer's modules
+        table = app.screen.pane.table
         rows = [str(k.value) for k in table.rows]
         table.move_cursor(row=rows.index("mlp"))
-        await pilot.press("enter")
-        assert (app.screen.run_id, app.screen.level, app.screen.focus_layer) == (2, "neurons", 0)
-        assert app.screen.query_one("#table").row_count > 0
+        await press(pilot, "enter")
+        assert (app.screen.run_id, app.screen.view.level, app.screen.view.layer) == (2, "neurons", 0)
+        assert app.screen.pane.table.row_count > 0

@@ -6,19 +6,21 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db import export
 from harmmed_tui.db.runner import execute
 from harmmed_tui.db.store import Store
+from harmmed_tui.db.view import View
 from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.report_screen import ReportScreen
 from harmmed_tui.tui.setup_screen import SetupScreen
+from tests.tui.pilot import press
 
 
 async def test_run_drill_down_and_export(tmp_path):
     spec = RunSpec(max_pairs=2, modules=("resid", "attn", "mlp", "neuron"), layers="all")
     app = HarmmedApp(str(tmp_path / "runs.db"), spec)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("n")
+        await press(pilot, "n")
         assert isinstance(app.screen, SetupScreen)
-        await pilot.press("ctrl+r")
+        await press(pilot, "ctrl+r")
         await app.workers.wait_for_complete()
         await pilot.pause()
         screen = app.screen
@@ -27,36 +29,37 @@ async def test_run_drill_down_and_export(tmp_path):
         assert run["status"] == "done"
         # opened while it ran, the header has every pair's TE once it is done
         assert "2 pairs, TE +14" in str(screen.query_one("#summary").render())
-        table = screen.query_one("#table")
+        table = screen.pane.table
         assert table.row_count == 4  # one row per organism layer
-        await pilot.press("G", "enter")  # last layer -> module x position grid
-        assert screen.level == "modules" and screen.focus_layer == 3
-        assert [str(k.value) for k in table.rows] == ["resid", "attn", "mlp"]
-        await pilot.press("j", "j", "enter")  # mlp -> neurons
-        assert screen.level == "neurons" and table.row_count == 200
+        await press(pilot, "G", "enter")  # last layer -> module x position grid
+        assert screen.view.level == "modules" and screen.view.layer == 3
+        assert [str(k.value) for k in screen.pane.table.rows] == ["resid", "attn", "mlp"]
+        await press(pilot, "j", "j", "enter")  # mlp -> neurons
+        table = screen.pane.table
+        assert screen.view.level == "neurons" and table.row_count == 200
         strengths = [abs(float(str(table.get_row_at(i)[3]))) for i in range(table.row_count)]
         assert strengths == sorted(strengths, reverse=True)
-        await pilot.press("right_square_bracket")  # the next page of the layer's 512 neurons
-        assert screen.page == 1 and str(table.get_row_at(0)[0]) == "201"
-        await pilot.press("a")  # gate check on the built-in pairs the run did not use
+        await press(pilot, "right_square_bracket")  # the next page of the layer's 512 neurons
+        assert screen.view.page == 1 and str(table.get_row_at(0)[0]) == "201"
+        await press(pilot, "a")  # gate check on the built-in pairs the run did not use
         await app.workers.wait_for_complete()
         await pilot.pause()
         # the finished curve opens: the claims, at claim 3 (the gate), its curve beside it
         assert isinstance(app.screen, ReportScreen) and app.screen.query_one("#claims").cursor_row == 3
         assert "TE removed by top K" in str(app.screen.query_one("#curve").plt.build())
-        await pilot.press("escape")
+        await press(pilot, "escape")
         assert app.screen is screen
         gate = str(screen.query_one("#gate").render())
         assert "gate check 1 (positive neurons" in gate and "46 held-out pairs" in gate
         assert {p.k for p in app.store.gate_checks(screen.run_id)[0]["curve"]} == {1, 5, 20, 100, 1000}
         titles = {c.title for c in app.get_system_commands(screen)}  # ctrl+p lists every action here
         assert {"run: gate check", "view: next pair", "view: next neurons", "export: open run"} <= titles
-        await pilot.press("p")  # pair 0 only
-        assert screen.pair == 0
-        await pilot.press("escape", "escape")
-        assert screen.level == "layers"
+        await press(pilot, "p")  # pair 0 only
+        assert screen.view.pair == 0
+        await press(pilot, "escape", "escape")
+        assert screen.view.level == "layers"
         out = tmp_path / "layers.csv"
-        await pilot.press("e")
+        await press(pilot, "e")
         await pilot.pause()
         app.screen.query_one("#path").value = str(out)
         await pilot.click("#go")
@@ -70,10 +73,10 @@ async def test_cancel_keeps_partial_results_and_bad_model_shows_dialog(tmp_path)
     spec = RunSpec(max_pairs=8, modules=("neuron",), layers="all", neuron_positions="all", batch_tokens=64)
     app = HarmmedApp(str(tmp_path / "runs.db"), spec)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("x")  # one key runs the preselected spec
+        await press(pilot, "x")  # one key runs the preselected spec
         while not app.store.runs() or not app.store.runs()[0]["n_rows"]:
             await pilot.pause(0.05)
-        await pilot.press("c")
+        await press(pilot, "c")
         await app.workers.wait_for_complete()
         await pilot.pause()
         run = app.store.runs()[0]
@@ -95,7 +98,7 @@ async def wait_for(pilot, condition, timeout=20.0):
 
 async def open_setup(app, pilot):
     """Setup on x's preselection (2 built-in pairs), once its first check says ok; and its text reader."""
-    await pilot.press("n")
+    await press(pilot, "n")
     screen = app.screen
     text = lambda i: str(screen.query_one(i).render())  # noqa: E731
     await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
@@ -121,8 +124,8 @@ async def test_setup_explains_problems_as_they_are_typed(tmp_path):
         await wait_for(pilot, lambda: "layer 7 is out of range: the model has 4 layers" in text("#problem"))
         screen.query_one("#model").value = str(tmp_path / "nowhere")
         await wait_for(pilot, lambda: "cannot load model" in text("#problem"))
-        await pilot.press("ctrl+o")  # the picker lists the embedded default first
-        await pilot.press("enter")
+        await press(pilot, "ctrl+o")  # the picker lists the embedded default first
+        await press(pilot, "enter")
         assert screen.query_one("#model").value == "default"
 
 
@@ -152,8 +155,8 @@ async def test_setup_with_prompt_sets_takes_the_clis_defaults_and_keeps_a_draft_
         screen.query_one("#max_pairs").value = "7"
         await pilot.pause()
         assert screen.query_one("#positions").value == "last:3"
-        await pilot.press("escape")
-        await pilot.press("n")  # the half-filled form, as it was left
+        await press(pilot, "escape")
+        await press(pilot, "n")  # the half-filled form, as it was left
         again = app.screen
         assert again is not screen and isinstance(again, SetupScreen)
         values = {
@@ -187,23 +190,23 @@ async def test_aggregate_over_one_category(tmp_path):
         execute(spec, store)
         categories = sorted({p["category"] for p in store.pairs(1)})
         first = [p["pair"] for p in store.pairs(1) if p["category"] == categories[0]]
-        alone = queries.layer_effects(store, 1, first[0], "exact") if len(first) == 1 else None
+        alone = queries.layer_effects(store, View(1, pair=first[0]), "exact") if len(first) == 1 else None
     app = HarmmedApp(str(db))
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("enter")  # the run
+        await press(pilot, "enter")  # the run
         await pilot.pause()
         screen = app.screen
-        assert isinstance(screen, ExploreScreen) and screen.category is None
-        await pilot.press("C")
-        assert screen.category == categories[0]
+        assert isinstance(screen, ExploreScreen) and screen.view.category is None
+        await press(pilot, "C")
+        assert screen.view.category == categories[0]
         assert f"of category {categories[0]}" in str(screen.query_one("#crumb").render())
-        shown = queries.layer_effects(app.store, 1, None, "exact", categories[0])
-        assert screen.query_one("#table").row_count == len(shown) == 4
+        shown = queries.layer_effects(app.store, View(1, category=categories[0]), "exact")
+        assert screen.pane.table.row_count == len(shown) == 4
         if alone is not None:  # a category of one pair averages to that pair
             assert shown == alone
         for _ in categories:
-            await pilot.press("C")
-        assert screen.category is None
+            await press(pilot, "C")
+        assert screen.view.category is None
 
 
 # slow enough to be stopped part-way (its shared-prefix sites cost nothing now: DE doubles the rest)
@@ -227,13 +230,13 @@ async def test_quit_during_a_run_asks_then_cancels_and_exits(tmp_path):
 
     app = HarmmedApp(str(tmp_path / "runs.db"), SLOW)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("x")
+        await press(pilot, "x")
         await until_rows(app, pilot)
-        await pilot.press("q")
+        await press(pilot, "q")
         assert isinstance(app.screen, ConfirmDialog)
-        await pilot.press("n")  # stay: the run goes on
+        await press(pilot, "n")  # stay: the run goes on
         assert not isinstance(app.screen, ConfirmDialog) and app.job_running()
-        await pilot.press("q", "y")
+        await press(pilot, "q", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
     run = app.store.runs()[0]
@@ -243,12 +246,12 @@ async def test_quit_during_a_run_asks_then_cancels_and_exits(tmp_path):
 async def test_one_job_at_a_time(tmp_path):
     app = HarmmedApp(str(tmp_path / "runs.db"), SLOW)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("x")
+        await press(pilot, "x")
         await until_rows(app, pilot)
-        await pilot.press("x")  # refused at once, with a message
+        await pilot.press("x")  # refused at once, with a message (which expires in 5 s: no pane to wait for)
         await pilot.pause()
         assert any("already running" in str(n.message) for n in app._notifications)
-        await pilot.press("c")
+        await press(pilot, "c")
         await app.workers.wait_for_complete()
     assert len(app.store.runs()) == 1
 
@@ -266,25 +269,25 @@ async def test_delete_asks_first_refuses_a_running_run_and_keeps_the_cursor_near
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         table = app.screen.query_one("#runs")
-        await pilot.press("j")  # run 2 (newest first: 3, 2, 1)
-        await pilot.press("d")
+        await press(pilot, "j")  # run 2 (newest first: 3, 2, 1)
+        await press(pilot, "d")
         assert isinstance(app.screen, ConfirmDialog)
-        await pilot.press("n")
+        await press(pilot, "n")
         assert [r["id"] for r in app.store.runs()] == [3, 2, 1]
-        await pilot.press("d", "y")
+        await press(pilot, "d", "y")
         await pilot.pause()
         assert [r["id"] for r in app.store.runs()] == [3, 1]
         assert table.cursor_row == 1 and str(table.get_row_at(1)[0]) == "1"  # the neighbour, not the newest
-        await pilot.press("x")  # a running run (4) cannot be deleted
+        await press(pilot, "x")  # a running run (4) cannot be deleted
         await until_rows(app, pilot)
-        await pilot.press("r")
+        await press(pilot, "r")
         await pilot.pause()
         table = app.screen.query_one("#runs")
         table.move_cursor(row=0)
-        await pilot.press("d")
+        await press(pilot, "d")
         assert not isinstance(app.screen, ConfirmDialog)
         assert any("cancel it (c) before deleting" in str(n.message) for n in app._notifications)
-        await pilot.press("c")
+        await press(pilot, "c")
         await app.workers.wait_for_complete()
     assert 4 in [r["id"] for r in app.store.runs()]
 
@@ -299,7 +302,7 @@ async def test_resume_of_a_done_run_says_so_at_once(tmp_path):
     app = HarmmedApp(str(db))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        await pilot.press("u")
+        await press(pilot, "u")
         await pilot.pause()
         assert any("is done: nothing to resume" in str(n.message) for n in app._notifications)
         assert not app.job_running()
@@ -313,20 +316,20 @@ async def test_claims_report_opens_the_table_behind_a_claim(tmp_path):
         execute(RunSpec(max_pairs=3, modules=("resid", "attn", "mlp", "neuron")), store)
     app = HarmmedApp(str(db))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("enter", "R")
+        await press(pilot, "enter", "R")
         await pilot.pause()
         report = app.screen
         assert isinstance(report, ReportScreen)
         verdicts = [str(report.query_one("#claims").get_row_at(i)[1]) for i in range(4)]
         assert verdicts == ["not supported", "not supported", "supported", "inconclusive"]
-        await pilot.press("j", "j", "j")
+        await press(pilot, "j", "j", "j")
         assert "the run has no gate check" in str(report.query_one("#finding").render())
-        await pilot.press("enter")
+        await press(pilot, "enter")
         explore = app.screen
         assert isinstance(explore, ExploreScreen)
-        assert (explore.level, explore.focus_layer) == ("neurons", 3)
-        await pilot.press("R", "j", "enter")
-        assert (explore.level, explore.focus_layer) == ("layers", None)
+        assert (explore.view.level, explore.view.layer) == ("neurons", 3)
+        await press(pilot, "R", "j", "enter")
+        assert (explore.view.level, explore.view.layer) == ("layers", None)
 
 
 async def test_setup_names_the_field_of_each_problem_and_checks_what_the_cli_checks(tmp_path):
@@ -334,7 +337,7 @@ async def test_setup_names_the_field_of_each_problem_and_checks_what_the_cli_che
     unknown-word prompts and cuda without a GPU are caught before anything runs; enter starts nothing."""
     app = HarmmedApp(str(tmp_path / "runs.db"), RunSpec(max_pairs=2))
     async with app.run_test(size=(100, 60)) as pilot:
-        await pilot.press("n")
+        await press(pilot, "n")
         screen = app.screen
         text = lambda i: str(screen.query_one(i).render())  # noqa: E731
         await wait_for(pilot, lambda: "ok: 2 pairs" in text("#preview"))
@@ -361,7 +364,7 @@ async def test_setup_names_the_field_of_each_problem_and_checks_what_the_cli_che
         screen.query_one("#device").value = "auto"
         await wait_for(pilot, lambda: "ok: 48 pairs" in text("#preview"))  # max pairs: all
         screen.query_one("#model").focus()
-        await pilot.press("enter")  # moves on to the next field; starts nothing
+        await press(pilot, "enter")  # moves on to the next field; starts nothing
         await pilot.pause(0.5)
         assert app.screen is screen and screen.focused.id == "pairs" and not app.store.runs()
 

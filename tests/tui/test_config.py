@@ -6,6 +6,7 @@ import json
 import pytest
 
 from harmmed_tui.tui.app import HarmmedApp
+from tests.tui.pilot import press
 
 SIZE = (100, 30)
 
@@ -36,7 +37,7 @@ async def test_a_bad_config_starts_with_defaults_says_why_and_is_kept(tmp_path, 
         app.theme = (
             "harmmed-light" if app.theme == "harmmed-dark" else "harmmed-dark"
         )  # (remembered, if it may be)
-        await pilot.press("q")  # quit still quits: no remap took its key
+        await press(pilot, "q")  # quit still quits: no remap took its key
     assert app.return_code is not None
     written = path.read_text()
     try:

@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.sites import readable
 from harmmed_tui.analysis.spec import RunSpec
@@ -14,6 +15,7 @@ from harmmed_tui.tui.dialogs import ExportScreen, export_path
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from harmmed_tui.tui.run_details import RunDetailsScreen
 from harmmed_tui.tui.widgets import heat
+from tests.tui.pilot import press
 
 SIZE = (100, 30)
 
@@ -37,6 +39,11 @@ def text(app, selector: str) -> str:
     return str(app.screen.query_one(selector).render())
 
 
+def legend(app) -> str:
+    """The legend of the pane in front."""
+    return str(app.screen.pane.query_one(".legend").render())
+
+
 def cells(table, row: int) -> list[str]:
     return [str(c) for c in table.get_row_at(row)]
 
@@ -44,7 +51,7 @@ def cells(table, row: int) -> list[str]:
 async def test_header_says_metric_method_pairs_and_te_with_its_ci(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")  # run 1 (the runs are newest first)
+        await press(pilot, "j", "enter")  # run 1 (the runs are newest first)
         summary = text(app, "#summary")
         assert "metric refusal" in summary and "method exact" in summary
         assert "3 pairs, TE +14.5" in summary and "95% CI" in summary
@@ -53,7 +60,7 @@ async def test_header_says_metric_method_pairs_and_te_with_its_ci(db):
 async def test_pair_view_shows_its_prompts_te_and_behaviour(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "p")
+        await press(pilot, "j", "enter", "p")
         summary = text(app, "#summary")
         assert "How do I kill a person?" in summary and "How do I kill a process?" in summary
         assert "TE +14.366" in summary and "flips" in summary
@@ -64,31 +71,31 @@ async def test_a_failed_run_shows_its_error(db):
         store.db.execute("UPDATE runs SET status = 'failed', error = 'CUDA out of memory' WHERE id = 1")
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
+        await press(pilot, "j", "enter")
         assert "failed: CUDA out of memory" in text(app, "#summary")
 
 
 async def test_layer_table_has_ie_and_ie_over_te_and_t_toggles_the_colouring(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
-        table = app.screen.query_one("#table")
+        await press(pilot, "j", "enter")
+        table = app.screen.pane.table
         labels = [str(c.label) for c in table.columns.values()]
         assert labels[:4] == ["layer", "resid IE/TE", "attn IE/TE", "mlp IE/TE"]
         assert labels[4:] == ["resid IE", "attn IE", "mlp IE"]
         assert cells(table, 0)[1] == "+1.000"  # resid at layer 0, every position: the whole TE
-        assert "colour: IE/TE" in text(app, "#legend")
-        await pilot.press("t")
+        assert "colour: IE/TE" in legend(app)
+        await press(pilot, "t")
         labels = [str(c.label) for c in table.columns.values()]
-        assert labels[1] == "resid IE" and "each row by its largest |IE|" in text(app, "#legend")
+        assert labels[1] == "resid IE" and "each row by its largest |IE|" in legend(app)
 
 
 async def test_sixteen_colour_terminals_get_shading_glyphs(db, monkeypatch):
     monkeypatch.setenv("TERM", "xterm")
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
-        assert cells(app.screen.query_one("#table"), 0)[1] == "█+1.000"
+        await press(pilot, "j", "enter")
+        assert cells(app.screen.pane.table, 0)[1] == "█+1.000"
 
 
 def test_tokens_read_as_a_person_reads_them():
@@ -109,62 +116,63 @@ def test_heat_cells_start_from_the_background_and_fall_back_to_glyphs():
 async def test_p_and_shift_p_cycle_pairs_both_ways_and_0_jumps_to_the_aggregate(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
+        await press(pilot, "j", "enter")
         explore = app.screen
-        await pilot.press("P")
-        assert explore.pair == 2
-        await pilot.press("P", "P")
-        assert explore.pair == 0
-        await pilot.press("0")
-        assert explore.pair is None
+        await press(pilot, "P")
+        assert explore.view.pair == 2
+        await press(pilot, "P", "P")
+        assert explore.view.pair == 0
+        await press(pilot, "0")
+        assert explore.view.pair is None
 
 
 async def test_a_neuron_only_run_opens_on_the_top_neurons_across_layers(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("enter")  # run 2
+        await press(pilot, "enter")  # run 2
         explore = app.screen
-        assert explore.level == "top" and "top neurons across layers" in text(app, "#crumb")
-        table = explore.query_one("#table")
+        assert explore.view.level == "top" and "top neurons across layers" in text(app, "#crumb")
+        table = explore.pane.table
         assert (
             table.row_count > 0 and str(table.columns[next(iter(list(table.columns)[1:2]))].label) == "layer"
         )
         strengths = [abs(float(cells(table, i)[4])) for i in range(table.row_count)]
         assert strengths == sorted(strengths, reverse=True)
         layer = int(cells(table, 3)[1])
-        await pilot.press("j", "j", "j", "enter")  # into that neuron's layer
-        assert (explore.level, explore.focus_layer) == ("neurons", layer)
-        await pilot.press("escape")
-        assert explore.level == "top" and table.cursor_row == 3
+        await press(pilot, "j", "j", "j", "enter")  # into that neuron's layer
+        assert (explore.view.level, explore.view.layer) == ("neurons", layer)
+        await press(pilot, "escape")
+        assert explore.view.level == "top" and table.cursor_row == 3
 
 
 async def test_going_back_keeps_your_place(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
+        await press(pilot, "j", "enter")
         explore = app.screen
-        table = explore.query_one("#table")
-        await pilot.press("j", "j", "enter")  # layer 2
-        assert explore.focus_layer == 2
-        await pilot.press("escape")
-        assert explore.level == "layers" and table.cursor_row == 2
-        await pilot.press("enter")
-        table.move_cursor(row=2, column=0)  # mlp
-        await pilot.press("enter")
-        assert explore.level == "neurons"
-        await pilot.press("escape")
-        assert explore.level == "modules" and table.cursor_row == 2
+        table = explore.pane.table
+        await press(pilot, "j", "j", "enter")  # layer 2
+        assert explore.view.layer == 2
+        await press(pilot, "escape")
+        assert explore.view.level == "layers" and table.cursor_row == 2
+        await press(pilot, "enter")
+        grid = explore.pane.table  # (each level's pane keeps its own table, and its cursor)
+        grid.move_cursor(row=2, column=0)  # mlp
+        await press(pilot, "enter")
+        assert explore.view.level == "neurons"
+        await press(pilot, "escape")
+        assert explore.view.level == "modules" and grid.cursor_row == 2
 
 
 async def test_i_opens_the_run_details(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "i")
+        await press(pilot, "j", "enter", "i")
         await pilot.pause()
         assert isinstance(app.screen, RunDetailsScreen)
         shown = str(app.screen.query_one("#details-text").render())
         assert "spec:" in shown and "total effect per pair" in shown and "violence-00" in shown
-        await pilot.press("escape")
+        await press(pilot, "escape")
         assert isinstance(app.screen, ExploreScreen)
 
 
@@ -197,7 +205,7 @@ async def test_x_keeps_its_preselection_after_a_resume(db):
         before = app.spec
         with Store(db) as store, store.db.conn:
             store.db.execute("UPDATE runs SET status = 'cancelled' WHERE id = 2")
-        await pilot.press("u")  # resume run 2 (neurons only, 2 pairs)
+        await press(pilot, "u")  # resume run 2 (neurons only, 2 pairs)
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert app.spec == before
@@ -207,7 +215,7 @@ async def test_export_from_the_runs_screen_names_files_by_level(db, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "e")  # run 1, highlighted in Runs
+        await press(pilot, "j", "e")  # run 1, highlighted in Runs
         dialog = app.screen
         assert isinstance(dialog, ExportScreen) and dialog.run_id == 1
         assert dialog.query_one("#path").value == str(tmp_path / "run1-layer.csv")
@@ -216,14 +224,14 @@ async def test_export_from_the_runs_screen_names_files_by_level(db, tmp_path, mo
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert len((tmp_path / "run1-layer.csv").read_text().splitlines()) == 1 + 5
-        await pilot.press("e")
+        await press(pilot, "e")
         assert app.screen.query_one("#path").value == str(tmp_path / "run1-layer-2.csv")  # never overwrites
 
 
 async def test_export_defaults_to_the_pane_in_front_and_refuses_a_missing_gate_check(db, tmp_path):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("enter", "e")  # run 2 opens on its top neurons
+        await press(pilot, "enter", "e")  # run 2 opens on its top neurons
         dialog = app.screen
         assert dialog.query_one("#level").value == "neuron"
         assert dialog.query_one("#path").value.endswith("run2-neuron.csv")
@@ -253,7 +261,7 @@ async def test_help_lists_every_key_and_defines_the_terms(db):
 
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("question_mark")
+        await press(pilot, "question_mark")
         shown = text(app, "#help")
         for where, key, what, _ in keys.rows():
             assert what in shown, (where, key)
@@ -273,9 +281,9 @@ async def test_keys_remapped_in_the_config_file(db, config_dir):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
         assert app.theme == "harmmed-light"
-        await pilot.press("j", "enter", "v")
+        await press(pilot, "j", "enter", "v")
         assert isinstance(app.screen, ReportScreen)
-        await pilot.press("escape", "question_mark")
+        await press(pilot, "escape", "question_mark")
         assert "v              the paper's four claims" in text(app, "#help")
     assert json.loads((config_dir / "config.json").read_text())["keys"] == {"explore.report": "v"}
 
@@ -283,35 +291,35 @@ async def test_keys_remapped_in_the_config_file(db, config_dir):
 async def test_slash_filters_the_table_in_front(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "N")
-        table = app.screen.query_one("#table")
+        await press(pilot, "j", "enter", "N")
+        table = app.screen.pane.table
         neuron = cells(table, 5)[2]
-        await pilot.press("slash", *neuron, "enter")
+        await press(pilot, "slash", *neuron, "enter")
         assert 0 < table.row_count < 200 and all(
             neuron in " ".join(cells(table, i)) for i in range(table.row_count)
         )
-        assert f"filter '{neuron}'" in text(app, "#legend")
-        await pilot.press("slash", "ctrl+u", "enter")  # an empty filter shows every row again
+        assert f"filter '{neuron}'" in legend(app)
+        await press(pilot, "slash", "ctrl+u", "enter")  # an empty filter shows every row again
         assert table.row_count == 200
 
 
 async def test_s_cycles_the_sort_column(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "s", "s", "s")  # layers: the third column, mlp IE/TE
-        table = app.screen.query_one("#table")
+        await press(pilot, "j", "enter", "s", "s", "s")  # layers: the third column, mlp IE/TE
+        table = app.screen.pane.table
         values = [abs(float(cells(table, i)[3])) for i in range(table.row_count)]
-        assert values == sorted(values, reverse=True) and "sorted by |mlp IE/TE|" in text(app, "#legend")
-        await pilot.press(*["s"] * 5)  # past the last column: the order shown
+        assert values == sorted(values, reverse=True) and "sorted by |mlp IE/TE|" in legend(app)
+        await press(pilot, *["s"] * 5)  # past the last column: the order shown
         assert [cells(table, i)[0] for i in range(table.row_count)] == ["0", "1", "2", "3"]
 
 
 async def test_y_copies_the_row_or_the_cell(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "y")
+        await press(pilot, "j", "enter", "y")
         assert app.clipboard.startswith("0\t+1.000")
-        await pilot.press("enter", "y")  # the grid: the cell under the cursor, `*` of resid
+        await press(pilot, "enter", "y")  # the grid: the cell under the cursor, `*` of resid
         assert app.clipboard == "+1.000"
 
 
@@ -323,29 +331,29 @@ async def test_m_marks_a_run_and_enter_on_another_compares_them(db, tmp_path, mo
         execute(RunSpec(max_pairs=2, modules=("resid", "attn", "mlp"), positions="*"), store)  # run 3
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("m")  # run 3 marked: the row says so
+        await press(pilot, "m")  # run 3 marked: the row says so
         runs = app.screen.query_one("#runs")
         assert cells(runs, 0)[0] == "3 ◆" and cells(runs, 2)[0] == "1"
-        await pilot.press("j", "j", "enter")  # then run 1
+        await press(pilot, "j", "j", "enter")  # then run 1
         screen = app.screen
         assert isinstance(screen, CompareScreen) and (screen.run_a, screen.run_b) == (3, 1)
         table = screen.query_one("#table")
         assert table.row_count == 4 * 3 and "Pearson r" in text(app, "#crumb")
-        await pilot.press("e")
+        await press(pilot, "e")
         assert len((tmp_path / "compare-3-1.csv").read_text().splitlines()) == 1 + 12
-        await pilot.press("escape")  # the mark went with the comparison: enter opens a run again
+        await press(pilot, "escape")  # the mark went with the comparison: enter opens a run again
         assert cells(runs, 0)[0] == "3"
-        await pilot.press("enter")
+        await press(pilot, "enter")
         assert isinstance(app.screen, ExploreScreen)
 
 
 async def test_keys_that_do_nothing_in_a_pane_leave_its_footer(db):
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")
+        await press(pilot, "j", "enter")
         footer = lambda: {b.binding.action for b in app.screen.active_bindings.values() if b.enabled}  # noqa: E731
         assert "toggle_scale" in footer() and "page(1)" not in footer()
-        await pilot.press("N")
+        await press(pilot, "N")
         assert "toggle_scale" not in footer() and "page(1)" in footer()
 
 
@@ -357,14 +365,14 @@ async def test_a_long_prompt_keeps_the_header_to_two_lines_at_80x24(db):
         store.db.execute("UPDATE pairs SET treatment = ? WHERE run_id = 1 AND pair = 0", [long])
     app = HarmmedApp(db)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("j", "enter", "p")
+        await press(pilot, "j", "enter", "p")
         summary = app.screen.query_one("#summary")
         assert summary.region.height <= 2 and "How do I kill a person? Please answer i…" in text(
             app, "#summary"
         )
-        table = app.screen.query_one("#table")
+        table = app.screen.pane.table
         assert table.row_count > 0 and table.region.height >= 4
-        await pilot.press("i")
+        await press(pilot, "i")
         details = " ".join(text(app, "#details-text").split())
         assert " ".join(long.split()[:30]) in details
 
@@ -379,14 +387,14 @@ async def test_a_run_without_module_level_sites_opens_on_its_last_position(tmp_p
         last = [r["ie"] for r in rows if r["position"] == n[r["pair"]] - 1]
     app = HarmmedApp(db)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("enter")
-        table = app.screen.query_one("#table")
-        assert table.row_count == 4 and text(app, "#legend").startswith("at the last position (no * sites)")
+        await press(pilot, "enter")
+        table = app.screen.pane.table
+        assert table.row_count == 4 and legend(app).startswith("at the last position (no * sites)")
         labels = [str(c.label) for c in table.columns.values()]
         assert float(cells(table, 2)[labels.index("mlp IE")].lstrip(" ░▒▓█")) == pytest.approx(
             sum(last) / len(last), abs=5e-4
         )
-        await pilot.press("N", "a")  # no neuron rows: each key says why, instead of nothing
+        await press(pilot, "N", "a")  # no neuron rows: each key says why, instead of nothing
         messages = [str(n.message) for n in app._notifications]
         assert sum("run 1 has no neuron rows" in m for m in messages) == 2
 
@@ -402,20 +410,20 @@ async def test_at_80x24_titles_fit_the_gate_summary_is_two_lines_and_claims_0_2_
         check_gate(store, 1, GateSpec(tops=(1, 5), seeds=1, max_new_tokens=4))
     app = HarmmedApp(db)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("j", "enter")  # run 1
+        await press(pilot, "j", "enter")  # run 1
         screen = app.screen
-        plot = screen.query_one("#plot")
-        assert "IE/TE by layer" in plot.plt.build() and screen.query_one("#plot").size.width >= 30
-        await pilot.press("N")
+        plot = screen.pane.query_one(PlotextPlot)
+        assert "IE/TE by layer" in plot.plt.build() and screen.pane.query_one(PlotextPlot).size.width >= 30
+        await press(pilot, "N")
         gate = screen.query_one("#gate")
         assert gate.display and gate.size.height == 2 and text(app, "#gate").startswith("gate check 1")
-        assert "page 1 of " in text(app, "#legend")
-        await pilot.press("R")
+        assert "page 1 of " in legend(app)
+        await press(pilot, "R")
         report = app.screen
         assert isinstance(report, ReportScreen)
         for claim in range(4):  # the gate curve beside claim 3, the finding full width beside the others
             assert report.query_one("#curve").display == (claim == 3)
-            await pilot.press("j")
+            await press(pilot, "j")
 
 
 async def test_e_offers_the_figure_of_the_pane_in_front(db, tmp_path):
@@ -423,9 +431,9 @@ async def test_e_offers_the_figure_of_the_pane_in_front(db, tmp_path):
     figure beside the table formats; it writes that grid, of that module, as an svg."""
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter")  # run 1
-        await pilot.press("G", "enter", "j", "j")  # layer 3's grid, on the mlp row
-        await pilot.press("e")
+        await press(pilot, "j", "enter")  # run 1
+        await press(pilot, "G", "enter", "j", "j")  # layer 3's grid, on the mlp row
+        await press(pilot, "e")
         await pilot.pause()
         dialog = app.screen
         assert isinstance(dialog, ExportScreen)
@@ -448,15 +456,15 @@ async def test_slash_filters_neurons_on_every_page_and_s_sorts_values_only(db):
     so ] pages through the filtered neurons; `s` sorts by an effect, never by a layer or neuron number."""
     app = HarmmedApp(db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("j", "enter", "N", "slash", *"0:", "enter")
-        table = app.screen.query_one("#table")
+        await press(pilot, "j", "enter", "N", "slash", *"0:", "enter")
+        table = app.screen.pane.table
         first = [cells(table, i) for i in range(table.row_count)]
         assert table.row_count == 200 and {c[1] for c in first} == {"0"}  # layer 0 only, a full page
-        assert "filter '0:' (every page)" in text(app, "#legend")
-        await pilot.press("right_square_bracket")
+        assert "filter '0:' (every page)" in legend(app)
+        await press(pilot, "right_square_bracket")
         page_2 = [cells(table, i) for i in range(table.row_count)]
         assert page_2 and {c[1] for c in page_2} == {"0"} and page_2[0][0] == "201"
-        await pilot.press("slash", "ctrl+u", *"x9", "enter")  # names no neuron: said, the filter kept
+        await press(pilot, "slash", "ctrl+u", *"x9", "enter")  # names no neuron: said, the filter kept
         assert "name neurons as 223" in str(list(app._notifications)[-1].message)
-        await pilot.press("escape", "s")
-        assert "sorted by |IE" in text(app, "#legend")
+        await press(pilot, "escape", "s")
+        assert "sorted by |IE" in legend(app)

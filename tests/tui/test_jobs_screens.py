@@ -12,6 +12,7 @@ from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
 from harmmed_tui.tui.explore_screen import ExploreScreen
 from tests.db.test_jobs import LONG, cli_run, wait_for_job
+from tests.tui.pilot import press
 
 SIZE = (80, 24)
 
@@ -38,7 +39,7 @@ async def test_a_job_still_loading_its_model_is_a_row_and_a_status_line(tmp_path
             assert row(table, 1)[:2] == ["1", "done"]
             line = text(app, "#jobs")
             assert line.startswith("▶ new run (SmolLM2-135M-Instruct.Q4_1.gguf): loading the model")
-            await pilot.press("enter")  # nothing to open yet: said so
+            await press(pilot, "enter")  # nothing to open yet: said so
             assert "still loading its model" in str(list(app._notifications)[-1].message)
             job.stage("judging answers", 8)
             job.progress(3, 8)
@@ -46,7 +47,7 @@ async def test_a_job_still_loading_its_model_is_a_row_and_a_status_line(tmp_path
             assert row(table, 0)[1].startswith("judging answers 3/8") and "judging answers 3/8" in text(
                 app, "#jobs"
             )
-            await pilot.press("c")  # cancels the job under the cursor, another process's
+            await press(pilot, "c")  # cancels the job under the cursor, another process's
             assert "cancelling new run (SmolLM2-135M-Instruct.Q4_1.gguf)" in str(
                 list(app._notifications)[-1].message
             )
@@ -68,21 +69,21 @@ async def test_explore_follows_a_cli_run_and_c_cancels_it(tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             table = app.screen.query_one("#runs")
             assert row(table, 0)[0] == str(job["run_id"]) and row(table, 0)[1].startswith("patching sites")
-            await pilot.press("enter")
+            await press(pilot, "enter")
             screen = app.screen
             assert isinstance(screen, ExploreScreen)
             assert f"run {job['run_id']} (running" in text(app, "#crumb")
             assert f"▶ run {job['run_id']} (default): patching sites" in text(app, "#jobs")
-            first = screen.query_one("#table").row_count
+            first = screen.pane.table.row_count
             rows_before = app.store.run(job["run_id"])
-            await pilot.press("c")
+            await press(pilot, "c")
             assert f"cancelling run {job['run_id']} (default)" in str(list(app._notifications)[-1].message)
             assert process.wait(timeout=120) == 3  # the CLI process stopped at its next batch: cancelled
             await pilot.pause(1.5)
             # not stale: the header, the status line and the table follow what the other process stored
             assert f"run {job['run_id']} (cancelled" in text(app, "#crumb")
             assert not screen.query_one("#jobs").display
-            assert screen.query_one("#table").row_count >= first > 0
+            assert screen.pane.table.row_count >= first > 0
             assert "pairs, TE" in text(app, "#summary") and rows_before["status"] == "running"
     finally:
         process.kill()

@@ -10,6 +10,7 @@ from harmmed_tui.analysis.spec import RunSpec
 from harmmed_tui.db.runner import check_gate, execute
 from harmmed_tui.db.store import Store
 from harmmed_tui.tui.app import HarmmedApp
+from tests.tui.pilot import press
 
 SIZE = (80, 24)
 
@@ -36,7 +37,7 @@ def keys(*pressed):
     """Press keys, then let deferred layout (table widths, scrolling) settle before the screenshot."""
 
     async def run_before(pilot):
-        await pilot.press(*pressed)
+        await press(pilot, *pressed)  # (each key's pane load ended and drawn)
         await pilot.pause(0.3)
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(0.3)
@@ -57,7 +58,7 @@ def test_runs_screen(snap_compare, app):
 
 def test_setup_screen(snap_compare, app):
     async def checked(pilot):
-        await pilot.press("n")
+        await press(pilot, "n")
         app.screen.query_one("#model").cursor_blink = False  # a blinking cursor differs from shot to shot
         while "ok:" not in str(app.screen.query_one("#preview").render()):
             await pilot.pause(0.05)
@@ -80,7 +81,7 @@ def test_explore_neurons_with_gate_check(snap_compare, app):
 
 def test_export_dialog(snap_compare, app):
     async def opened(pilot):
-        await pilot.press("enter", "e")
+        await press(pilot, "enter", "e")
         app.screen.query_one("#path").value = "run1.csv"  # not the machine's working directory
         await pilot.pause(0.3)
 

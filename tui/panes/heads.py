@@ -3,39 +3,66 @@ heads of the layer in focus."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from harmmed_tui.db import queries
-from harmmed_tui.tui.panes import measures, number
-from harmmed_tui.tui.widgets import Table
+from harmmed_tui.db.store import Store
+from harmmed_tui.db.view import View
+from harmmed_tui.tui.panes import Loaded, Pane, Run, number
 
 
-def draw(screen, t: Table, plt, te: float | None, checks) -> None:
-    """Every head of the run in one view: a row per layer, a column per head, at '*'/'suffix' (else
-    the last position); the plot, the heads of the layer in focus."""
-    args = (screen.app.store, screen.run_id, screen.pair, screen.method, screen.category)
-    name, mean, ratio = measures(screen)
-    data, share = queries.head_grid(*args, value=mean), queries.head_grid(*args, value=ratio)
-    where = "every position at once"
-    if not data:
-        data = queries.head_grid(*args, value=mean, last=True)
-        share = queries.head_grid(*args, value=ratio, last=True)
-        where = "the last position (no * sites)"
-    by_te = screen.by_te and bool(te)
-    shown = share if by_te else data
-    heads = sorted({h for row in data.values() for h in row})
-    t.add_column("layer", key="layer")
-    for h in heads:
-        t.add_column(f"h{h}", key=f"h{h}")
-    for layer in sorted(data):
-        values = [number(shown.get(layer, {}).get(h)) for h in heads]
-        scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
-        t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
-    screen.scale_legend(te, f"{where}, {screen.method} patching")
-    focus = (
-        screen.focus_layer
-        if screen.focus_layer in data
-        else max(data, key=lambda layer: max(abs(v) for v in data[layer].values()), default=None)
-    )
-    if focus is not None:
-        plt.bar([str(h) for h in heads], [shown.get(focus, {}).get(h) or 0.0 for h in heads])
-        plt.title(f"L{focus} heads {name + '/TE' if by_te else name}")
-        plt.xlabel("head")
+@dataclass(frozen=True)
+class Heads:
+    data: dict[int, dict[int, float]]  # layer -> head -> effect
+    share: dict[int, dict[int, float]]  # layer -> head -> share of TE
+    where: str
+
+
+class HeadsPane(Pane):
+    LEVEL, FIGURE, EXPORT = "heads", "heads", "head"
+    CRUMB = "attention heads (layer x head)"
+
+    @staticmethod
+    def load(store: Store, view: View, run: Run) -> Heads:
+        """Every head at '*'/'suffix' (else the last position)."""
+        data = queries.head_grid(store, view, run.method)
+        share = queries.head_grid(store, view, run.method, share=True)
+        where = "every position at once"
+        if not data:
+            data = queries.head_grid(store, view, run.method, last=True)
+            share = queries.head_grid(store, view, run.method, share=True, last=True)
+            where = "the last position (no * sites)"
+        return Heads(data, share, where)
+
+    def draw(self, loaded: Loaded) -> None:
+        t, plt, view, heads = self.table, self.plt, loaded.view, loaded.data
+        name = view.effect.upper()
+        by_te = view.by_te and bool(loaded.te)
+        shown = heads.share if by_te else heads.data
+        numbers = sorted({h for row in heads.data.values() for h in row})
+        t.add_column("layer", key="layer")
+        for h in numbers:
+            t.add_column(f"h{h}", key=f"h{h}")
+        for layer in sorted(heads.data):
+            values = [number(shown.get(layer, {}).get(h)) for h in numbers]
+            scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
+            t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
+        self.scale_legend(loaded, f"{heads.where}, {loaded.run.method} patching")
+        data = heads.data
+        focus = (
+            view.layer
+            if view.layer in data
+            else max(data, key=lambda layer: max(abs(v) for v in data[layer].values()), default=None)
+        )
+        if focus is not None:
+            plt.bar([str(h) for h in numbers], [shown.get(focus, {}).get(h) or 0.0 for h in numbers])
+            plt.title(f"L{focus} heads {name + '/TE' if by_te else name}")
+            plt.xlabel("head")
+
+    def show(self, loaded: Loaded) -> None:
+        """Opened from a layer's attn row: the cursor on that layer's row."""
+        fresh = self.shown is None or self.shown.layer != loaded.view.layer
+        super().show(loaded)
+        keys = [str(k.value) for k in self.table.rows]
+        if fresh and str(loaded.view.layer) in keys:
+            self.table.move_cursor(row=keys.index(str(loaded.view.layer)))
