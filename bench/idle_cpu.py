@@ -70,7 +70,7 @@ def main() -> None:
     command = " ".join(f"{k}={v}" for k, v in env.items()) + f" {SCRIPT} --no-mouse"
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "-c", str(root), command)
     try:
-        shown(session, "run preselected")  # (Runs' footer)
+        shown(session, "mean TE")  # (Runs, listing the run)
         process = app_process(session)
         time.sleep(5)  # the engine's warm-up import ends
         runs = cpu_percent(process, args.seconds)

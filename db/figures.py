@@ -9,13 +9,19 @@ ColorBrewer's RdBu (white at 0) for signed heatmaps, both readable with colour-b
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import math
+import os
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import platformdirs
 
 from harmmed_tui.analysis.sites import LAYER_MODULES, readable
 from harmmed_tui.analysis.spec import RunSpec
@@ -98,6 +104,38 @@ def svg(fig: Figure, prefix: str = "") -> str:
     text = text[text.index("<svg") :]
     ids = set(re.findall(r'\bid="([^"]+)"', text))
     return re.sub(r'(\bid="|#)([\w.:-]+)', lambda m: m[1] + prefix + m[2] if m[2] in ids else m[0], text)
+
+
+def cached_svg(store: Store, run_id: int, kind: str, prefix: str = "") -> tuple[str, str]:
+    """(SVG element, caption) of a run's figure (`svg`), drawn once per content: keyed by what the figure is
+    drawn from (the database file, the run, its status, end and row count; the gate figure's gate checks) and by the code
+    and matplotlib that draw it. A running run's figure is never cached (its rows still change); a cache
+    that cannot be written (a read-only home) only costs a redraw."""
+    run = store.run(run_id)
+    key = None
+    if run["status"] != "running":
+        matplotlib, _ = _matplotlib()
+        sql = "SELECT id FROM gate_checks WHERE run_id = ?"  # (the gate figure's rows)
+        checks = [c["id"] for c in store.db.query(sql, [run_id])] if kind == "gate" else []
+        content = [store.file_id, run_id, run["status"], run["finished"], run["n_rows"], checks, kind, prefix]
+        content += [_CODE, matplotlib.__version__]
+        key = hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()
+        path = Path(platformdirs.user_cache_dir("harmmed-tui")) / "figures" / f"{key}.json"
+        with contextlib.suppress(OSError, ValueError):
+            return tuple(json.loads(path.read_text()))
+    fig = draw(store, run_id, kind)
+    drawn = svg(fig, prefix), fig.caption
+    if key is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(drawn))
+            temporary.replace(path)  # (whole or not at all: a reader never sees half a figure)
+    return drawn
+
+
+# the code that draws the figures: a changed release draws them again
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 # vector text stays text (searchable, selectable); fixed hash salt: the same run gives the same file

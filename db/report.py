@@ -266,14 +266,12 @@ def _html(
     with figures.drawn_together():  # (the layers figure and the grid read one aggregate)
         for kind, of in (("layers", run_id), ("grid", run_id), ("neurons", gate_run), ("gate", gate_run)):
             try:
-                fig = figures.draw(store, of, kind)
+                svg, caption = figures.cached_svg(store, of, kind, prefix=f"{kind}-")
             except StoreError as e:
                 if "matplotlib" in str(e):
                     raise
                 continue  # a run without that level of rows: its figure is left out
-            svg = figures.svg(fig, prefix=f"{kind}-")
-            caption = esc(fig.caption)
-            drawn.append(f'<figure id="figure-{kind}">{svg}<figcaption>{caption}</figcaption></figure>')
+            drawn.append(f'<figure id="figure-{kind}">{svg}<figcaption>{esc(caption)}</figcaption></figure>')
     provenance = {"run": run_id, "model": run["model"], "status": run["status"], "spec": run["spec"]}
     provenance |= {k: v for k, v in run["provenance"].items() if k != "chat_template"}
     return PAGE.format(

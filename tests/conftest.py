@@ -2,11 +2,14 @@
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the figure cache (db.figures.cached_svg) of the tests' own, never the user's
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="harmmed-tests-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402

@@ -270,3 +270,26 @@ def test_the_gate_figure_never_clips_its_lines_and_names_a_panel_with_nothing_to
     removed, flipped = fig.figure.axes[0], fig.figure.axes[1]
     assert removed.get_ylim()[1] >= 1.8 and max(removed.get_lines()[0].get_ydata()) == pytest.approx(1.8)
     assert "0 refusals to flip" in [t.get_text() for t in flipped.texts]
+
+
+def test_the_html_reports_figures_are_drawn_once_per_content(db, monkeypatch):
+    """A second report of a finished run reads its figures from the cache, the same page; a figure whose
+    content changed (the gate curve, after a new gate check) is drawn again."""
+    from harmmed_tui.analysis.gate import GateSpec
+    from harmmed_tui.db.runner import check_gate
+
+    draw, drawn = figures.draw, []
+
+    def counted(store, run_id, kind, *args, **kwargs):
+        drawn.append((run_id, kind))
+        return draw(store, run_id, kind, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "draw", counted)
+    with Store(db) as store:
+        first = report.render(store, 1, fmt="html")
+        assert sorted(drawn) == [(1, "gate"), (1, "grid"), (1, "layers"), (1, "neurons")]
+        drawn.clear()
+        assert report.render(store, 1, fmt="html") == first and drawn == []
+        check_gate(store, 1, GateSpec(tops=(1,), seeds=1, max_new_tokens=2))
+        report.render(store, 1, fmt="html")
+        assert drawn == [(1, "gate")]  # (the other figures draw the run's effects, unchanged)
