@@ -469,6 +469,14 @@ def run(
 
     Cancellation is checked between batches; whatever was yielded before it is complete and consistent."""
     todo_by_pair, finished = remaining(prep, done)
+    # the sites known without a forward pass count as done from the start, so that a stage's ETA (and the
+    # cost said from its first timed work) times the computed sites only; each pair yields its known first
+    known = {
+        tp.index: len(known_sites(tp, todo)[0]) if prep.method != "atp" else 0
+        for tp in prep.pairs
+        if (todo := todo_by_pair[tp.index])
+    }
+    finished += sum(known.values())
     if progress:
         progress(finished, prep.n_sites)
     for tp in prep.pairs:
@@ -476,10 +484,13 @@ def run(
             continue
         if cancelled and cancelled():
             return
+        counted = known[tp.index]
         for result in run_pair(prep, tp, todo_by_pair[tp.index]):
             yield result
-            finished += len(result.rows)
-            if progress and result.rows:
+            new = max(0, len(result.rows) - counted) if result.rows else 0
+            counted = 0 if result.rows else counted
+            finished += new
+            if progress and new:
                 progress(finished, prep.n_sites)
             if cancelled and cancelled():
                 return

@@ -49,7 +49,9 @@ class ReportScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"run {self.run_id}: the paper's four claims (arXiv:2604.11663) and a rival", id="crumb")
+        study = report.study_of(self.app.store, self.run_id)
+        whose = f"run {self.run_id}" if study is None else f"study {study['id']}"
+        yield Static(f"{whose}: the paper's four claims (arXiv:2604.11663) and a rival", id="crumb")
         yield Table(id="claims", cursor_type="row")
         with Horizontal():
             yield Static("", id="finding")

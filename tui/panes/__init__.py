@@ -131,10 +131,13 @@ class Pane(Vertical):
     def legend(self, text: str | Content) -> None:
         self.query_one(".legend", Static).update(text)
 
-    def scale_legend(self, loaded: Loaded, where: str = "") -> None:
-        """What the colours mean at this view's effect and scale, and what `t` shows next."""
+    def scale_legend(self, loaded: Loaded, where: str = "", method: str = "") -> None:
+        """What the colours mean at this view's effect and scale, and what `t` shows next; where the values
+        are (said unless every position at once) and by which method, where the pane names it."""
         view, te = loaded.view, loaded.te
-        at = f"at {where} · " if where and not where.startswith("every") else ""
+        said = [f"at {where}"] if where and not where.startswith("every") else []
+        said += [f"{method} patching"] if method else []
+        at = "".join(f"{part} · " for part in said)
         effect, by_te = next_scale(view, loaded.run.effects, self.PAGED)
         after = f"t: {effect.upper()}{'/TE' if by_te else ''}"
         name = view.effect.upper()

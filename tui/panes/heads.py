@@ -27,7 +27,8 @@ class HeadsPane(Pane):
         """Every head at '*'/'suffix' (else the last position)."""
         data = queries.head_grid(store, view, run.method)
         share = queries.head_grid(store, view, run.method, share=True)
-        where = "every position at once"
+        star = queries.module_level_name(store, view.run_id)
+        where = "every position at once" if star == "*" else "the shared suffix at once"
         if not data:
             data = queries.head_grid(store, view, run.method, last=True)
             share = queries.head_grid(store, view, run.method, share=True, last=True)
@@ -47,7 +48,7 @@ class HeadsPane(Pane):
             values = [number(shown.get(layer, {}).get(h)) for h in numbers]
             scale = 1.0 if by_te else max((abs(v) for v in values if v == v), default=0.0)
             t.add_row(str(layer), *(t.heat(v, scale) for v in values), key=str(layer))
-        self.scale_legend(loaded, f"{heads.where}, {loaded.run.method} patching")
+        self.scale_legend(loaded, heads.where, loaded.run.method)
         data = heads.data
         focus = (
             view.layer
