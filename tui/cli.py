@@ -14,7 +14,8 @@ import platformdirs
 
 from harmmed_tui.analysis.errors import HarmmedError, JobCancelled
 from harmmed_tui.analysis.gate_curve import GROUPS, SIGNS
-from harmmed_tui.analysis.sites import LAYER_MODULES, MODULES
+from harmmed_tui.analysis.sites import LAYER_MODULES
+from harmmed_tui.analysis.spec import RunSpec, count, fraction
 from harmmed_tui.tui.safe_text import plain
 
 # exit codes (README): 0 done, 1 a bug (traceback file), 2 an error the user can act on, 3 cancelled or
@@ -43,22 +44,6 @@ EPILOG = """examples:
 """
 
 
-def _count(minimum: int):
-    """An argparse type: an integer of at least `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "count"  # argparse names the type in its messages
-    return parse
-
-
 class Parser(argparse.ArgumentParser):
     """Usage mistakes are one line (exit 2), like every other error a user can act on."""
 
@@ -67,149 +52,40 @@ class Parser(argparse.ArgumentParser):
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="default", help="hub id, local directory, .gguf file, or 'default'")
-    g.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    """Every RunSpec field as RunSpec declares it (analysis.spec.Option), in its group; left out, a field is
+    None here and takes its default (or, derived, follows the others: spec_from_values)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in RunSpec.options():
+        _spec_option(groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group)), o.name)
+
+
+def _spec_option(g, name: str, default: bool = False) -> None:
+    """One RunSpec field's argument; with `default`, its default when left out (a command that takes a few
+    fields and reads them itself: probe)."""
+    o = next(o for o in RunSpec.options() if o.name == name)
+    if o.switch:
+        g.add_argument(o.flag, action="store_true", help=o.help)
+        return
+    choices = o.choices if o.choices and not o.more else None
+    value = getattr(RunSpec, name) if default else None
     g.add_argument(
-        "--device-map",
-        metavar="MAP",
-        help="split a model too large for one device with accelerate: auto | balanced | a JSON file "
-        "mapping module names to GPU indices, 'cpu' or 'disk'",
+        o.flag, type=_typed(o.parse), choices=choices, metavar=o.metavar, help=o.help, default=value
     )
-    g = p.add_argument_group("pairs")
-    g.add_argument(
-        "--pairs", default="builtin", help="'builtin' or a .jsonl/.json/.csv file (treatment, control)"
-    )
-    g.add_argument(
-        "--harmful",
-        metavar="SET",
-        help="a harmful prompt set (csv/jsonl/json/parquet, FILE:COLUMN, or builtin:advbench|jailbreakbench): "
-        "the treatments, paired with --harmless, instead of --pairs",
-    )
-    g.add_argument(
-        "--harmless", metavar="SET", help="a harmless prompt set (e.g. builtin:self_instruct): the controls"
-    )
-    g.add_argument(
-        "--pairing", default="index", help="index (i-th with i-th) | random:SEED (both sets shuffled)"
-    )
-    g.add_argument(
-        "--jailbreak",
-        metavar="NAME|FILE",
-        help="wrap the prompts in a jailbreak template (refusal-suppression, prefix-injection, role-play, "
-        "instruction-override, fictional-framing, or a file holding {prompt})",
-    )
-    g.add_argument(
-        "--jailbreak-design",
-        default="plain-vs-wrapped",
-        choices=["plain-vs-wrapped", "wrapped-pair"],
-        help="plain-vs-wrapped: treatment = the plain harmful prompt, control = it wrapped (where the "
-        "jailbreak acts); wrapped-pair: both prompts of each pair wrapped",
-    )
-    g.add_argument(
-        "--corrupt",
-        metavar="TEXT|tokens:LIST",
-        help="noise contrast (causal tracing): the control run is each treatment prompt with Gaussian noise "
-        "on the embeddings of these tokens (a substring of the prompt, or tokens:3,5-7)",
-    )
-    g.add_argument(
-        "--noise-scale", type=_fraction, default=3.0, help="noise sd, x the embeddings' sd (default 3)"
-    )
-    g.add_argument(
-        "--noise-samples", type=_count(1), default=5, help="noise draws to average over (default 5)"
-    )
-    g.add_argument("--treatment", help="treatment prompt (with --control, instead of --pairs)")
-    g.add_argument("--control", help="control prompt")
-    g.add_argument("--max-pairs", type=_count(1), help="use only the first N pairs")
-    g.add_argument(
-        "--chat-template",
-        default="auto",
-        choices=["auto", "none", "chat"],
-        help="auto: wrap prompts as a user turn when the tokenizer has a template; chat: require one",
-    )
-    _special_arg(g)
-    g.add_argument(
-        "--align",
-        choices=["strict", "skip", "end"],
-        help="pairs of unequal token length: strict = error, skip = drop them with a warning, end = align "
-        "them from the last token (positions count from the end; 'suffix' patches the shared final tokens). "
-        "Default: end for --harmful/--harmless, else strict",
-    )
-    g = p.add_argument_group("what to measure")
-    g.add_argument(
-        "--metric", default="refusal", help="refusal | logit-diff:A,B (tokens or #ids) | target-logprob"
-    )
-    g.add_argument(
-        "--refusal-tokens",
-        help="the refusal metric's token set: a comma list of refusal openings, or 'auto' (recommended for "
-        "chat models): the first tokens of the model's own judged refusals of the treatments, minus those "
-        "of its answers to the controls",
-    )
-    g.add_argument(
-        "--answer-tokens",
-        type=_count(0),
-        default=24,
-        help="record each pair's greedy answers (this many tokens) and judge them refusals or not (0: skip)",
-    )
-    g.add_argument(
-        "--require-flip",
-        action="store_true",
-        help="drop pairs whose treatment the model does not refuse, or whose control it refuses",
-    )
-    g.add_argument(
-        "--refusal-phrases", help="the refusal judge's phrases: comma list or file (default: built in)"
-    )
-    _judge_args(g)
-    g.add_argument("--modules", default="resid,attn,mlp", help=f"comma list of {', '.join(MODULES)}")
-    g.add_argument("--layers", default="all", help="all, or 0-based indices and ranges: 0,5-7,-1")
-    g.add_argument(
-        "--positions",
-        help="all | last | last:N | * | suffix | indices; '*' = every position at once, 'suffix' = the final "
-        "tokens both prompts share, at once (default: all,* ; with --align end: all,suffix)",
-    )
-    g.add_argument(
-        "--neuron-positions", help="positions of neuron sites (default: --positions when given, else last)"
-    )
-    g.add_argument("--head-positions", help="positions of head sites (default: --positions)")
-    g.add_argument(
-        "--method",
-        default="exact",
-        help="exact | atp (attribution patching: one forward + backward) | block:N (neurons in blocks of N)",
-    )
-    g.add_argument(
-        "--effects",
-        default="ie",
-        help="ie, or ie,de: also each site's direct effect, the treatment run with the site held at its "
-        "control value (a second patch per site)",
-    )
-    g.add_argument(
-        "--engine",
-        default="replay",
-        choices=["replay", "hooks"],
-        help="exact patching by replaying only the layers and positions a patch changes (fast), or by "
-        "whole forward passes with hooks (slower; for a model or transformers release the replay rejects)",
-    )
-    g.add_argument(
-        "--verify-top",
-        type=_count(0),
-        default=0,
-        metavar="K",
-        help="with atp: patch each pair's top K sites exactly too, and report the rank agreement",
-    )
-    g.add_argument(
-        "--verify-generation",
-        type=_count(0),
-        default=0,
-        metavar="K",
-        help="patch each pair's top K sites by |IE| into the control prompt, generate, and record whether "
-        "the judged verdict flips (the pair's answer length: --answer-tokens)",
-    )
-    g.add_argument(
-        "--batch-tokens", type=_count(0), default=0, help="token positions per patched forward (0: auto)"
-    )
-    g.add_argument("--seed", type=int, default=0)
+
+
+def _typed(parse):
+    """An argparse type from a field's parser (its ValueError: argparse's one-line usage error)."""
+    if parse is None:
+        return None
+
+    def typed(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    typed.__name__ = parse.__name__
+    return typed
 
 
 def _ray_args(p: argparse.ArgumentParser) -> None:
@@ -220,8 +96,12 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
         help="compute the pairs on Ray actors, one model replica each: 'auto' joins the running cluster, "
         "'local' starts one here, or a cluster address",
     )
-    g.add_argument("--workers", type=_count(1), help="Ray workers (default: one per --gpus-per-worker GPUs)")
-    g.add_argument("--gpus-per-worker", type=_fraction, default=1.0, help="GPUs per worker (default 1)")
+    g.add_argument(
+        "--workers", type=_typed(count(1)), help="Ray workers (default: one per --gpus-per-worker GPUs)"
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=_typed(fraction), default=1.0, help="GPUs per worker (default 1)"
+    )
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -229,7 +109,7 @@ def _counts(text: str) -> tuple[int, ...]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected integers like 1,5,20, got '{text}'")
-    return tuple(sorted({_count(1)(v) for v in values}))
+    return tuple(sorted({_typed(count(1))(v) for v in values}))
 
 
 def _run_or_study(text: str) -> int | str:
@@ -255,40 +135,6 @@ def _choices(allowed: tuple[str, ...]):
     return parse
 
 
-def _special_arg(g) -> None:
-    g.add_argument(
-        "--allow-special-tokens",
-        action="store_true",
-        help="let special-token strings in prompts act (<|im_end|>, <|assistant|>: a forged turn, as prefill "
-        "attacks do on purpose); by default prompts are text, those strings ordinary tokens",
-    )
-
-
-def _judge_args(g) -> None:
-    g.add_argument(
-        "--judge",
-        metavar="MODEL",
-        help="judge refusals with a classifier LM (hub id, directory or .gguf) instead of the phrases",
-    )
-    g.add_argument(
-        "--judge-template",
-        default="refusal",
-        metavar="NAME|FILE",
-        help="its yes/no prompt: refusal (Yes = refused), harmbench (Yes = complied), or a file with "
-        "{prompt} and {answer} (Yes = refused)",
-    )
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
 def _raw_cells_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--raw-cells",
@@ -308,7 +154,10 @@ def _curve_args(p: argparse.ArgumentParser, seeds: int) -> None:
         help="neuron counts of the curve (default 1,5,20,100,1000)",
     )
     p.add_argument(
-        "--seeds", type=_count(1), default=seeds, help=f"random neuron sets per point (default {seeds})"
+        "--seeds",
+        type=_typed(count(1)),
+        default=seeds,
+        help=f"random neuron sets per point (default {seeds})",
     )
 
 
@@ -351,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(study)
     study.add_argument(
         "--held-out",
-        type=_count(1),
+        type=_typed(count(1)),
         default=8,
         help="pairs after --max-pairs held out for the gate curve (default 8)",
     )
@@ -393,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["site", "category"],
         help="with --aggregate: one row per site (default), or per harmful-prompt category and site",
     )
-    exp.add_argument("--top", type=_count(1), help="only the N rows of largest |IE|")
+    exp.add_argument("--top", type=_typed(count(1)), help="only the N rows of largest |IE|")
     exp.add_argument(
         "--method",
         choices=["exact", "atp", "block"],
@@ -439,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--harmless", metavar="SET", help="... and their controls")
     g.add_argument("--pairing", default="index", help="index | random:SEED: how the two sets are paired")
-    g.add_argument("--max-pairs", type=_count(1), help="use only the first N held-out pairs")
-    g.add_argument("--max-new-tokens", type=_count(1), default=24)
+    g.add_argument("--max-pairs", type=_typed(count(1)), help="use only the first N held-out pairs")
+    g.add_argument("--max-new-tokens", type=_typed(count(1)), default=24)
     _db_arg(g)
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -456,15 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--jailbreak", metavar="NAME|FILE", help="wrap every prompt in this jailbreak template"
     )
     probe.add_argument(
-        "--max-prompts", type=_count(1), default=50, help="first N prompts of each set (default 50)"
+        "--max-prompts", type=_typed(count(1)), default=50, help="first N prompts of each set (default 50)"
     )
-    probe.add_argument("--max-new-tokens", type=_count(1), default=24)
+    probe.add_argument("--max-new-tokens", type=_typed(count(1)), default=24)
     probe.add_argument(
         "--refusal-phrases", help="comma list or file of refusal phrases (default: analysis.judge)"
     )
-    _judge_args(probe)
+    _spec_option(probe, "judge")
+    _spec_option(probe, "judge_template", default=True)
     probe.add_argument("--chat-template", default="auto", choices=["auto", "none", "chat"])
-    _special_arg(probe)
+    _spec_option(probe, "allow_special_tokens")
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     probe.add_argument("--json", action="store_true", help="print every answer and the rates as JSON")
@@ -546,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=_count(1), default=600)
+    train.add_argument("--steps", type=_typed(count(1)), default=600)
     evaluate = org_sub.add_parser("eval", help="refusal / compliance rates on held-out prompts")
     evaluate.add_argument(
         "--model", default="default", help="an organism directory (default: the embedded one)"

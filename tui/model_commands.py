@@ -21,7 +21,7 @@ from harmmed_tui.analysis.errors import PairsError
 from harmmed_tui.analysis.gate import GateSpec
 from harmmed_tui.analysis.mediation import known_sites, spec_pairs
 from harmmed_tui.analysis.pairs import load_pairs
-from harmmed_tui.analysis.spec import RunSpec, default_align, default_positions
+from harmmed_tui.analysis.spec import RunSpec, spec_from_values
 from harmmed_tui.analysis.study import CLAIM_0_NEEDS, SET_POSITIONS, StudySpec
 from harmmed_tui.db import report
 from harmmed_tui.db.jobs import Heard, duration
@@ -34,50 +34,10 @@ from harmmed_tui.tui.safe_text import literal, markup, plain
 
 
 def spec_from_args(a) -> RunSpec:
-    align = a.align or default_align(bool(a.harmful or a.harmless or a.jailbreak))
-    return RunSpec(
-        model=a.model,
-        pairs=a.pairs,
-        treatment=a.treatment,
-        control=a.control,
-        max_pairs=a.max_pairs,
-        chat_template=a.chat_template,
-        allow_special_tokens=a.allow_special_tokens,
-        harmful=a.harmful,
-        harmless=a.harmless,
-        pairing=a.pairing,
-        corrupt=a.corrupt,
-        noise_scale=a.noise_scale,
-        noise_samples=a.noise_samples,
-        jailbreak=a.jailbreak,
-        jailbreak_design=a.jailbreak_design,
-        align=align,
-        metric=a.metric,
-        refusal_tokens=a.refusal_tokens,
-        answer_tokens=a.answer_tokens,
-        require_flip=a.require_flip,
-        refusal_phrases=a.refusal_phrases,
-        judge=a.judge,
-        judge_template=a.judge_template,
-        modules=tuple(m.strip() for m in a.modules.split(",") if m.strip()),
-        effects=tuple(e.strip() for e in a.effects.split(",") if e.strip()),
-        layers=a.layers,
-        positions=a.positions or default_positions(align),
-        # neurons are many: they take the last position unless positions are asked for
-        neuron_positions=a.neuron_positions or a.positions or RunSpec.neuron_positions,
-        head_positions=a.head_positions,
-        method=a.method,
-        engine=a.engine,
-        verify_top=a.verify_top,
-        verify_generation=a.verify_generation,
-        device=a.device,
-        dtype=a.dtype,
-        revision=a.revision,
-        trust_remote_code=a.trust_remote_code,
-        device_map=a.device_map,
-        batch_tokens=a.batch_tokens,
-        seed=a.seed,
-    )
+    """The RunSpec of a run's (or a study's) arguments: every field RunSpec declares, those left out taking
+    their defaults or following the others (spec_from_values)."""
+    given = {o.name: v for o in RunSpec.options() if (v := getattr(a, o.name)) is not None and v is not False}
+    return spec_from_values(given)
 
 
 def executor_from_args(a):

@@ -37,58 +37,10 @@ class SetupScreen(Screen):
         ),
         Binding("escape", "app.pop_screen", "back", id="setup.back", tooltip="back, starting nothing"),
     ]
-    FIELDS = [
-        ("model", "model"),
-        ("pairs", "pairs (builtin, file)"),
-        ("harmful", "harmful set (optional)"),
-        ("harmless", "harmless set"),
-        ("pairing", "pairing"),
-        ("treatment", "treatment (optional)"),
-        ("control", "control (optional)"),
-        ("max_pairs", "max pairs"),
-        ("chat_template", "chat template"),
-        ("align", "unequal lengths"),
-        ("metric", "metric"),
-        ("modules", "modules"),
-        ("layers", "layers"),
-        ("positions", "positions"),
-        ("neuron_positions", "neuron positions"),
-        ("method", "method"),
-        ("effects", "effects"),
-        ("verify_top", "atp: verify top K"),
-        ("device", "device"),
-        ("dtype", "dtype"),
-        ("engine", "exact engine"),
-        ("device_map", "device map (optional)"),
-    ]
-    PLACEHOLDERS = {
-        "model": "hub id, directory, .gguf file or default",
-        "harmful": "csv/jsonl/json/parquet, FILE:COLUMN or builtin:advbench",
-        "harmless": "e.g. builtin:self_instruct",
-        "pairing": "index | random:SEED",
-        "treatment": "a harmful prompt, typed in place of the pairs",
-        "control": "its benign twin, of the same token length",
-        "metric": "refusal | logit-diff:A,B | target-logprob",
-        "modules": "resid,attn,mlp,neuron,head,direction",
-        "method": "exact | atp | block:N",
-        "chat_template": "auto | none | chat",
-        "align": "strict (an error) | skip (drop such pairs) | end (align from the last token)",
-        "device": "auto | cpu | cuda[:N]",
-        "dtype": "auto | float32 | bfloat16 | float16",
-        "engine": "replay (fast) | hooks (whole forwards, for any model)",
-        "device_map": "auto | balanced | a JSON file: split a large model",
-        "ray": "auto | local | address; empty: compute here",
-    }
-
-    # fixed choices are selects: a typo cannot happen
-    CHOICES = {
-        "chat_template": ("auto", "none", "chat"),
-        "align": ("strict", "skip", "end"),
-        "device": ("auto", "cpu", "cuda"),
-        "dtype": ("auto", "float32", "bfloat16", "float16"),
-        "engine": ("replay", "hooks"),
-        "effects": ("ie", "ie,de"),  # IE; or IE and each site's direct effect (twice the patching)
-    }
+    # the form: every RunSpec field with a label, as RunSpec declares it (analysis.spec.Option)
+    OPTIONS = {o.name: o for o in RunSpec.options() if o.label}
+    FIELDS = [(name, o.label) for name, o in OPTIONS.items()]
+    RAY = "auto | local | address; empty: compute here"  # where to compute: not part of the run's spec
     # words that tie an error without a flag in it to its field
     KEYWORDS = (
         ("model", "model"),
@@ -123,7 +75,7 @@ class SetupScreen(Screen):
                 yield Static("", id=f"error-{name}", classes="field-error")
             with Horizontal(classes="field"):  # where to compute, not part of the run's spec
                 yield Label("Ray cluster (optional)", classes="label")
-                yield Input(self.draft.get("ray", ""), id="ray", placeholder=self.PLACEHOLDERS["ray"])
+                yield Input(self.draft.get("ray", ""), id="ray", placeholder=self.RAY)
             yield Static("", id="preview")
             yield Static("", id="problem")
             yield Button("Run (ctrl+r)", id="start", variant="primary")
@@ -131,14 +83,13 @@ class SetupScreen(Screen):
 
     def _field(self, name: str, value: str) -> Input | Select:
         """A select for a fixed choice, else a text input (the model's with the known models suggested)."""
-        if name in self.CHOICES:
-            choices = self.CHOICES[name]
+        if choices := self.OPTIONS[name].choices:
             options = [(c, c) for c in (choices if value in choices else (*choices, value))]
             return Select(options, value=value, id=name, allow_blank=False, compact=True)
         suggester = SuggestFromList([m for _, m in self.known]) if name == "model" else None
         if name == "max_pairs" and not value:
             value = "all"
-        return Input(value, id=name, placeholder=self.PLACEHOLDERS.get(name, ""), suggester=suggester)
+        return Input(value, id=name, placeholder=self.OPTIONS[name].placeholder, suggester=suggester)
 
     def _known_models(self) -> list[tuple[str, str]]:
         """(label, model): the embedded default, recently used models, those in the local HF cache."""
@@ -188,22 +139,18 @@ class SetupScreen(Screen):
         return str(self.query_one(f"#{name}").value).strip()
 
     def read_spec(self) -> RunSpec:
-        values = {name: self._value(name) for name, _ in self.FIELDS}
-        if values["max_pairs"].lower() in ("all", ""):
-            values["max_pairs"] = ""
-        elif values["max_pairs"] == "0":
-            raise SiteError("--max-pairs must be at least 1, or all")
-        for name in ("max_pairs", "verify_top"):
-            if values[name] and not values[name].isdigit():
-                raise SiteError(f"--{name.replace('_', '-')} must be a whole number")
-            values[name] = int(values[name]) if values[name] else None
-        values["verify_top"] = values["verify_top"] or 0
-        for name in ("harmful", "harmless", "treatment"):  # empty: the pairs source is used
-            values[name] = values[name] or None
-        values["control"] = values["control"] or None
-        for name in ("modules", "effects"):
-            values[name] = tuple(m.strip() for m in values[name].split(",") if m.strip())
-        values["device_map"] = values["device_map"] or None
+        """The form's spec: each field read by its own parser (a wrong value is its flag's one line, shown
+        at its field); an empty optional field is None, an empty number the field's default."""
+        values = {}
+        for name, o in self.OPTIONS.items():
+            text, default = self._value(name), getattr(RunSpec, name)
+            if o.parse is not None:
+                try:
+                    values[name] = o.parse(text) if text or not isinstance(default, int) else default
+                except ValueError as e:
+                    raise SiteError(f"{o.flag} {e}") from None
+            else:
+                values[name] = text or (None if default is None else text)
         return self.spec.replace(**values)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="setup-check")

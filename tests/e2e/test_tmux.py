@@ -127,7 +127,8 @@ def test_quit_during_a_run_asks_then_cancels_it_and_exits_at_once(tmp_path):
         typed(name, "all")
         wait_for(name, "neuron positions      all")
         tmux("send-keys", "-t", name, "C-r")
-        wait_for(name, "sites")  # streaming
+        # streaming, in Explore (on Setup, whose preview also counts sites, q is a letter typed in a field)
+        wait_for(name, "run 1 (running")
         quit_s = quit_and_cancel(name)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
