@@ -48,12 +48,22 @@ def load(store: Store, view: View, opening: bool = False) -> Loaded:
     if opening and view.level == "layers" and not queries.has_modules(store, view.run_id):
         if queries.has_neurons(store, view.run_id):
             view = view.to(level="top")
+    checks = store.gate_checks(view.run_id) if PANES[view.level].PAGED else []
+    has = {"head": queries.has_heads, "neuron": queries.has_neurons}
+    held = frozenset(m for m, rows in has.items() if rows(store, view.run_id))
+    elsewhere = {}  # (a study's module run has no neurons; its neuron run no heads: the other run has them)
+    if held != set(has) and (study := report.study_of(store, view.run_id)) is not None:
+        others = [r for r in (study["modules_run"], study["neurons_run"]) if r not in (None, view.run_id)]
+        elsewhere = {m: r for m in set(has) - held for r in others if has[m](store, r)}
     run = Run(
         row,
         RunSpec.from_json(row["spec"]),
         store.run_method(view.run_id),
         store.pairs(view.run_id),
-        store.gate_checks(view.run_id) if PANES[view.level].PAGED else [],
+        checks,
+        queries.gate_answers(store, checks[0], 1) if checks else [],
+        held,
+        elsewhere,
     )
     te = [p["te"] for p in shown_pairs(run.pairs, view) if p["te"] is not None]
     data = PANES[view.level].load(store, view, run)
@@ -264,7 +274,7 @@ class ExploreScreen(Screen):
         crumb += pane.crumb(loaded.view)
         self.query_one("#crumb", Static).update(literal(" > ".join(crumb) + f"   [{who}]"))
         self.query_one("#summary", Static).update(self._summary(loaded))
-        self._show_gate(loaded.run.checks)
+        self._show_gate(loaded.run)
         pane.show(loaded)
         self.refresh_bindings()  # (which keys apply depends on the pane)
         if not self.query_one("#filter", Input).display:
@@ -301,15 +311,14 @@ class ExploreScreen(Screen):
             rest=f"{te}{' · ' + behaviour if behaviour else ''}{rho} · " + " · ".join(parts),
         )
 
-    def _show_gate(self, checks: list[dict]) -> None:
+    def _show_gate(self, run: Run) -> None:
         """The newest gate check's verdict and one of its generations, above the neuron panes."""
         box = self.query_one("#gate", Static)
-        box.display = bool(checks)
-        if checks:
-            texts = queries.gate_answers(self.app.store, checks[0], 1)
+        box.display = bool(run.checks)
+        if run.checks:
             shown = literal(
-                queries.gate_verdict(checks[0])
-                + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in texts),
+                queries.gate_verdict(run.checks[0])
+                + "".join(f"\n{p} (top {k}, {g}): {b!r} -> {a!r}" for p, g, k, b, a in run.answers),
                 newlines=True,
             )
             box.update(shown)  # two lines, each cut with … (app.tcss): the verdict is claim 3 under R
@@ -355,9 +364,8 @@ class ExploreScreen(Screen):
             self.go(level="neurons", layer=int(key.split(":")[0]))
 
     def _has(self, module: str) -> bool:
-        """Whether the run has rows of a module (an index lookup: microseconds)."""
-        has = {"head": queries.has_heads, "neuron": queries.has_neurons}[module]
-        return has(self.app.store, self.run_id)
+        """Whether the run has rows of `module` (head, neuron), as its last load found."""
+        return self.loaded is not None and module in self.loaded.run.has
 
     def action_heads(self) -> None:
         if (other := self._study_run("head")) is not None:
@@ -439,7 +447,7 @@ class ExploreScreen(Screen):
 
     def action_report(self) -> None:
         """The paper's four claims judged on this run; enter there comes back to the table behind one."""
-        n_layers = self.app.store.run(self.run_id)["provenance"].get("n_layers")
+        n_layers = self.loaded and self.loaded.run.run["provenance"].get("n_layers")
         if n_layers is None:
             self.notify("this run never loaded its model: it has nothing to report", severity="warning")
             return
@@ -464,12 +472,8 @@ class ExploreScreen(Screen):
 
     def _study_run(self, module: str) -> int | None:
         """Of a study's run without rows of `module` (its module run has no neurons, its neuron run no heads):
-        the study's other run, where they are."""
-        if self._has(module) or (study := report.study_of(self.app.store, self.run_id)) is None:
-            return None
-        has = {"head": queries.has_heads, "neuron": queries.has_neurons}[module]
-        others = (study["modules_run"], study["neurons_run"])
-        return next((r for r in others if r not in (None, self.run_id) and has(self.app.store, r)), None)
+        the study's other run, where they are (as the last load found)."""
+        return None if self.loaded is None else self.loaded.run.elsewhere.get(module)
 
     def _no_neurons(self, why: str) -> bool:
         """Say why a neuron key does nothing on a run without neuron rows, and what gives it some (a study's

@@ -50,7 +50,10 @@ class Run:
     spec: RunSpec
     method: str
     pairs: list[dict]
-    checks: list[dict]  # its gate checks, newest first
+    checks: list[dict]  # its gate checks, newest first (of the neuron panes)
+    answers: list[tuple]  # the newest check's first answers before and after (queries.gate_answers)
+    has: frozenset[str]  # which of head and neuron rows it has
+    elsewhere: dict[str, int]  # of a study's run: the study's other run, for the rows it has not
 
     @property
     def effects(self) -> list[Effect]:
