@@ -115,9 +115,11 @@ def test_the_fast_curve_equals_the_exhaustive_one(tiny_dir, family, phrases):
     judge = PhraseJudge(phrases)
     fast = check(lm, metric, judge, pairs, ranked, spec)
     slow = check(lm, metric, judge, pairs, ranked, spec, exhaustive=True)
-    for p, q in zip(curve(fast), curve(slow), strict=True):  # (batches of other sizes round differently)
-        assert p.as_dict() == pytest.approx(q.as_dict(), rel=1e-5, abs=1e-6)
+    # batches of other sizes round differently: the metrics agree to 1e-5, so a share of TE removed (a mean
+    # of metric shifts over the mean TE) agrees to 1e-5 over that TE
     assert [r["m_after"] for r in fast] == pytest.approx([r["m_after"] for r in slow], abs=1e-5)
+    for p, q in zip(curve(fast), curve(slow), strict=True):
+        assert p.as_dict() == pytest.approx(q.as_dict(), rel=1e-5, abs=1e-5 / min(1.0, abs(q.mean_te)))
     for f, s in zip(fast, slow, strict=True):
         assert (f["pair"], f["grp"], f["k"], f["seed"], f["refused_before"]) == (
             s["pair"], s["grp"], s["k"], s["seed"], s["refused_before"]
