@@ -484,14 +484,14 @@ def run(
             continue
         if cancelled and cancelled():
             return
-        counted = known[tp.index]
+        counted = known[tp.index]  # its first rows are its known sites (_with_known), counted above
         for result in run_pair(prep, tp, todo_by_pair[tp.index]):
             yield result
-            new = max(0, len(result.rows) - counted) if result.rows else 0
-            counted = 0 if result.rows else counted
-            finished += new
-            if progress and new:
-                progress(finished, prep.n_sites)
+            if result.rows:
+                new, counted = len(result.rows) - counted, 0
+                finished += new
+                if progress and new:
+                    progress(finished, prep.n_sites)
             if cancelled and cancelled():
                 return
 

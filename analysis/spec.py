@@ -21,10 +21,7 @@ def count(minimum: int) -> Callable[[str], int]:
     """A whole number of at least `minimum`, from text (ValueError says what is wrong)."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"expected an integer, got '{text}'") from None
+        value = integer(text)
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
@@ -86,8 +83,6 @@ class Option:
     switch: bool = False  # a flag without a value (store_true)
     label: str | None = None  # its field in Setup's form (None: command line only)
     placeholder: str = ""
-    # where the command line leaves it out, a value that follows other fields (spec_from_values)
-    derived: bool = False
 
     @property
     def flag(self) -> str:
@@ -173,7 +168,6 @@ class RunSpec:
         choices=("strict", "skip", "end"),
         group=P,
         label="unequal lengths",
-        derived=True,
         help="pairs of unequal token length: strict = error, skip = drop them with a warning, end = align "
         "them from the last token (positions count from the end; 'suffix' patches the shared final tokens). "
         "Default: end for --harmful/--harmless, else strict",
@@ -198,7 +192,6 @@ class RunSpec:
         "all,*",
         group=W,
         label="positions",
-        derived=True,
         help="all | last | last:N | * | suffix | indices; '*' = every position at once, 'suffix' = the final "
         "tokens both prompts share, at once (default: all,* ; with --align end: all,suffix)",
     )
@@ -206,7 +199,6 @@ class RunSpec:
         "last",
         group=W,
         label="neuron positions",
-        derived=True,
         help="positions of neuron sites (default: --positions when given, else last)",
     )
     method: str = option(

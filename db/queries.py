@@ -34,11 +34,16 @@ def run_cells(run: dict) -> list[str]:
     te = f"{run['mean_te']:+.3f}" if run["mean_te"] is not None else ""
     started = datetime.fromisoformat(run["started"]).astimezone().strftime("%m-%d %H:%M")
     model = model_label(run["model"])
-    seconds = round(run["compute_s"])
-    compute = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    compute = _clock(run["compute_s"])
     method = run["method"] or spec.method
     cells = (run["id"], run["status"], model, started, te, run["n_pairs"], run["n_rows"])
     return [*map(str, cells), ",".join(spec.modules), method, spec.metric, compute]
+
+
+def _clock(seconds: float) -> str:
+    """A time as h:mm:ss, as Runs shows a run's compute and a study's stages."""
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def history(store: Store) -> list[tuple[str, list[str]]]:
@@ -88,7 +93,6 @@ def study_cells(study: dict, members: list[dict], working: dict) -> list[str]:
     first = members[-1]  # its module run
     job = next((working[r["id"]] for r in members if r["id"] in working), None)
     status = f"{study['status']}; {job['text']}" if job else study["status"]
-    seconds = round(sum(study["stage_s"].values()))
     te = f"{first['mean_te']:+.3f}" if first["mean_te"] is not None else ""
     started = datetime.fromisoformat(study["created"]).astimezone().strftime("%m-%d %H:%M")
     return [
@@ -102,7 +106,7 @@ def study_cells(study: dict, members: list[dict], working: dict) -> list[str]:
         "claims 0-4",
         "+".join(dict.fromkeys(r["method"] or RunSpec.from_json(r["spec"]).method for r in members)),
         RunSpec.from_json(first["spec"]).metric,
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}",
+        _clock(sum(study["stage_s"].values())),
     ]
 
 

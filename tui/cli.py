@@ -53,7 +53,7 @@ class Parser(argparse.ArgumentParser):
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     """Every RunSpec field as RunSpec declares it (analysis.spec.Option), in its group; left out, a field is
-    None here and takes its default (or, derived, follows the others: spec_from_values)."""
+    None here and takes its default (or follows the others: spec_from_values)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for o in RunSpec.options():
         _spec_option(groups.get(o.group) or groups.setdefault(o.group, p.add_argument_group(o.group)), o.name)

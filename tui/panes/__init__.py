@@ -18,6 +18,7 @@ from textual_plotext import PlotextPlot
 
 from harmmed_tui.analysis.sites import LAYER_MODULES
 from harmmed_tui.analysis.spec import Effect, RunSpec
+from harmmed_tui.db import queries
 from harmmed_tui.db.store import Store
 from harmmed_tui.db.view import View
 from harmmed_tui.tui.safe_text import plain
@@ -69,6 +70,28 @@ class Loaded:
     te: float | None  # the mean TE of the pairs shown
     data: Any  # the pane's own (its load's return)
     progress: tuple  # the run's status and its job's sites done, when it was read
+
+
+@dataclass(frozen=True)
+class ByLayer:
+    """A pane's values per layer (the layer table's modules, the heads table's heads)."""
+
+    data: dict[int, dict]  # layer -> module or head -> the effect
+    share: dict[int, dict]  # layer -> module or head -> its share of TE
+    where: str  # the positions they are of
+
+
+def by_layer(query, store: Store, view: View, method: str) -> ByLayer:
+    """`query` (queries.layer_effects or head_grid) at the run's module-level site, every position at once
+    ('*') or the shared suffix (`suffix`, of end-aligned pairs); a run without either site (--positions
+    last:3) at each pair's last position, said so."""
+    data, share = query(store, view, method), query(store, view, method, share=True)
+    star = queries.module_level_name(store, view.run_id)
+    where = "every position at once" if star == "*" else "the shared suffix at once"
+    if not data:
+        data, share = query(store, view, method, last=True), query(store, view, method, share=True, last=True)
+        where = "the last position (no * sites)"
+    return ByLayer(data, share, where)
 
 
 def number(value: float | None) -> float:

@@ -3,19 +3,10 @@ heads of the layer in focus."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from harmmed_tui.db import queries
 from harmmed_tui.db.store import Store
 from harmmed_tui.db.view import View
-from harmmed_tui.tui.panes import Loaded, Pane, Run, number
-
-
-@dataclass(frozen=True)
-class Heads:
-    data: dict[int, dict[int, float]]  # layer -> head -> effect
-    share: dict[int, dict[int, float]]  # layer -> head -> share of TE
-    where: str
+from harmmed_tui.tui.panes import ByLayer, Loaded, Pane, Run, by_layer, number
 
 
 class HeadsPane(Pane):
@@ -23,17 +14,8 @@ class HeadsPane(Pane):
     CRUMB = "attention heads (layer x head)"
 
     @staticmethod
-    def load(store: Store, view: View, run: Run) -> Heads:
-        """Every head at '*'/'suffix' (else the last position)."""
-        data = queries.head_grid(store, view, run.method)
-        share = queries.head_grid(store, view, run.method, share=True)
-        star = queries.module_level_name(store, view.run_id)
-        where = "every position at once" if star == "*" else "the shared suffix at once"
-        if not data:
-            data = queries.head_grid(store, view, run.method, last=True)
-            share = queries.head_grid(store, view, run.method, share=True, last=True)
-            where = "the last position (no * sites)"
-        return Heads(data, share, where)
+    def load(store: Store, view: View, run: Run) -> ByLayer:
+        return by_layer(queries.head_grid, store, view, run.method)
 
     def draw(self, loaded: Loaded) -> None:
         t, plt, view, heads = self.table, self.plt, loaded.view, loaded.data

@@ -3,38 +3,20 @@ run has it) at '*' or 'suffix' (else the last position), a row per layer; beside
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from harmmed_tui.db import queries
 from harmmed_tui.db.store import Store
 from harmmed_tui.db.view import View
-from harmmed_tui.tui.panes import MODULES, Loaded, Pane, Run, number
+from harmmed_tui.tui.panes import MODULES, ByLayer, Loaded, Pane, Run, by_layer, number
 
 SHORT = {"direction": "dir"}  # (column headers at 80 columns)
-
-
-@dataclass(frozen=True)
-class Layers:
-    data: dict[int, dict[str, float]]  # layer -> module -> effect
-    share: dict[int, dict[str, float]]  # layer -> module -> share of TE
-    where: str  # the positions it shows
 
 
 class LayersPane(Pane):
     LEVEL, FIGURE = "layers", "layers"
 
     @staticmethod
-    def load(store: Store, view: View, run: Run) -> Layers:
-        data = queries.layer_effects(store, view, run.method)
-        share = queries.layer_effects(store, view, run.method, share=True)
-        star = queries.module_level_name(store, view.run_id)
-        # (`suffix`, of end-aligned pairs: every aligned position of the shared chat-template suffix)
-        where = "every position at once" if star == "*" else "the shared suffix at once"
-        if not data:  # a run without '*' or 'suffix' sites (--positions last:3): its last position, said so
-            data = queries.layer_effects(store, view, run.method, last=True)
-            share = queries.layer_effects(store, view, run.method, share=True, last=True)
-            where = "the last position (no * sites)"
-        return Layers(data, share, where)
+    def load(store: Store, view: View, run: Run) -> ByLayer:
+        return by_layer(queries.layer_effects, store, view, run.method)
 
     def draw(self, loaded: Loaded) -> None:
         t, plt, view, layers = self.table, self.plt, loaded.view, loaded.data
